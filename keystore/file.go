@@ -1,0 +1,215 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func init() {
+	caddy.RegisterModule(File{})
+}
+
+// File is the embedded default keystore: one JSON document per key set in a
+// directory, written atomically and durably (temporary file, fsync, rename,
+// fsync of the directory), files 0600 in a 0700 directory. Processes sharing
+// the directory coordinate through flock(2) lock files beside the documents.
+type File struct {
+	// Path is the directory that holds the documents, created 0700 if
+	// missing (and tightened to 0700 if it exists). Default: the
+	// "oauth2_upstream" folder in Caddy's data directory.
+	Path string `json:"path,omitempty"`
+
+	codec Codec
+}
+
+// CaddyModule returns the Caddy module information.
+func (File) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "oauth2_upstream.keystores.file",
+		New: func() caddy.Module { return new(File) },
+	}
+}
+
+// NewFile returns a File store in dir, which it creates if missing.
+func NewFile(dir string) (*File, error) {
+	f := &File{Path: dir}
+	if err := f.open(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Provision implements caddy.Provisioner.
+func (f *File) Provision(caddy.Context) error {
+	if f.Path == "" {
+		f.Path = filepath.Join(caddy.AppDataDir(), "oauth2_upstream")
+	}
+	return f.open()
+}
+
+func (f *File) open() error {
+	if f.codec == nil {
+		f.codec = JSONCodec{}
+	}
+	if err := os.MkdirAll(f.Path, 0o700); err != nil {
+		return fmt.Errorf("creating keystore directory %q: %w", f.Path, err)
+	}
+	// MkdirAll leaves an existing directory as it was; the documents hold
+	// refresh tokens, so nobody else may list or read them.
+	if err := os.Chmod(f.Path, 0o700); err != nil {
+		return fmt.Errorf("restricting keystore directory %q to 0700: %w", f.Path, err)
+	}
+	return nil
+}
+
+// UseCodec sets how documents are encoded at rest (plain JSON by default).
+func (f *File) UseCodec(c Codec) { f.codec = c }
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
+//
+//	keystore file [<directory>]
+func (f *File) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the backend name
+	if d.NextArg() {
+		f.Path = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(d.Nesting()) {
+		return d.Errf("keystore file takes no block, got %q", d.Val())
+	}
+	return nil
+}
+
+func (f *File) docPath(name string) string { return filepath.Join(f.Path, name+".json") }
+
+// Load implements Store.
+func (f *File) Load(_ context.Context, name string) (*KeySet, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(f.docPath(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("loading key set %q from %s: %w", name, f.Path, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading key set %q: %w", name, err)
+	}
+	return f.codec.Decode(name, data)
+}
+
+// Save implements Store. The generation check and the rename happen under
+// an exclusive flock of the key set's write lock file, so writers in other
+// processes sharing the directory cannot interleave.
+func (f *File) Save(ctx context.Context, ks *KeySet) error {
+	if err := ValidateName(ks.Name); err != nil {
+		return err
+	}
+	data, err := f.codec.Encode(ks)
+	if err != nil {
+		return err
+	}
+	release, err := lockFile(ctx, f.lockPath(ks.Name, "write"))
+	if err != nil {
+		return fmt.Errorf("saving key set %q: %w", ks.Name, err)
+	}
+	defer release()
+
+	stored, err := f.Load(ctx, ks.Name)
+	var have int64
+	switch {
+	case err == nil:
+		have = stored.Generation
+	case errors.Is(err, ErrNotFound):
+	default:
+		return fmt.Errorf("saving key set %q: reading the stored generation: %w", ks.Name, err)
+	}
+	if ks.Generation != have+1 {
+		return fmt.Errorf("saving key set %q generation %d over stored generation %d: %w", ks.Name, ks.Generation, have, ErrConflict)
+	}
+	if err := writeFileAtomic(f.docPath(ks.Name), data); err != nil {
+		return fmt.Errorf("saving key set %q: %w", ks.Name, err)
+	}
+	return nil
+}
+
+// Lock implements Store with an exclusive flock(2) on the key set's refresh
+// lock file. The kernel releases it when the holder dies, so it needs no TTL.
+func (f *File) Lock(ctx context.Context, name string) (func() error, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	release, err := lockFile(ctx, f.lockPath(name, "refresh"))
+	if err != nil {
+		return nil, fmt.Errorf("locking key set %q: %w", name, err)
+	}
+	return release, nil
+}
+
+// lockPath names a lock file; the leading dot keeps it apart from documents,
+// whose names cannot start with one.
+func (f *File) lockPath(name, purpose string) string {
+	return filepath.Join(f.Path, "."+name+"."+purpose+".lock")
+}
+
+// writeFileAtomic replaces path with data so that a crash at any instant
+// leaves either the old or the new file: write a temporary file in the same
+// directory, fsync it, rename it over path, fsync the directory.
+func writeFileAtomic(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+strings.TrimSuffix(filepath.Base(path), ".json")+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("creating temporary file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	// CreateTemp makes the file 0600 already; say so for readers of the code.
+	if err := tmp.Chmod(0o600); err != nil {
+		return fmt.Errorf("restricting %s: %w", tmp.Name(), err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("renaming into %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ Store                 = (*File)(nil)
+	_ caddy.Provisioner     = (*File)(nil)
+	_ caddyfile.Unmarshaler = (*File)(nil)
+)

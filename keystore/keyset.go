@@ -1,0 +1,161 @@
+// Package keystore holds the key set document (the provider's whole token
+// response plus bookkeeping), the Store interface every backend implements,
+// and the backends themselves.
+package keystore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// KeySet is what the seed page calls "the keys": the provider's whole token
+// response, kept verbatim, with the bookkeeping a store needs. One document
+// is stored per key set name.
+type KeySet struct {
+	// Name identifies the key set; it selects the document in the store.
+	Name string `json:"name"`
+
+	// Generation grows by one on every stored change. Stores refuse a
+	// write whose generation is not exactly one more than the stored one,
+	// so it fences concurrent writers.
+	Generation int64 `json:"generation"`
+
+	// UpdatedAt is when this generation was made.
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// Expiry is when the access token expires, computed from the
+	// response's expires_in when it was received. Zero means unknown:
+	// only a trigger status (401) then tells that the token is dead.
+	Expiry time.Time `json:"expiry,omitzero"`
+
+	// Token is exactly what the provider sent, merged with the previous
+	// refresh token when the response carried none.
+	Token Token `json:"token"`
+}
+
+// Token is a token endpoint response, field by field, each value kept as
+// the raw JSON the provider sent so that fields x/oauth2 does not model
+// (instance_url, id_token, scope, ...) survive unchanged.
+type Token map[string]json.RawMessage
+
+// Field names of RFC 6749 section 5.1 that this package reads.
+const (
+	FieldAccessToken  = "access_token"
+	FieldRefreshToken = "refresh_token"
+	FieldTokenType    = "token_type"
+	FieldExpiresIn    = "expires_in"
+)
+
+// String returns the field as a string: a JSON string's value, or the raw
+// text of any other JSON value (numbers stay as sent). Missing fields and
+// null give "".
+func (t Token) String(field string) string {
+	raw, ok := t[field]
+	if !ok {
+		return ""
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s
+	}
+	if string(raw) == "null" {
+		return ""
+	}
+	return string(raw)
+}
+
+// AccessToken returns the access token, or "" when the key set is a seed.
+func (t Token) AccessToken() string { return t.String(FieldAccessToken) }
+
+// RefreshToken returns the refresh token, or "" when there is none.
+func (t Token) RefreshToken() string { return t.String(FieldRefreshToken) }
+
+// Clone returns a copy that shares no map with t.
+func (t Token) Clone() Token {
+	c := make(Token, len(t))
+	for k, v := range t {
+		c[k] = v
+	}
+	return c
+}
+
+// SetString sets field to the JSON string s.
+func (t Token) SetString(field, s string) {
+	raw, _ := json.Marshal(s) // marshalling a string cannot fail
+	t[field] = raw
+}
+
+// Expiring reports whether the access token must be replaced at now, given
+// the skew: it is missing, or its known expiry is within skew of now.
+func (ks *KeySet) Expiring(now time.Time, skew time.Duration) bool {
+	if ks.Token.AccessToken() == "" {
+		return true
+	}
+	return !ks.Expiry.IsZero() && !now.Add(skew).Before(ks.Expiry)
+}
+
+// Next returns the key set that follows ks after a grant answered with
+// response: the next generation, the response verbatim, and ks's refresh
+// token kept when the response has none (as Salesforce and Google do).
+func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
+	token := response.Clone()
+	if token.RefreshToken() == "" {
+		if rt, ok := ks.Token[FieldRefreshToken]; ok {
+			token[FieldRefreshToken] = rt
+		}
+	}
+	return &KeySet{
+		Name:       ks.Name,
+		Generation: ks.Generation + 1,
+		UpdatedAt:  now.UTC(),
+		Expiry:     expiry.UTC(),
+		Token:      token,
+	}
+}
+
+// namePattern is what a key set name may look like: it becomes a file name
+// or a Redis key, so no separators, no dot files and a bounded length.
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// ValidateName reports whether name can name a key set.
+func ValidateName(name string) error {
+	if !namePattern.MatchString(name) {
+		return fmt.Errorf("%w: %q must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// Validate checks a decoded document: a valid name, the expected one when
+// want is not empty, a positive generation, and at least a refresh token or
+// an access token (a document holding only a refresh token is a valid seed).
+func (ks *KeySet) Validate(want string) error {
+	if err := ValidateName(ks.Name); err != nil {
+		return err
+	}
+	if want != "" && ks.Name != want {
+		return fmt.Errorf("%w: document names key set %q, stored as %q", ErrCorrupt, ks.Name, want)
+	}
+	if ks.Generation < 1 {
+		return fmt.Errorf("%w: key set %q has generation %d, want 1 or more", ErrCorrupt, ks.Name, ks.Generation)
+	}
+	if ks.Token.AccessToken() == "" && ks.Token.RefreshToken() == "" {
+		return fmt.Errorf("%w: key set %q holds neither an access_token nor a refresh_token", ErrCorrupt, ks.Name)
+	}
+	return nil
+}
+
+// Errors every Store reports, wrapped with context; test them with errors.Is.
+var (
+	// ErrNotFound: no key set is stored under that name.
+	ErrNotFound = errors.New("key set not found")
+	// ErrConflict: the stored generation is not the one the write follows;
+	// another writer stored a newer key set first.
+	ErrConflict = errors.New("key set generation conflict")
+	// ErrCorrupt: a stored document does not decode or is not valid.
+	ErrCorrupt = errors.New("key set document is corrupt")
+	// ErrInvalidName: the name cannot name a key set.
+	ErrInvalidName = errors.New("invalid key set name")
+)

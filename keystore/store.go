@@ -1,0 +1,63 @@
+package keystore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+)
+
+// Store keeps key set documents durably and coordinates refreshes between
+// the processes that share it. Every backend passes the conformance suite in
+// keystoretest. Errors wrap ErrNotFound, ErrConflict, ErrCorrupt or
+// ErrInvalidName where those apply.
+type Store interface {
+	// Load returns the stored key set named name.
+	Load(ctx context.Context, name string) (*KeySet, error)
+
+	// Save stores ks atomically and durably, as a compare-and-swap on the
+	// generation: it succeeds only when ks.Generation is exactly one more
+	// than the stored generation (or 1 when nothing is stored), and fails
+	// with ErrConflict otherwise. A failed Save leaves the stored document
+	// as it was.
+	Save(ctx context.Context, ks *KeySet) error
+
+	// Lock takes the named key set's refresh lock, exclusive across every
+	// process sharing the store, waiting until it is free or ctx ends. The
+	// holder re-reads the key set, grants, saves, then calls unlock. A lock
+	// may expire (a backend with a TTL); Save's generation check keeps a
+	// holder whose lock expired from overwriting a newer key set.
+	Lock(ctx context.Context, name string) (unlock func() error, err error)
+}
+
+// Codec turns a key set into the bytes a backend stores and back. The
+// default is plain JSON; an encrypting codec keeps documents secret at rest.
+type Codec interface {
+	Encode(ks *KeySet) ([]byte, error)
+	// Decode decodes and validates the document stored under name.
+	Decode(name string, data []byte) (*KeySet, error)
+}
+
+// JSONCodec stores the key set document as indented JSON.
+type JSONCodec struct{}
+
+// Encode implements Codec.
+func (JSONCodec) Encode(ks *KeySet) ([]byte, error) {
+	data, err := json.MarshalIndent(ks, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding key set %q: %w", ks.Name, err)
+	}
+	return append(data, '\n'), nil
+}
+
+// Decode implements Codec.
+func (JSONCodec) Decode(name string, data []byte) (*KeySet, error) {
+	var ks KeySet
+	if err := json.Unmarshal(data, &ks); err != nil {
+		// The JSON error names an offset, never a value from the document.
+		return nil, fmt.Errorf("%w: decoding key set %q: %v", ErrCorrupt, name, err)
+	}
+	if err := ks.Validate(name); err != nil {
+		return nil, err
+	}
+	return &ks, nil
+}
