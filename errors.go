@@ -1,0 +1,52 @@
+package oauth2upstream
+
+import (
+	"fmt"
+	"time"
+)
+
+// Error codes of our own, used where the token endpoint gave no OAuth error
+// code (RFC 6749 section 5.2 defines invalid_grant, invalid_client, ...).
+const (
+	codeNoKeySet                 = "no_key_set"
+	codeInvalidKeySetName        = "invalid_key_set_name"
+	codeTokenEndpointUnavailable = "token_endpoint_unavailable"
+	codeTokenEndpointError       = "token_endpoint_error"
+	codeInvalidTokenResponse     = "invalid_token_response"
+	codeKeystoreUnavailable      = "keystore_unavailable"
+	codeKeystoreCorrupt          = "keystore_corrupt"
+)
+
+// RefreshError says why a key set cannot give a usable token. Its message
+// names the key set and the OAuth error code and never holds a token value:
+// descriptions from the token endpoint are redacted before they get here.
+type RefreshError struct {
+	// KeySet is the name of the key set that failed.
+	KeySet string
+	// Code is the OAuth error code (invalid_grant, invalid_client, ...)
+	// or one of ours (token_endpoint_unavailable, no_key_set, ...).
+	Code string
+	// Description explains the failure for people.
+	Description string
+	// Temporary failures (token endpoint down, timeout, 5xx, keystore
+	// unreachable) may succeed later: clients get 503 with Retry-After.
+	// Permanent ones (invalid_grant, invalid_client, no key set) need a
+	// person: clients get 502.
+	Temporary bool
+	// RetryAfter is how long a temporary failure is expected to last.
+	RetryAfter time.Duration
+	// Err is the underlying error, for errors.As (for example
+	// *oauth2.RetrieveError). Its message is not part of Error(), since
+	// x/oauth2's includes the token endpoint's response body.
+	Err error
+}
+
+func (e *RefreshError) Error() string {
+	msg := fmt.Sprintf("key set %q: %s", e.KeySet, e.Code)
+	if e.Description != "" {
+		msg += ": " + e.Description
+	}
+	return msg
+}
+
+func (e *RefreshError) Unwrap() error { return e.Err }

@@ -1,0 +1,97 @@
+package oauth2upstream
+
+import (
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+const placeholderPrefix = "http.oauth2_upstream."
+
+// requestPlaceholders resolves {http.oauth2_upstream.*} for one request:
+//
+//	key_set              the key set's name
+//	generation           the key set's generation
+//	expiry               the access token's expiry (RFC 3339), "" if unknown
+//	extra.<field>        a top-level field of the token response, such as
+//	                     extra.instance_url
+//	extra.<field>.scheme, .host, .hostport
+//	                     parts of a URL-valued field; hostport has the
+//	                     scheme's default port when the URL names none
+//	                     (reverse_proxy refuses placeholders in an upstream
+//	                     address that carries a scheme)
+//
+// Fields that hold secrets (names ending in "token", or naming a secret)
+// are never resolved: token values must not reach placeholders.
+type requestPlaceholders struct {
+	keySet string
+	cred   *credential // replaced before a replay
+}
+
+func (p *requestPlaceholders) lookup(key string) (any, bool) {
+	rest, ok := strings.CutPrefix(key, placeholderPrefix)
+	if !ok {
+		return nil, false
+	}
+	switch rest {
+	case "key_set":
+		return p.keySet, true
+	case "generation":
+		return p.cred.ks.Generation, true
+	case "expiry":
+		if p.cred.ks.Expiry.IsZero() {
+			return "", true
+		}
+		return p.cred.ks.Expiry.Format(time.RFC3339), true
+	}
+	field, ok := strings.CutPrefix(rest, "extra.")
+	if !ok {
+		return nil, false
+	}
+	token := p.cred.ks.Token
+	if _, ok := token[field]; ok {
+		if secretField(field) {
+			return nil, false
+		}
+		return token.String(field), true
+	}
+	for _, part := range [...]string{"scheme", "hostport", "host"} {
+		base, ok := strings.CutSuffix(field, "."+part)
+		if !ok {
+			continue
+		}
+		if _, ok := token[base]; !ok || secretField(base) {
+			return nil, false
+		}
+		return urlPart(token.String(base), part), true
+	}
+	return nil, false
+}
+
+func secretField(name string) bool {
+	name = strings.ToLower(name)
+	return strings.HasSuffix(name, "token") || strings.Contains(name, "secret") || strings.Contains(name, "password")
+}
+
+// urlPart returns one part of a URL; "" when the value is not a URL.
+func urlPart(raw, part string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	switch part {
+	case "scheme":
+		return u.Scheme
+	case "host":
+		return u.Hostname()
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "443"
+	if u.Scheme == "http" {
+		port = "80"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}

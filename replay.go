@@ -1,0 +1,234 @@
+package oauth2upstream
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+)
+
+// replayChunkSize is the size of the pooled buffers that keep a request
+// body in memory. Chunks, unlike one growing buffer, are never copied when
+// the body grows, and go back to the pool whole.
+const replayChunkSize = 32 << 10
+
+var chunkPool = sync.Pool{New: func() any {
+	b := make([]byte, replayChunkSize)
+	return &b
+}}
+
+var (
+	errBodyDetached = errors.New("request body was taken over for a replay")
+	errBodyReleased = errors.New("request body buffer was released")
+	errBodyTooLarge = errors.New("request body is larger than max_replay_body")
+)
+
+// replayBody streams the client's request body to the first attempt while
+// keeping a copy for a replay: the upload is not held up waiting for itself,
+// and the rest of the body is read only when a replay needs it. The copy
+// lives in pooled memory chunks up to memLimit, then in a temporary file
+// that is unlinked as soon as it is created, so no crash leaves it behind.
+type replayBody struct {
+	src      io.Reader
+	memLimit int64
+	maxSize  int64
+
+	// mu guards every field below. The proxy's transport reads the body
+	// on its own goroutine, and may still be reading when the handler
+	// takes the body over for a replay or releases it.
+	mu         sync.Mutex
+	chunks     []*[]byte
+	size       int64
+	file       *os.File
+	cannot     error // why no replay is possible, or nil
+	eof        bool
+	readErr    error
+	detached   bool // the first attempt may read no more
+	released   bool // chunks and file are gone
+	replaySize int64
+}
+
+// newReplayBody wraps r's body for a possible replay, or returns nil when
+// the request has no body. maxSize < 0 disables replay of bodies.
+func newReplayBody(r *http.Request, memLimit, maxSize int64) *replayBody {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil
+	}
+	b := &replayBody{src: r.Body, memLimit: min(memLimit, max(maxSize, 0)), maxSize: maxSize}
+	if maxSize < 0 || r.ContentLength > maxSize {
+		// Known to be too large: stream it, keep nothing.
+		b.cannot = errBodyTooLarge
+	}
+	return b
+}
+
+// Read passes the client's body to the first attempt, recording it.
+func (b *replayBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.detached {
+		return 0, errBodyDetached
+	}
+	n, err := b.src.Read(p)
+	b.recordLocked(p[:n])
+	switch {
+	case err == io.EOF:
+		b.eof = true
+	case err != nil:
+		b.readErr = err
+	}
+	return n, err
+}
+
+// Close does nothing: the HTTP server closes the client's body when the
+// handler returns, and a replay still needs it until then.
+func (b *replayBody) Close() error { return nil }
+
+// recordLocked appends p to the copy: memory first, then the file.
+func (b *replayBody) recordLocked(p []byte) {
+	if b.cannot != nil || len(p) == 0 {
+		return
+	}
+	if b.size+int64(len(p)) > b.maxSize {
+		b.cannot = errBodyTooLarge
+		b.freeLocked()
+		return
+	}
+	for len(p) > 0 && b.size < b.memLimit {
+		i, off := int(b.size/replayChunkSize), int(b.size%replayChunkSize)
+		if i == len(b.chunks) {
+			b.chunks = append(b.chunks, chunkPool.Get().(*[]byte))
+		}
+		room := min(int64(replayChunkSize-off), b.memLimit-b.size)
+		n := copy((*b.chunks[i])[off:int64(off)+room], p)
+		p = p[n:]
+		b.size += int64(n)
+	}
+	if len(p) == 0 {
+		return
+	}
+	if b.file == nil {
+		f, err := createUnlinkedTemp()
+		if err != nil {
+			b.cannot = err
+			b.freeLocked()
+			return
+		}
+		b.file = f
+	}
+	if _, err := b.file.Write(p); err != nil {
+		b.cannot = fmt.Errorf("keeping request body for a replay: %w", err)
+		b.freeLocked()
+		return
+	}
+	b.size += int64(len(p))
+}
+
+// createUnlinkedTemp makes a temporary file and removes its name at once:
+// the open descriptor keeps the data, and the kernel frees it when the
+// descriptor is closed, however the process ends.
+func createUnlinkedTemp() (*os.File, error) {
+	f, err := os.CreateTemp("", "oauth2-upstream-body-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating temporary file for a replay: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("unlinking temporary file for a replay: %w", err)
+	}
+	return f, nil
+}
+
+// rewind takes the body over from the first attempt and returns a reader
+// of the whole body for the replay. When the upstream answered before it
+// read everything, the rest is read from the client here. It fails when the
+// body is too large, could not be kept, or the client's upload broke.
+func (b *replayBody) rewind() (io.ReadCloser, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.detached = true
+	if !b.eof && b.readErr == nil && b.cannot == nil {
+		buf := chunkPool.Get().(*[]byte)
+		for b.cannot == nil {
+			n, err := b.src.Read(*buf)
+			b.recordLocked((*buf)[:n])
+			if err == io.EOF {
+				b.eof = true
+				break
+			}
+			if err != nil {
+				b.readErr = err
+				break
+			}
+		}
+		chunkPool.Put(buf)
+	}
+	if b.cannot != nil {
+		return nil, b.cannot
+	}
+	if b.readErr != nil {
+		return nil, fmt.Errorf("reading request body: %w", b.readErr)
+	}
+	b.replaySize = b.size
+	return &replayReader{body: b}, nil
+}
+
+// release frees the copy. Readers still running on a transport goroutine
+// get an error instead of memory that went back to the pool.
+func (b *replayBody) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.detached = true
+	b.freeLocked()
+}
+
+func (b *replayBody) freeLocked() {
+	for _, c := range b.chunks {
+		chunkPool.Put(c)
+	}
+	b.chunks = nil
+	if b.file != nil {
+		b.file.Close()
+		b.file = nil
+	}
+	b.released = true
+}
+
+// readAtLocked copies the recorded body from offset off into p.
+func (b *replayBody) readAtLocked(p []byte, off int64) (int, error) {
+	if b.released {
+		return 0, errBodyReleased
+	}
+	if off >= b.replaySize {
+		return 0, io.EOF
+	}
+	if off < b.memLimit {
+		i, o := int(off/replayChunkSize), int(off%replayChunkSize)
+		end := min(int64(replayChunkSize), b.memLimit-int64(i)*replayChunkSize, b.replaySize-int64(i)*replayChunkSize)
+		return copy(p, (*b.chunks[i])[o:end]), nil
+	}
+	want := min(int64(len(p)), b.replaySize-off)
+	n, err := b.file.ReadAt(p[:want], off-b.memLimit)
+	if err == io.EOF && int64(n) == want {
+		err = nil
+	}
+	return n, err
+}
+
+// replayReader reads the recorded body from the start, for the replay.
+type replayReader struct {
+	body *replayBody
+	off  int64 // only the transport goroutine reading the replay uses it
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	r.body.mu.Lock()
+	defer r.body.mu.Unlock()
+	n, err := r.body.readAtLocked(p, r.off)
+	r.off += int64(n)
+	return n, err
+}
+
+func (r *replayReader) Close() error { return nil }
