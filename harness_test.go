@@ -21,6 +21,8 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
+var provisionMu sync.Mutex // serialises Caddy provisioning across parallel tests
+
 // sidecar is the handler under test in front of Caddy's real reverse_proxy,
 // served on a loopback listener.
 type sidecar struct {
@@ -35,6 +37,17 @@ type sidecar struct {
 // a placeholder such as {http.oauth2_upstream.extra.instance_url.hostport}.
 func newSidecar(t *testing.T, h *Handler, upstream string) *sidecar {
 	t.Helper()
+	return newSidecarWithProxy(t, h, &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: upstream}}})
+}
+
+// newSidecarWithProxy is newSidecar with a reverse_proxy configured by the
+// test.
+func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler) *sidecar {
+	t.Helper()
+	// Caddy provisions one config at a time: ProvisionContext and
+	// reverse_proxy's Provision set package-level state without a lock.
+	provisionMu.Lock()
+	defer provisionMu.Unlock()
 	ctx, err := caddy.ProvisionContext(&caddy.Config{})
 	if err != nil {
 		t.Fatalf("ProvisionContext() = %v", err)
@@ -56,7 +69,6 @@ func newSidecar(t *testing.T, h *Handler, upstream string) *sidecar {
 	h.refresher.logger = h.logger
 	t.Cleanup(func() { h.Cleanup() })
 
-	proxy := &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: upstream}}}
 	if err := proxy.Provision(ctx); err != nil {
 		t.Fatalf("provisioning reverse_proxy: %v", err)
 	}
@@ -69,6 +81,7 @@ func newSidecar(t *testing.T, h *Handler, upstream string) *sidecar {
 		repl := caddy.NewReplacer()
 		r = caddyhttp.PrepareRequest(r, repl, w, &caddyhttp.Server{})
 		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Logf("handler error: %v", err)
 			status := http.StatusInternalServerError
 			var he caddyhttp.HandlerError
 			if errors.As(err, &he) && he.StatusCode != 0 {

@@ -206,11 +206,16 @@ func parseTokenResponse(header http.Header, body []byte) (keystore.Token, error)
 	return token, nil
 }
 
+// maxExpiresIn is the longest expires_in taken at its word. Beyond it the
+// expiry is as good as unknown (and the arithmetic would overflow), so the
+// key set is treated as one without expires_in: refreshed on a trigger.
+const maxExpiresIn = 10 * 365 * 24 * 60 * 60
+
 // expiryOf computes the expiry from expires_in (a number or, as some
 // providers send it, a string), counted from when the request was sent.
 func expiryOf(token keystore.Token, requested time.Time) time.Time {
 	secs, err := strconv.ParseInt(token.String(keystore.FieldExpiresIn), 10, 64)
-	if err != nil || secs <= 0 {
+	if err != nil || secs <= 0 || secs > maxExpiresIn {
 		return time.Time{}
 	}
 	return requested.Add(time.Duration(secs) * time.Second)
