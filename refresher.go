@@ -64,6 +64,8 @@ type keySetState struct {
 	retryAt time.Time        // after a temporary failure: no grant before this
 	backoff time.Duration    // the current temporary-failure backoff
 	unsaved *keystore.KeySet // granted, but not yet accepted by the keystore
+
+	lastRefresh time.Time // when the last refresh ended, zero before one
 }
 
 // Refresher keeps the tokens of every key set a handler uses: it loads them
@@ -80,6 +82,7 @@ type Refresher struct {
 	headerFor  func(accessToken string) string
 	now        func() time.Time
 	logger     *zap.Logger
+	observer   refreshObserver
 	flightsRun sync.WaitGroup // flights still running, waited for by Close
 
 	mu     sync.Mutex // guards states
@@ -97,8 +100,8 @@ func (r *Refresher) Current(ctx context.Context, name string) (*credential, erro
 	now := r.now()
 	cred := st.cred
 	switch {
-	case r.mode == modeAlways:
-	case !cred.usable(now):
+	case r.mode == modeAlways || !cred.usable(now):
+		// A grant is due: unless a recent failure says it would fail again.
 		if err := r.blockedLocked(ctx, st, name, now); err != nil {
 			st.mu.Unlock()
 			return nil, err
@@ -227,6 +230,7 @@ func (r *Refresher) startFlightLocked(st *keySetState, name string, stale int64)
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		now := r.now()
+		st.lastRefresh = now
 		if err == nil {
 			st.cred, st.failure, st.backoff, st.retryAt = cred, nil, 0, time.Time{}
 		} else {
@@ -263,7 +267,7 @@ func (r *Refresher) recordFailureLocked(st *keySetState, name string, err error,
 func (r *Refresher) refresh(ctx context.Context, st *keySetState, name string, stale int64) (*credential, error) {
 	unlock, err := r.store.Lock(ctx, name)
 	if err != nil {
-		return nil, keystoreError(name, "taking the refresh lock", err)
+		return nil, r.keystoreError(name, "lock", "taking the refresh lock", err)
 	}
 	defer func() {
 		if err := unlock(); err != nil {
@@ -301,9 +305,10 @@ func (r *Refresher) storeUnsaved(ctx context.Context, st *keySetState, stored *k
 		return nil, false, nil
 	}
 	if err := r.store.Save(ctx, pending); err != nil {
-		return nil, true, keystoreError(stored.Name, "storing the key set granted earlier", err)
+		return nil, true, r.keystoreError(stored.Name, "save", "storing the key set granted earlier", err)
 	}
 	r.setUnsaved(st, nil)
+	r.watch().keySetStored(pending)
 	r.logger.Info("stored key set granted earlier", zap.String("key_set", pending.Name), zap.Int64("generation", pending.Generation))
 	return r.credentialFor(pending), true, nil
 }
@@ -321,6 +326,7 @@ func (r *Refresher) grant(ctx context.Context, st *keySetState, stored *keystore
 	start := r.now()
 	r.logger.Info("refreshing key set", zap.String("key_set", name), zap.Int64("generation", stored.Generation), zap.String("grant", r.client.grantType))
 	res, err := r.client.grant(ctx, name, stored.Token.RefreshToken())
+	r.watch().grantDone(name, err, r.now().Sub(start))
 	if err != nil {
 		var re *RefreshError
 		if errors.As(err, &re) && re.Code == "invalid_grant" {
@@ -347,10 +353,11 @@ func (r *Refresher) grant(ctx context.Context, st *keySetState, stored *keystore
 			}
 		}
 		r.setUnsaved(st, next)
-		err = keystoreError(name, "storing the new key set (kept in memory; no grant until it is stored)", err)
+		err = r.keystoreError(name, "save", "storing the new key set (kept in memory; no grant until it is stored)", err)
 		r.logRefreshFailure(name, stored.Generation, start, err)
 		return nil, err
 	}
+	r.watch().keySetStored(next)
 	r.logger.Info("refreshed key set",
 		zap.String("key_set", name),
 		zap.Int64("generation", next.Generation),
@@ -385,7 +392,7 @@ func (r *Refresher) load(ctx context.Context, name string) (*keystore.KeySet, er
 	case err == nil:
 		return ks, nil
 	case !errors.Is(err, keystore.ErrNotFound):
-		return nil, keystoreError(name, "loading", err)
+		return nil, r.keystoreError(name, "load", "loading", err)
 	case name == r.seedName && r.seedToken != "":
 		seed := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: r.now().UTC(), Token: keystore.Token{}}
 		seed.Token.SetString(keystore.FieldRefreshToken, r.seedToken)
@@ -394,8 +401,9 @@ func (r *Refresher) load(ctx context.Context, name string) (*keystore.KeySet, er
 			return r.load(ctx, name) // seeded concurrently; use what won
 		}
 		if err != nil {
-			return nil, keystoreError(name, "storing the seed", err)
+			return nil, r.keystoreError(name, "save", "storing the seed", err)
 		}
+		r.watch().keySetStored(seed)
 		r.logger.Info("seeded key set from the refresh_token option", zap.String("key_set", name))
 		return seed, nil
 	case r.client.grantType == grantClientCredentials:
@@ -410,9 +418,11 @@ func (r *Refresher) credentialFor(ks *keystore.KeySet) *credential {
 	return &credential{ks: ks, header: r.headerFor(ks.Token.AccessToken())}
 }
 
-// keystoreError classifies a keystore failure: a corrupt document needs a
-// person (permanent), anything else may pass (temporary).
-func keystoreError(name, doing string, err error) *RefreshError {
+// keystoreError classifies a keystore failure, counted by operation (lock,
+// load, save): a corrupt document needs a person (permanent), anything else
+// may pass (temporary).
+func (r *Refresher) keystoreError(name, operation, doing string, err error) *RefreshError {
+	r.watch().keystoreFailed(operation)
 	re := &RefreshError{KeySet: name, Code: codeKeystoreUnavailable, Temporary: true, Err: err,
 		Description: fmt.Sprintf("keystore failed %s: %v", doing, err)}
 	if errors.Is(err, keystore.ErrCorrupt) || errors.Is(err, keystore.ErrInvalidName) {

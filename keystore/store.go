@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -40,13 +41,17 @@ type Codec interface {
 // JSONCodec stores the key set document as indented JSON.
 type JSONCodec struct{}
 
-// Encode implements Codec.
+// Encode implements Codec. HTML escaping is off so that token values keep
+// the provider's exact text ("<" stays "<", not "\u003c").
 func (JSONCodec) Encode(ks *KeySet) ([]byte, error) {
-	data, err := json.MarshalIndent(ks, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(ks); err != nil {
 		return nil, fmt.Errorf("encoding key set %q: %w", ks.Name, err)
 	}
-	return append(data, '\n'), nil
+	return buf.Bytes(), nil
 }
 
 // Decode implements Codec.
