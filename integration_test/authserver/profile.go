@@ -1,0 +1,65 @@
+package authserver
+
+import (
+	"maps"
+
+	"github.com/ory/fosite"
+)
+
+// Profile shapes token responses like a given provider's. The zero Profile is
+// a rotating provider that returns refresh_token and expires_in on every
+// grant, as Microsoft, Okta, Auth0 and Hydra do.
+type Profile struct {
+	// OmitRefreshToken drops refresh_token from refresh_token grant responses
+	// and turns rotation off: the presented refresh token stays valid and is
+	// the only one, as with Salesforce (rotation disabled) and Google.
+	OmitRefreshToken bool
+	// OmitExpiresIn drops expires_in, as Salesforce does: only a 401 tells
+	// the client that its access token expired.
+	OmitExpiresIn bool
+	// ExtraFields are added to every token response, such as Salesforce's
+	// instance_url, the API's base URL.
+	ExtraFields map[string]string
+}
+
+// Microsoft is a rotating provider: a new refresh token on every grant.
+func Microsoft() Profile { return Profile{} }
+
+// Google returns no new refresh token; the original one stays valid.
+func Google() Profile { return Profile{OmitRefreshToken: true} }
+
+// Salesforce returns neither a new refresh token nor expires_in, and names
+// the API's base URL in instance_url.
+func Salesforce(instanceURL string) Profile {
+	return Profile{
+		OmitRefreshToken: true,
+		OmitExpiresIn:    true,
+		ExtraFields:      map[string]string{"instance_url": instanceURL},
+	}
+}
+
+func (p Profile) clone() Profile {
+	p.ExtraFields = maps.Clone(p.ExtraFields)
+	return p
+}
+
+// profiledResponse rewrites fosite's token response map just before fosite
+// serialises it (Fosite.WriteAccessResponse calls ToMap).
+type profiledResponse struct {
+	fosite.AccessResponder
+	profile Profile
+}
+
+func (r profiledResponse) ToMap() map[string]any {
+	m := r.AccessResponder.ToMap()
+	if r.profile.OmitRefreshToken {
+		delete(m, "refresh_token")
+	}
+	if r.profile.OmitExpiresIn {
+		delete(m, "expires_in")
+	}
+	for name, value := range r.profile.ExtraFields {
+		m[name] = value
+	}
+	return m
+}
