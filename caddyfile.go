@@ -46,6 +46,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		replay_memory   <size>
 //		max_replay_body <size>|off
 //		keystore        <backend> [<args...>] [{ ... }]
+//		notify          <url>
+//		encryption_key  <key> [<older key>...]
+//		max_wait        <duration>
+//		body_timeout    <duration>|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -112,6 +116,23 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = sizeArg(d, &h.MaxReplayBody, "off", -1)
 		case "keystore":
 			err = h.parseKeystore(d)
+		case "notify":
+			err = singleArg(d, &h.Notify)
+		case "encryption_key":
+			h.EncryptionKeys = d.RemainingArgs()
+			if len(h.EncryptionKeys) == 0 {
+				return d.Errf("encryption_key: want <key> [<older key>...]")
+			}
+		case "max_wait":
+			err = durationArg(d, &h.MaxWait)
+		case "body_timeout":
+			var v string
+			if err = singleArg(d, &v); err == nil && v == "off" {
+				h.BodyTimeout = -1
+			} else if err == nil {
+				d.Prev()
+				err = durationArg(d, &h.BodyTimeout)
+			}
 		default:
 			return d.Errf("unrecognized oauth2_upstream option %q", option)
 		}

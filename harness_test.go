@@ -41,8 +41,8 @@ func newSidecar(t *testing.T, h *Handler, upstream string) *sidecar {
 }
 
 // newSidecarWithProxy is newSidecar with a reverse_proxy configured by the
-// test.
-func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler) *sidecar {
+// test, and options for the HTTP server applied before it starts.
+func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, serverOptions ...func(*http.Server)) *sidecar {
 	t.Helper()
 	// Caddy provisions one config at a time: ProvisionContext and
 	// reverse_proxy's Provision set package-level state without a lock.
@@ -77,7 +77,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler) 
 		return proxy.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
 	})
 
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		repl := caddy.NewReplacer()
 		r = caddyhttp.PrepareRequest(r, repl, w, &caddyhttp.Server{})
 		if err := h.ServeHTTP(w, r, next); err != nil {
@@ -90,6 +90,10 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler) 
 			w.WriteHeader(status)
 		}
 	}))
+	for _, option := range serverOptions {
+		option(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
 	s := &sidecar{handler: h, server: srv, logs: logs}
 	if f, ok := h.store.(*keystore.File); ok {

@@ -9,6 +9,7 @@ package oauth2upstream
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -47,6 +48,8 @@ const (
 	rawHeaderScheme      = "raw"
 	defaultReplayMemory  = 1 << 20
 	defaultMaxReplayBody = 64 << 20
+	defaultMaxWait       = 15 * time.Second
+	defaultBodyTimeout   = 60 * time.Second
 )
 
 // Handler injects an OAuth2 access token into every request it passes on,
@@ -141,15 +144,43 @@ type Handler struct {
 	// Default: 67108864 (64 MiB).
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 
+	// BodyTimeout is the longest the handler waits for the next bytes of
+	// a request body from the client (an idle timeout, not a bound on the
+	// whole upload, which may be slowed by the upstream); a stalled client
+	// is cut off and its kept body freed. 0 uses the default; -1 disables.
+	// Default: 60s.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+
+	// EncryptionKeys encrypt key set documents at rest with AES-256-GCM:
+	// each a base64 32-byte key, usually {env.KEYSTORE_KEY}, replaced when
+	// the handler starts. The first encrypts; all decrypt, so a key is
+	// rotated by putting the new one first and keeping the old until every
+	// document was rewritten. With keys set, an unencrypted or undecryptable
+	// document is an error, never silently replaced.
+	EncryptionKeys []string `json:"encryption_keys,omitempty"`
+
+	// MaxWait bounds how long a request waits for a refresh another
+	// request started; past it the request gets 503 with Retry-After
+	// while the refresh goes on. Default: 15s.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+
 	// KeystoreRaw configures where key sets are stored. Default: the file
 	// keystore in Caddy's data directory.
 	KeystoreRaw json.RawMessage `json:"keystore,omitempty" caddy:"namespace=oauth2_upstream.keystores inline_key=backend"`
+
+	// Notify is a URL that receives every key set change this handler
+	// stores, as a POSTed JSON {"name", "generation", "token"} (the whole
+	// token response), in order per key set, retried with backoff. It
+	// must be https unless its host is loopback. Placeholders such as
+	// {env.NOTIFY_URL} are replaced when the handler starts.
+	Notify string `json:"notify,omitempty"`
 
 	refresher        *Refresher
 	store            keystore.Store
 	keySetIsTemplate bool
 	triggers         []int
 	logger           *zap.Logger
+	ops              *operations // metrics, notifications, registration (registry.go)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -185,6 +216,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("keystore module %T is not a keystore.Store", mod)
 	}
 	h.store = store
+	if err := h.useEncryption(repl); err != nil {
+		return err
+	}
 
 	authStyle := oauth2.AuthStyleInHeader
 	if h.AuthStyle == authStylePost {
@@ -206,10 +240,33 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		seedName:  seedName,
 		seedToken: h.RefreshToken,
 		headerFor: h.headerValue,
+		maxWait:   time.Duration(h.MaxWait),
+		jitter:    equalJitter,
 		now:       time.Now,
 		logger:    h.logger,
 		states:    make(map[string]*keySetState),
 	}
+	return h.provisionOperations(ctx)
+}
+
+// useEncryption gives the keystore an encrypting codec when keys are set.
+func (h *Handler) useEncryption(repl *caddy.Replacer) error {
+	if len(h.EncryptionKeys) == 0 {
+		return nil
+	}
+	keys := make([]string, len(h.EncryptionKeys))
+	for i, k := range h.EncryptionKeys {
+		keys[i] = repl.ReplaceKnown(k, "")
+	}
+	codec, err := keystore.NewEncryptingCodec(keys...)
+	if err != nil {
+		return fmt.Errorf("encryption_key: %w", err)
+	}
+	store, ok := h.store.(interface{ UseCodec(keystore.Codec) })
+	if !ok {
+		return fmt.Errorf("encryption_key: keystore %T cannot encrypt", h.store)
+	}
+	store.UseCodec(codec)
 	return nil
 }
 
@@ -247,6 +304,19 @@ func (h *Handler) setDefaults() {
 	if h.MaxReplayBody == 0 {
 		h.MaxReplayBody = defaultMaxReplayBody
 	}
+	if h.MaxWait == 0 {
+		h.MaxWait = caddy.Duration(defaultMaxWait)
+	}
+	if h.BodyTimeout == 0 {
+		h.BodyTimeout = caddy.Duration(defaultBodyTimeout)
+	}
+}
+
+// reservedParams are token request fields the grant sets; a param may not
+// replace them (x/oauth2 would refuse some, and silently take others).
+var reservedParams = map[string]bool{
+	"grant_type": true, "refresh_token": true, "scope": true,
+	"client_id": true, "client_secret": true, "code": true,
 }
 
 // Validate rejects a configuration that cannot work, naming the option.
@@ -272,9 +342,18 @@ func (h *Handler) Validate() error {
 		}
 	} else if h.RefreshToken != "" {
 		return fmt.Errorf("refresh_token seeds one key set, but key_set %q has placeholders; seed each key set in the keystore", h.KeySet)
+	} else if h.Grant == grantClientCredentials {
+		// One client's credentials give one token: key sets selected per
+		// request would all hold the same, under names clients invent.
+		return fmt.Errorf("key_set %q has placeholders, which the client_credentials grant cannot use: it has no per-key-set seed", h.KeySet)
 	}
 	if h.RefreshToken != "" && h.Grant == grantClientCredentials {
 		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the client_credentials grant needs none")
+	}
+	for name := range h.Params {
+		if reservedParams[name] {
+			return fmt.Errorf("param %s: set by the grant itself (use scopes, client_id, client_secret, auth_style)", name)
+		}
 	}
 	for _, status := range h.RefreshOn {
 		if status < 400 || status > 599 {
@@ -283,6 +362,12 @@ func (h *Handler) Validate() error {
 	}
 	if h.ExpirySkew < 0 {
 		return fmt.Errorf("expiry_skew %s: must not be negative", time.Duration(h.ExpirySkew))
+	}
+	if h.BodyTimeout < -1 {
+		return fmt.Errorf("body_timeout %s: must be positive, or -1 to disable", time.Duration(h.BodyTimeout))
+	}
+	if h.MaxWait < 0 {
+		return fmt.Errorf("max_wait %s: must be positive", time.Duration(h.MaxWait))
 	}
 	if h.TokenTimeout < 0 {
 		return fmt.Errorf("token_timeout %s: must be positive", time.Duration(h.TokenTimeout))
@@ -299,7 +384,7 @@ func (h *Handler) Validate() error {
 	if h.MaxReplayBody < -1 {
 		return fmt.Errorf("max_replay_body %d: must be a size in bytes, or -1 to disable body replay", h.MaxReplayBody)
 	}
-	return nil
+	return h.validateOperations()
 }
 
 func (h *Handler) validateTokenURL() error {
@@ -346,6 +431,7 @@ func (h *Handler) Cleanup() error {
 	if h.refresher != nil {
 		h.refresher.Close()
 	}
+	h.cleanupOperations()
 	return nil
 }
 
@@ -370,6 +456,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody)
 	if body != nil {
 		defer body.release()
+		body.idleTimeout(w, time.Duration(h.BodyTimeout))
 		r.Body = body
 	}
 	before := snapshotHeader(w.Header())
@@ -386,12 +473,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// another request already refreshed), then replay once.
 	fresh, err := h.refresher.Rejected(r.Context(), name, cred.ks.Generation)
 	if err != nil {
+		h.ops.countReplay(name, replayRefreshFailed)
 		before.restore(w.Header())
 		return writeProblem(w, err)
 	}
 	if body != nil {
 		replay, err := body.rewind()
 		if err != nil {
+			h.ops.countReplay(name, replayNotReplayable)
 			h.logger.Debug("not replaying", zap.String("key_set", name), zap.String("reason", err.Error()))
 			return attempt.sendHeld()
 		}
@@ -405,7 +494,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		zap.Int("rejected_status", attempt.status),
 		zap.Int64("rejected_generation", cred.ks.Generation),
 		zap.Int64("generation", fresh.ks.Generation))
+	h.ops.countReplay(name, replayReplayed)
 	return next.ServeHTTP(w, r)
+}
+
+// equalJitter returns a duration in [d/2, d): half the backoff is kept, the
+// other half is random, so replicas that failed together spread out.
+func equalJitter(d time.Duration) time.Duration {
+	if d < 2 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
 }
 
 // headerValue is the header value that carries accessToken.

@@ -73,13 +73,17 @@ type keySetState struct {
 // through the keystore's lock, per cluster), and stores each new key set
 // before anything uses it.
 type Refresher struct {
-	store      keystore.Store
-	client     *tokenClient
-	mode       string
-	skew       time.Duration
-	seedName   string // the key set that seedToken seeds
-	seedToken  string
-	headerFor  func(accessToken string) string
+	store     keystore.Store
+	client    *tokenClient
+	mode      string
+	skew      time.Duration
+	seedName  string // the key set that seedToken seeds
+	seedToken string
+	headerFor func(accessToken string) string
+	maxWait   time.Duration // how long a request waits for a refresh; 0: no bound but its context
+	// jitter spreads a backoff so that replicas that failed together do
+	// not retry together; nil keeps backoffs exact (tests).
+	jitter     func(time.Duration) time.Duration
 	now        func() time.Time
 	logger     *zap.Logger
 	observer   refreshObserver
@@ -204,12 +208,22 @@ func (r *Refresher) await(ctx context.Context, st *keySetState, name string, sta
 		f = r.startFlightLocked(st, name, stale)
 	}
 	st.mu.Unlock()
+	var timeout <-chan time.Time
+	if r.maxWait > 0 {
+		timer := time.NewTimer(r.maxWait)
+		defer timer.Stop()
+		timeout = timer.C
+	}
 	select {
 	case <-f.done:
 		return f.cred, f.err
 	case <-ctx.Done():
 		return nil, &RefreshError{KeySet: name, Code: codeTokenEndpointUnavailable, Temporary: true,
 			Description: "request ended while waiting for the token refresh", Err: ctx.Err()}
+	case <-timeout:
+		// The refresh goes on and will be stored; this request stops waiting.
+		return nil, &RefreshError{KeySet: name, Code: codeTokenEndpointUnavailable, Temporary: true,
+			RetryAfter: time.Second, Description: fmt.Sprintf("token refresh took longer than max_wait (%s)", r.maxWait)}
 	}
 }
 
@@ -232,7 +246,11 @@ func (r *Refresher) startFlightLocked(st *keySetState, name string, stale int64)
 		now := r.now()
 		st.lastRefresh = now
 		if err == nil {
-			st.cred, st.failure, st.backoff, st.retryAt = cred, nil, 0, time.Time{}
+			// An operator's PUT may have stored a newer generation meanwhile.
+			if cred.ks.Generation >= st.cred.ks.Generation {
+				st.cred = cred
+			}
+			st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
 		} else {
 			err = r.recordFailureLocked(st, name, err, now)
 		}
@@ -253,7 +271,11 @@ func (r *Refresher) recordFailureLocked(st *keySetState, name string, err error,
 	}
 	if re.Temporary {
 		st.backoff = min(max(2*st.backoff, minFailureBackoff), maxFailureBackoff)
-		wait := max(st.backoff, re.RetryAfter)
+		wait := st.backoff
+		if r.jitter != nil {
+			wait = r.jitter(wait)
+		}
+		wait = max(wait, re.RetryAfter)
 		st.retryAt = now.Add(wait)
 		re.RetryAfter = wait
 	}
@@ -335,7 +357,7 @@ func (r *Refresher) grant(ctx context.Context, st *keySetState, stored *keystore
 			if again, lerr := r.store.Load(ctx, name); lerr == nil && again.Generation > stored.Generation {
 				r.logger.Info("refresh token was spent elsewhere; adopted the stored successor",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
-				return r.credentialFor(again), nil
+				return r.adoptOrGrant(ctx, st, again)
 			}
 		}
 		r.logRefreshFailure(name, stored.Generation, start, err)
@@ -346,10 +368,10 @@ func (r *Refresher) grant(ctx context.Context, st *keySetState, stored *keystore
 		if errors.Is(err, keystore.ErrConflict) {
 			// Our lock lapsed and another holder stored a newer generation:
 			// the generation fenced our write, theirs is authoritative.
-			if again, lerr := r.store.Load(ctx, name); lerr == nil {
+			if again, lerr := r.store.Load(ctx, name); lerr == nil && again.Generation > stored.Generation {
 				r.logger.Warn("a newer key set was stored during our grant; adopted it",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
-				return r.credentialFor(again), nil
+				return r.adoptOrGrant(ctx, st, again)
 			}
 		}
 		r.setUnsaved(st, next)
@@ -366,6 +388,16 @@ func (r *Refresher) grant(ctx context.Context, st *keySetState, stored *keystore
 		zap.Bool("refresh_token_rotated", next.Token.RefreshToken() != stored.Token.RefreshToken()),
 		zap.Timep("expiry", expiryField(next.Expiry)))
 	return r.credentialFor(next), nil
+}
+
+// adoptOrGrant takes a newer stored key set: as it is when its access token
+// is usable, else (an operator's seed) by granting with its refresh token.
+// Generations only grow, so this ends.
+func (r *Refresher) adoptOrGrant(ctx context.Context, st *keySetState, newer *keystore.KeySet) (*credential, error) {
+	if !newer.Expiring(r.now(), 0) {
+		return r.credentialFor(newer), nil
+	}
+	return r.grant(ctx, st, newer)
 }
 
 func (r *Refresher) logRefreshFailure(name string, gen int64, start time.Time, err error) {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"time"
 )
 
 // replayChunkSize is the size of the pooled buffers that keep a request
@@ -31,9 +32,10 @@ var (
 // lives in pooled memory chunks up to memLimit, then in a temporary file
 // that is unlinked as soon as it is created, so no crash leaves it behind.
 type replayBody struct {
-	src      io.Reader
-	memLimit int64
-	maxSize  int64
+	src        io.Reader
+	memLimit   int64
+	maxSize    int64
+	beforeRead func() // set once before the first read; moves the idle deadline
 
 	// mu guards every field below. The proxy's transport reads the body
 	// on its own goroutine, and may still be reading when the handler
@@ -64,6 +66,29 @@ func newReplayBody(r *http.Request, memLimit, maxSize int64) *replayBody {
 	return b
 }
 
+// idleTimeout cuts the client off when it sends nothing for d: before each
+// read from the client the connection's read deadline moves to d from now,
+// so only time spent waiting for the client counts, not time the upstream
+// takes to accept what was read. d <= 0 leaves the connection alone.
+func (b *replayBody) idleTimeout(w http.ResponseWriter, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	rc := http.NewResponseController(w)
+	b.beforeRead = func() {
+		// Writers that cannot set deadlines simply keep the server's.
+		_ = rc.SetReadDeadline(time.Now().Add(d))
+	}
+}
+
+// readSrc reads from the client's body, under the idle timeout.
+func (b *replayBody) readSrc(p []byte) (int, error) {
+	if b.beforeRead != nil {
+		b.beforeRead()
+	}
+	return b.src.Read(p)
+}
+
 // Read passes the client's body to the first attempt, recording it.
 func (b *replayBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
@@ -71,7 +96,7 @@ func (b *replayBody) Read(p []byte) (int, error) {
 	if b.detached {
 		return 0, errBodyDetached
 	}
-	n, err := b.src.Read(p)
+	n, err := b.readSrc(p)
 	b.recordLocked(p[:n])
 	switch {
 	case err == io.EOF:
@@ -152,7 +177,7 @@ func (b *replayBody) rewind() (io.ReadCloser, error) {
 	if !b.eof && b.readErr == nil && b.cannot == nil {
 		buf := chunkPool.Get().(*[]byte)
 		for b.cannot == nil {
-			n, err := b.src.Read(*buf)
+			n, err := b.readSrc(*buf)
 			b.recordLocked((*buf)[:n])
 			if err == io.EOF {
 				b.eof = true

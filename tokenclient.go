@@ -25,6 +25,8 @@ import (
 // applies the same limit (1 MiB) to what it parses.
 const maxTokenResponse = 1 << 20
 
+var errTokenResponseTooLarge = fmt.Errorf("token response is larger than %d bytes", maxTokenResponse)
+
 // tokenClient performs grants at the token endpoint with x/oauth2 and keeps
 // the provider's whole response, which x/oauth2 exposes only field by field.
 type tokenClient struct {
@@ -85,6 +87,13 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 		_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
 	}
 	if err != nil {
+		if res, ok := salvage(capture, requested); ok {
+			// x/oauth2 refused a 200 that holds an access token (it wants
+			// expires_in to be a whole number). The provider has already
+			// spent the old refresh token: throwing this away would lose
+			// the credential.
+			return res, nil
+		}
 		return grantResult{}, c.classify(keySet, err, refreshToken)
 	}
 	token, err := parseTokenResponse(capture.header, capture.body)
@@ -97,6 +106,18 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 			Description: "token response has no access_token", Temporary: true}
 	}
 	return grantResult{token: token, expiry: expiryOf(token, requested)}, nil
+}
+
+// salvage keeps a successful token response that x/oauth2 rejected.
+func salvage(capture *capturingTransport, requested time.Time) (grantResult, bool) {
+	if capture.status < 200 || capture.status > 299 {
+		return grantResult{}, false
+	}
+	token, err := parseTokenResponse(capture.header, capture.body)
+	if err != nil || token.AccessToken() == "" {
+		return grantResult{}, false
+	}
+	return grantResult{token: token, expiry: expiryOf(token, requested)}, true
 }
 
 // extraParams are form fields added to every token request: the configured
@@ -143,6 +164,8 @@ func (c *tokenClient) classify(keySet string, err error, refreshToken string) *R
 	re.Temporary = true
 	re.Code = codeTokenEndpointUnavailable
 	switch {
+	case errors.Is(err, errTokenResponseTooLarge):
+		re.Code, re.Description = codeInvalidTokenResponse, errTokenResponseTooLarge.Error()
 	case errors.Is(err, context.DeadlineExceeded):
 		re.Description = fmt.Sprintf("token endpoint did not answer within %s", c.timeout)
 	case errors.As(err, &netErr):
@@ -214,11 +237,11 @@ const maxExpiresIn = 10 * 365 * 24 * 60 * 60
 // expiryOf computes the expiry from expires_in (a number or, as some
 // providers send it, a string), counted from when the request was sent.
 func expiryOf(token keystore.Token, requested time.Time) time.Time {
-	secs, err := strconv.ParseInt(token.String(keystore.FieldExpiresIn), 10, 64)
-	if err != nil || secs <= 0 || secs > maxExpiresIn {
+	secs, err := strconv.ParseFloat(token.String(keystore.FieldExpiresIn), 64)
+	if err != nil || !(secs > 0 && secs <= maxExpiresIn) {
 		return time.Time{}
 	}
-	return requested.Add(time.Duration(secs) * time.Second)
+	return requested.Add(time.Duration(secs * float64(time.Second)))
 }
 
 // capturingTransport adds the extra form fields to the token request and
@@ -227,6 +250,7 @@ func expiryOf(token keystore.Token, requested time.Time) time.Time {
 type capturingTransport struct {
 	base   http.RoundTripper
 	params url.Values
+	status int
 	header http.Header
 	body   []byte
 }
@@ -242,12 +266,15 @@ func (t *capturingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	if err != nil {
 		return nil, err
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
 	resp.Body.Close()
 	if err != nil {
 		return nil, fmt.Errorf("reading token response: %w", err)
 	}
-	t.header, t.body = resp.Header, body
+	if len(body) > maxTokenResponse {
+		return nil, errTokenResponseTooLarge
+	}
+	t.status, t.header, t.body = resp.StatusCode, resp.Header, body
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	return resp, nil
 }

@@ -1,0 +1,350 @@
+package oauth2upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+const (
+	// adminPrefix is where the routes live on Caddy's admin endpoint.
+	adminPrefix = "/oauth2_upstream/"
+	// adminKeySets is the key set collection under adminPrefix.
+	adminKeySets = "key_sets"
+	// maxAdminBody caps a PUT body: a token response is a few KiB.
+	maxAdminBody = 1 << 20
+	// adminTimeout bounds one admin request's keystore work and grant.
+	adminTimeout = 2*storeTimeout + time.Minute
+	// adminProblemType documents the admin API's error responses.
+	adminProblemType = "https://github.com/oauth2upstream/caddy-oauth2-upstream#operating"
+)
+
+// AdminAPI is the admin endpoint's /oauth2_upstream/ routes: the key sets of
+// every live oauth2_upstream handler, their status, seeding or replacing one
+// from a token response, and forcing a refresh. Its answers never hold a
+// token value.
+//
+//	GET  /oauth2_upstream/key_sets                 every known key set's status
+//	GET  /oauth2_upstream/key_sets/<name>          one key set's status
+//	PUT  /oauth2_upstream/key_sets/<name>          store a token response as its next generation
+//	POST /oauth2_upstream/key_sets/<name>/refresh  make a grant now
+type AdminAPI struct {
+	logger *zap.Logger
+	// handlers returns the handlers the API acts on; tests narrow it to
+	// their own.
+	handlers func() []*Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.oauth2_upstream",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Provision sets up the API's logger.
+func (a *AdminAPI) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger(a)
+	return nil
+}
+
+// Routes returns the API's one route; it dispatches on the rest of the path.
+func (a *AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+}
+
+func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
+	defer cancel()
+	rest := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
+	collection, name, _ := strings.Cut(rest, "/")
+	name, action, _ := strings.Cut(name, "/")
+	switch {
+	case collection != adminKeySets || strings.Contains(action, "/"):
+		return adminProblem(w, http.StatusNotFound, "Not found", fmt.Sprintf("no such resource %q", r.URL.Path), "")
+	case name == "":
+		if !allowMethod(w, r, http.MethodGet) {
+			return nil
+		}
+		return writeJSON(w, http.StatusOK, mergeStatuses(a.allStatuses(ctx)))
+	case keystore.ValidateName(name) != nil:
+		return adminProblem(w, http.StatusBadRequest, "Invalid key set name", keystore.ValidateName(name).Error(), "")
+	case action == "refresh":
+		if !allowMethod(w, r, http.MethodPost) {
+			return nil
+		}
+		return a.refresh(ctx, w, name)
+	case action != "":
+		return adminProblem(w, http.StatusNotFound, "Not found", fmt.Sprintf("no such resource %q", r.URL.Path), name)
+	case r.Method == http.MethodPut:
+		return a.put(ctx, w, r, name)
+	default:
+		if !allowMethod(w, r, http.MethodGet, http.MethodPut) {
+			return nil
+		}
+		return a.get(ctx, w, name)
+	}
+}
+
+// log returns the API's logger; an API nobody provisioned logs nowhere.
+func (a *AdminAPI) log() *zap.Logger {
+	if a.logger == nil {
+		return zap.NewNop()
+	}
+	return a.logger
+}
+
+func (a *AdminAPI) live() []*Handler {
+	if a.handlers != nil {
+		return a.handlers()
+	}
+	return registeredHandlers()
+}
+
+func (a *AdminAPI) allStatuses(ctx context.Context) []KeySetStatus {
+	var all []KeySetStatus
+	for _, h := range a.live() {
+		all = append(all, h.handlerStatuses(ctx)...)
+	}
+	return all
+}
+
+// serving returns the live handlers that can use key set name.
+func (a *AdminAPI) serving(name string) []*Handler {
+	var out []*Handler
+	for _, h := range a.live() {
+		if h.serves(name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// get answers the status of key set name. A handler configured with that
+// name shows it even when it cannot be loaded (with the reason); one with a
+// placeholder key_set only shows it when it exists.
+func (a *AdminAPI) get(ctx context.Context, w http.ResponseWriter, name string) error {
+	var found []KeySetStatus
+	for _, h := range a.serving(name) {
+		s, err := h.refresher.Status(ctx, name)
+		switch {
+		case err == nil:
+			found = append(found, s)
+		case h.keySetIsTemplate && errors.Is(err, keystore.ErrNotFound):
+		default:
+			found = append(found, failedStatus(name, err))
+		}
+	}
+	if len(found) == 0 {
+		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler has key set %q", name), name)
+	}
+	return writeJSON(w, http.StatusOK, mergeStatuses(found)[0])
+}
+
+// put stores the token response in the body as the next generation of key
+// set name, through every keystore that a handler serving name uses, and
+// takes it into use at once.
+func (a *AdminAPI) put(ctx context.Context, w http.ResponseWriter, r *http.Request, name string) error {
+	token, err := readTokenResponse(w, r)
+	if err != nil {
+		status := http.StatusBadRequest
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		return adminProblem(w, status, "Invalid token response", err.Error(), name)
+	}
+	handlers := a.serving(name)
+	if len(handlers) == 0 {
+		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler can use key set %q", name), name)
+	}
+	ks, err := oncePerKeystore(ctx, name, handlers, func(r *Refresher) (*keystore.KeySet, error) {
+		return r.Put(ctx, name, token)
+	})
+	if err != nil {
+		a.log().Error("storing key set from the admin API failed", zap.String("key_set", name), zap.Error(err))
+		if errors.Is(err, keystore.ErrCorrupt) && !errors.As(err, new(*RefreshError)) {
+			return adminProblem(w, http.StatusConflict, "Stored key set is corrupt", err.Error(), name)
+		}
+		return writeAdminRefreshProblem(w, err)
+	}
+	a.log().Info("stored key set from the admin API",
+		zap.String("key_set", name), zap.Int64("generation", ks.Generation),
+		zap.Bool("has_refresh_token", ks.Token.RefreshToken() != ""))
+	return a.answerStatus(ctx, w, handlers[0], name)
+}
+
+// refresh makes a grant for key set name now, once per keystore.
+func (a *AdminAPI) refresh(ctx context.Context, w http.ResponseWriter, name string) error {
+	handlers := a.serving(name)
+	if len(handlers) == 0 {
+		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler can use key set %q", name), name)
+	}
+	ks, err := oncePerKeystore(ctx, name, handlers, func(r *Refresher) (*keystore.KeySet, error) {
+		ks, err := r.ForceRefresh(ctx, name)
+		if errors.Is(err, keystore.ErrNotFound) {
+			return nil, nil // a keystore without it: nothing to refresh there
+		}
+		return ks, err
+	})
+	if err != nil {
+		return writeAdminRefreshProblem(w, err)
+	}
+	if ks == nil {
+		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no keystore of a live oauth2_upstream handler holds key set %q", name), name)
+	}
+	a.log().Info("refreshed key set from the admin API", zap.String("key_set", name), zap.Int64("generation", ks.Generation))
+	return a.answerStatus(ctx, w, handlers[0], name)
+}
+
+func (a *AdminAPI) answerStatus(ctx context.Context, w http.ResponseWriter, h *Handler, name string) error {
+	s, err := h.refresher.Status(ctx, name)
+	if err != nil {
+		s = failedStatus(name, err)
+	}
+	return writeJSON(w, http.StatusOK, s)
+}
+
+// oncePerKeystore runs write (a Put or a grant) once per keystore among the
+// handlers, and makes every other handler take the result into use.
+// Handlers sharing a keystore module instance share its result; a handler
+// with its own instance of the same storage (two sites configured with the
+// same directory) finds the written document there and adopts it too; only
+// a keystore that holds something else is written on its own. write may
+// return no key set and no error to skip a keystore; the result is the
+// first key set written, nil if none was.
+func oncePerKeystore(ctx context.Context, name string, handlers []*Handler, write func(*Refresher) (*keystore.KeySet, error)) (*keystore.KeySet, error) {
+	written := make(map[keystore.Store]*keystore.KeySet) // store instances are pointers
+	var first *keystore.KeySet
+	for _, h := range handlers {
+		if ks, ok := written[h.store]; ok {
+			h.refresher.adopt(name, ks)
+			continue
+		}
+		if first != nil {
+			if stored, err := h.store.Load(ctx, name); err == nil &&
+				stored.Generation == first.Generation && stored.UpdatedAt.Equal(first.UpdatedAt) {
+				written[h.store] = stored
+				h.refresher.adopt(name, stored)
+				continue
+			}
+		}
+		ks, err := write(h.refresher)
+		if err != nil {
+			return nil, err
+		}
+		if ks == nil {
+			continue
+		}
+		written[h.store] = ks
+		if first == nil {
+			first = ks
+		}
+	}
+	return first, nil
+}
+
+// readTokenResponse reads a PUT body: a JSON object, a token endpoint
+// response, with a non-empty access_token or refresh_token string. Its
+// errors never quote the body.
+func readTokenResponse(w http.ResponseWriter, r *http.Request) (keystore.Token, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	if err != nil {
+		return nil, fmt.Errorf("reading the body (at most %d bytes): %w", maxAdminBody, err)
+	}
+	var token keystore.Token
+	if err := json.Unmarshal(body, &token); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return nil, fmt.Errorf("the body is not valid JSON (at byte %d)", syntax.Offset)
+		}
+		return nil, errors.New("the body must be a JSON object: a token endpoint response")
+	}
+	if token == nil {
+		return nil, errors.New("the body must be a JSON object: a token endpoint response")
+	}
+	for _, field := range []string{keystore.FieldAccessToken, keystore.FieldRefreshToken} {
+		if raw, ok := token[field]; ok {
+			var s string
+			if json.Unmarshal(raw, &s) != nil {
+				return nil, fmt.Errorf("%s must be a string", field)
+			}
+		}
+	}
+	if token.AccessToken() == "" && token.RefreshToken() == "" {
+		return nil, errors.New("the token response holds neither an access_token nor a refresh_token")
+	}
+	return token, nil
+}
+
+// allowMethod answers 405 unless r's method is one of methods (HEAD
+// counts as GET).
+func allowMethod(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	for _, m := range methods {
+		if r.Method == m || (m == http.MethodGet && r.Method == http.MethodHead) {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	adminProblem(w, http.StatusMethodNotAllowed, "Method not allowed",
+		fmt.Sprintf("%s is not allowed here; use %s", r.Method, strings.Join(methods, " or ")), "")
+	return false
+}
+
+// writeAdminRefreshProblem answers a refresh or keystore failure as the
+// handler does: 502 when a person must act, 503 with Retry-After when it
+// may pass.
+func writeAdminRefreshProblem(w http.ResponseWriter, err error) error {
+	var re *RefreshError
+	if !errors.As(err, &re) {
+		return adminProblem(w, http.StatusInternalServerError, "Key set operation failed", err.Error(), "")
+	}
+	return writeProblem(w, err)
+}
+
+// adminProblem writes an RFC 9457 problem document.
+func adminProblem(w http.ResponseWriter, status int, title, detail, keySet string) error {
+	return writeJSONAs(w, status, "application/problem+json",
+		problem{Type: adminProblemType, Title: title, Status: status, Detail: detail, KeySet: keySet})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	return writeJSONAs(w, status, "application/json", v)
+}
+
+func writeJSONAs(w http.ResponseWriter, status int, contentType string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding the answer: %w", err)
+	}
+	body = append(body, '\n')
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, err = w.Write(body)
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner = (*AdminAPI)(nil)
+	_ caddy.AdminRouter = (*AdminAPI)(nil)
+)

@@ -1,0 +1,508 @@
+package oauth2upstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// adminFor is the admin API acting on the given handlers only: the registry
+// of live handlers is process-wide, and parallel tests have theirs in it.
+// It still reads the registry, so a handler that is not registered (never
+// provisioned, or cleaned up) stays invisible.
+func adminFor(hs ...*Handler) (*AdminAPI, *observer.ObservedLogs) {
+	core, logs := observer.New(zap.DebugLevel)
+	return &AdminAPI{logger: zap.New(core), handlers: func() []*Handler {
+		return slices.DeleteFunc(registeredHandlers(), func(h *Handler) bool { return !slices.Contains(hs, h) })
+	}}, logs
+}
+
+// adminCall sends one request to the admin API's route, as Caddy's admin
+// endpoint would.
+func adminCall(t *testing.T, a *AdminAPI, method, path, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	routes := a.Routes()
+	if len(routes) != 1 || routes[0].Pattern != "/oauth2_upstream/" {
+		t.Fatalf("Routes() = %+v; want one route on /oauth2_upstream/", routes)
+	}
+	req := httptest.NewRequest(method, "http://127.0.0.1:2019"+path, strings.NewReader(body))
+	rec := httptest.NewRecorder()
+	if err := routes[0].Handler.ServeHTTP(rec, req); err != nil {
+		t.Fatalf("%s %s: handler error %v", method, path, err)
+	}
+	return rec
+}
+
+func decodeStatus(t *testing.T, rec *httptest.ResponseRecorder) KeySetStatus {
+	t.Helper()
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type = %q; want application/json (body %s)", ct, rec.Body)
+	}
+	var s KeySetStatus
+	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+		t.Fatalf("decoding %s: %v", rec.Body, err)
+	}
+	return s
+}
+
+func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder, wantStatus int) problem {
+	t.Helper()
+	if rec.Code != wantStatus {
+		t.Fatalf("status = %d (%s); want %d", rec.Code, rec.Body, wantStatus)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type = %q; want application/problem+json", ct)
+	}
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatalf("decoding %s: %v", rec.Body, err)
+	}
+	if p.Status != wantStatus || p.Detail == "" {
+		t.Errorf("problem = %+v; want status %d and a detail", p, wantStatus)
+	}
+	return p
+}
+
+// seedStore stores a seed key set (a refresh token only) in the sidecar's
+// file keystore.
+func (s *sidecar) seedStore(t *testing.T, name, refreshToken string) {
+	t.Helper()
+	ks := &keystore.KeySet{Name: name, Generation: 1, Token: keystore.Token{}}
+	ks.Token.SetString(keystore.FieldRefreshToken, refreshToken)
+	if err := s.store.Save(context.Background(), ks); err != nil {
+		t.Fatalf("Save(%q) = %v", name, err)
+	}
+}
+
+// The admin module is registered under its documented ID.
+func TestAdminModuleRegistered(t *testing.T) {
+	t.Parallel()
+	info, err := caddy.GetModule("admin.api.oauth2_upstream")
+	if err != nil {
+		t.Fatalf("GetModule(admin.api.oauth2_upstream) = %v", err)
+	}
+	if _, ok := info.New().(caddy.AdminRouter); !ok {
+		t.Errorf("admin.api.oauth2_upstream is a %T; want a caddy.AdminRouter", info.New())
+	}
+}
+
+// GET /oauth2_upstream/key_sets lists each handler's configured key set,
+// even before a request loaded it, and every key set a placeholder key_set
+// loaded; a cleaned-up handler's key sets disappear.
+func TestAdminListKeySets(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	static := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "list-static", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	te2 := newTokenEndpoint(t, "rt-a")
+	api2 := newAPIServer(t, "Bearer at-1")
+	selected := newSidecar(t, &Handler{TokenURL: te2.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api2.server.URL))
+	selected.seedStore(t, "list-a", "rt-a")
+	a, _ := adminFor(static.handler, selected.handler)
+
+	list := func() []KeySetStatus {
+		t.Helper()
+		rec := adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets", "")
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET key_sets = %d (%s); want 200", rec.Code, rec.Body)
+		}
+		var got []KeySetStatus
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+			t.Fatalf("decoding %s: %v", rec.Body, err)
+		}
+		return got
+	}
+
+	got := list()
+	want := []KeySetStatus{{Name: "list-static", Generation: 1, HasRefreshToken: true, State: stateExpiring}}
+	if !statusesEqual(got, want) {
+		t.Errorf("before any request: key_sets = %+v; want %+v (the seed, no access token yet)", got, want)
+	}
+
+	static.get(t, "/x")
+	req, _ := http.NewRequest(http.MethodGet, selected.server.URL+"/x", nil)
+	req.Header.Set("X-Account", "list-a")
+	if resp, body := selected.do(t, req); resp.StatusCode != http.StatusOK {
+		t.Fatalf("request for list-a = %d (%s); want 200", resp.StatusCode, body)
+	}
+	got = list()
+	want = []KeySetStatus{
+		{Name: "list-a", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK},
+		{Name: "list-static", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK},
+	}
+	if !statusesEqual(got, want) {
+		t.Errorf("after requests: key_sets = %+v; want %+v", got, want)
+	}
+	for _, s := range got {
+		if s.Expiry == nil || s.LastRefresh == nil {
+			t.Errorf("key set %q: expiry %v, last_refresh %v; want both", s.Name, s.Expiry, s.LastRefresh)
+		}
+	}
+
+	selected.handler.Cleanup()
+	got = list()
+	if len(got) != 1 || got[0].Name != "list-static" {
+		t.Errorf("after the selecting handler's Cleanup: key_sets = %+v; want only list-static", got)
+	}
+}
+
+// statusesEqual compares statuses, ignoring the times.
+func statusesEqual(got, want []KeySetStatus) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		g := got[i]
+		g.Expiry, g.LastRefresh = nil, nil
+		if g != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// GET /oauth2_upstream/key_sets/<name> answers one key set, 404 for a name
+// no handler has, 400 for an invalid name, 405 for other methods.
+func TestAdminGetKeySet(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	seeded := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-seeded", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-missing"}, hostPort(t, api.server.URL))
+	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
+	selected.seedStore(t, "get-stored", "rt-x")
+	a, _ := adminFor(seeded.handler, missing.handler, selected.handler)
+	seeded.get(t, "/x")
+
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		wantStatus int
+		want       KeySetStatus // for 200
+	}{
+		{name: "configured and used", method: http.MethodGet, path: "get-seeded", wantStatus: http.StatusOK,
+			want: KeySetStatus{Name: "get-seeded", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK}},
+		{name: "configured but not in the keystore", method: http.MethodGet, path: "get-missing", wantStatus: http.StatusOK,
+			want: KeySetStatus{Name: "get-missing", LastResult: "error", ErrorCode: codeNoKeySet, State: stateNeedsReauthorization}},
+		{name: "stored, selected by placeholder", method: http.MethodGet, path: "get-stored", wantStatus: http.StatusOK,
+			want: KeySetStatus{Name: "get-stored", Generation: 1, HasRefreshToken: true, State: stateExpiring}},
+		{name: "HEAD", method: http.MethodHead, path: "get-seeded", wantStatus: http.StatusOK,
+			want: KeySetStatus{Name: "get-seeded", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK}},
+		{name: "not stored, placeholder handler only", method: http.MethodGet, path: "get-nowhere", wantStatus: http.StatusNotFound},
+		{name: "invalid name", method: http.MethodGet, path: ".hidden", wantStatus: http.StatusBadRequest},
+		{name: "DELETE", method: http.MethodDelete, path: "get-seeded", wantStatus: http.StatusMethodNotAllowed},
+		{name: "unknown action", method: http.MethodGet, path: "get-seeded/rotate", wantStatus: http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := adminCall(t, a, tt.method, "/oauth2_upstream/key_sets/"+tt.path, "")
+			if tt.wantStatus != http.StatusOK {
+				decodeProblem(t, rec, tt.wantStatus)
+				return
+			}
+			if rec.Code != http.StatusOK {
+				t.Fatalf("%s %s = %d (%s); want 200", tt.method, tt.path, rec.Code, rec.Body)
+			}
+			if got := decodeStatus(t, rec); !statusesEqual([]KeySetStatus{got}, []KeySetStatus{tt.want}) {
+				t.Errorf("%s %s = %+v; want %+v", tt.method, tt.path, got, tt.want)
+			}
+		})
+	}
+
+	// An unknown path under the prefix, and a method the collection lacks.
+	decodeProblem(t, adminCall(t, a, http.MethodGet, "/oauth2_upstream/other", ""), http.StatusNotFound)
+	rec := adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets", "")
+	decodeProblem(t, rec, http.StatusMethodNotAllowed)
+	if allow := rec.Header().Get("Allow"); allow != "GET" {
+		t.Errorf("Allow = %q; want GET", allow)
+	}
+}
+
+// A PUT key set is used by the next proxied request, without a restart and
+// without a grant; it is stored whole as the next generation.
+func TestAdminPutTakesEffect(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-live", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	a, _ := adminFor(s.handler)
+	if resp, _ := s.get(t, "/warm-up"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("warm-up status = %d; want 200", resp.StatusCode)
+	}
+
+	api.setValid("Bearer put-access")
+	body := `{"access_token":"put-access","refresh_token":"put-refresh","token_type":"Bearer","expires_in":3600,"instance_url":"https://eu1.example.com"}`
+	rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/put-live", body)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("PUT = %d (%s); want 200", rec.Code, rec.Body)
+	}
+	got := decodeStatus(t, rec)
+	if got.Generation != 3 || got.State != stateOK || !got.HasRefreshToken || got.Expiry == nil {
+		t.Errorf("PUT answered %+v; want generation 3, state ok, a refresh token and an expiry", got)
+	}
+
+	grants := te.grants.Load()
+	if resp, body := s.get(t, "/after-put"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("request after PUT = %d (%s); want 200 with the PUT access token", resp.StatusCode, body)
+	}
+	if g := te.grants.Load(); g != grants {
+		t.Errorf("grants after PUT = %d; want %d (the PUT token is used as it is)", g, grants)
+	}
+	seen := api.seen()
+	if last := seen[len(seen)-1]; len(last.Authorization) != 1 || last.Authorization[0] != "Bearer put-access" {
+		t.Errorf("upstream saw Authorization %v; want [Bearer put-access]", last.Authorization)
+	}
+	stored := s.storedKeySet(t, "put-live")
+	var want keystore.Token
+	json.Unmarshal([]byte(body), &want)
+	if stored.Generation != 3 || !tokensEqual(stored.Token, want) {
+		t.Errorf("stored generation %d token %v; want generation 3 and the PUT body verbatim", stored.Generation, stored.Token)
+	}
+}
+
+func tokensEqual(a, b keystore.Token) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !bytes.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+// A PUT is written once per keystore: handlers that share a keystore
+// instance, or another instance of the same directory, adopt the written
+// key set (one generation more, not two); a handler with a keystore of its
+// own gets the key set written there too.
+func TestAdminPutOncePerKeystore(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer put-access")
+	shared := t.TempDir()
+	onDir := func(dir string) *Handler {
+		raw, _ := json.Marshal(map[string]string{"backend": "file", "path": dir})
+		return &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-shared", KeystoreRaw: raw}
+	}
+	first := newSidecar(t, onDir(shared), hostPort(t, api.server.URL))
+	sameDir := newSidecar(t, onDir(shared), hostPort(t, api.server.URL))
+	sameInstance := newSidecar(t, onDir(t.TempDir()), hostPort(t, api.server.URL))
+	sameInstance.handler.store, sameInstance.handler.refresher.store = first.handler.store, first.handler.store
+	own := newSidecar(t, onDir(t.TempDir()), hostPort(t, api.server.URL))
+	first.seedStore(t, "put-shared", "rt-0")
+	own.seedStore(t, "put-shared", "rt-own")
+	a, logs := adminFor(first.handler, sameDir.handler, sameInstance.handler, own.handler)
+
+	rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/put-shared", `{"access_token":"put-access","expires_in":3600}`)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("PUT = %d (%s); want 200", rec.Code, rec.Body)
+	}
+	if got := first.storedKeySet(t, "put-shared"); got.Generation != 2 || got.Token.RefreshToken() != "rt-0" {
+		t.Errorf("shared keystore holds generation %d, refresh token kept %v; want generation 2 (written once), refresh token kept",
+			got.Generation, got.Token.RefreshToken() == "rt-0")
+	}
+	if got := own.storedKeySet(t, "put-shared"); got.Generation != 2 || got.Token.AccessToken() != "put-access" {
+		t.Errorf("the other keystore holds generation %d; want generation 2 with the PUT access token", got.Generation)
+	}
+	for i, s := range []*sidecar{first, sameDir, sameInstance, own} {
+		if resp, body := s.get(t, "/x"); resp.StatusCode != http.StatusOK {
+			t.Errorf("handler %d after PUT = %d (%s); want 200 with the PUT token", i, resp.StatusCode, body)
+		}
+	}
+	if g := te.grants.Load(); g != 0 {
+		t.Errorf("grants = %d; want 0", g)
+	}
+	if n := logs.FilterMessage("stored key set from the admin API").Len(); n != 1 {
+		t.Errorf("logged %d PUTs; want 1", n)
+	}
+}
+
+// Bad PUT bodies and names are refused with a problem that does not quote
+// the body, and nothing is stored.
+func TestAdminPutRejectsBadInput(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-bad", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	a, _ := adminFor(s.handler)
+	s.get(t, "/warm-up") // generation 2
+
+	tests := []struct {
+		name       string
+		keySet     string
+		body       string
+		wantStatus int
+	}{
+		{name: "not JSON", keySet: "put-bad", body: `{"access_token":"SECRET-in-bad-json"`, wantStatus: http.StatusBadRequest},
+		{name: "trailing garbage", keySet: "put-bad", body: `{"access_token":"SECRET-x"} {}`, wantStatus: http.StatusBadRequest},
+		{name: "array", keySet: "put-bad", body: `["SECRET-in-array"]`, wantStatus: http.StatusBadRequest},
+		{name: "null", keySet: "put-bad", body: `null`, wantStatus: http.StatusBadRequest},
+		{name: "string", keySet: "put-bad", body: `"SECRET-string"`, wantStatus: http.StatusBadRequest},
+		{name: "empty body", keySet: "put-bad", body: ``, wantStatus: http.StatusBadRequest},
+		{name: "empty object", keySet: "put-bad", body: `{}`, wantStatus: http.StatusBadRequest},
+		{name: "empty tokens", keySet: "put-bad", body: `{"access_token":"","refresh_token":""}`, wantStatus: http.StatusBadRequest},
+		{name: "token not a string", keySet: "put-bad", body: `{"refresh_token":12345}`, wantStatus: http.StatusBadRequest},
+		{name: "too large", keySet: "put-bad", body: `{"access_token":"` + strings.Repeat("A", maxAdminBody) + `"}`, wantStatus: http.StatusRequestEntityTooLarge},
+		{name: "invalid name", keySet: "-bad", body: `{"access_token":"SECRET-ok"}`, wantStatus: http.StatusBadRequest},
+		{name: "name nobody serves", keySet: "put-nobody", body: `{"access_token":"SECRET-ok"}`, wantStatus: http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/"+tt.keySet, tt.body)
+			decodeProblem(t, rec, tt.wantStatus)
+			if strings.Contains(rec.Body.String(), "SECRET") {
+				t.Errorf("problem quotes the body: %s", rec.Body)
+			}
+		})
+	}
+	if got := s.storedKeySet(t, "put-bad"); got.Generation != 2 {
+		t.Errorf("stored generation = %d after refused PUTs; want 2", got.Generation)
+	}
+	if _, err := os.Stat(filepath.Join(s.store.Path, "put-nobody.json")); !os.IsNotExist(err) {
+		t.Errorf("a key set nobody serves was stored (stat: %v)", err)
+	}
+}
+
+// POST .../refresh makes a grant now and answers the status; failures
+// answer the handler's problems: 503 with Retry-After when temporary, 502
+// when permanent; 404 for an unknown key set.
+func TestAdminRefresh(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "refresh-me", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
+	a, _ := adminFor(s.handler, selected.handler)
+	const path = "/oauth2_upstream/key_sets/refresh-me/refresh"
+
+	rec := adminCall(t, a, http.MethodPost, path, "")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("POST refresh = %d (%s); want 200", rec.Code, rec.Body)
+	}
+	if got := decodeStatus(t, rec); got.Generation != 2 || got.LastResult != "ok" || got.State != stateOK {
+		t.Errorf("POST refresh answered %+v; want generation 2, last_result ok, state ok", got)
+	}
+	rec = adminCall(t, a, http.MethodPost, path, "")
+	if got := decodeStatus(t, rec); rec.Code != http.StatusOK || got.Generation != 3 || te.grants.Load() != 2 {
+		t.Errorf("second POST refresh = %d %+v after %d grants; want 200, generation 3, 2 grants (forced although the token is valid)",
+			rec.Code, got, te.grants.Load())
+	}
+
+	te.mu.Lock()
+	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "maintenance", http.StatusServiceUnavailable)
+		return true
+	}
+	te.mu.Unlock()
+	rec = adminCall(t, a, http.MethodPost, path, "")
+	p := decodeProblem(t, rec, http.StatusServiceUnavailable)
+	if p.KeySet != "refresh-me" || p.OAuthError != codeTokenEndpointUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("problem = %+v, Retry-After %q; want key set refresh-me, %s, a Retry-After", p, rec.Header().Get("Retry-After"), codeTokenEndpointUnavailable)
+	}
+
+	te.mu.Lock()
+	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		w.Write([]byte(`{"error":"invalid_grant"}`))
+		return true
+	}
+	te.mu.Unlock()
+	p = decodeProblem(t, adminCall(t, a, http.MethodPost, path, ""), http.StatusBadGateway)
+	if p.KeySet != "refresh-me" || p.OAuthError != "invalid_grant" {
+		t.Errorf("problem = %+v; want key set refresh-me, invalid_grant", p)
+	}
+	if got := s.storedKeySet(t, "refresh-me"); got.Generation != 3 {
+		t.Errorf("stored generation after failed refreshes = %d; want 3 (failures store nothing)", got.Generation)
+	}
+
+	decodeProblem(t, adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/refresh-unknown/refresh", ""), http.StatusNotFound)
+	decodeProblem(t, adminCall(t, a, http.MethodGet, path, ""), http.StatusMethodNotAllowed)
+	onlyStatic, _ := adminFor(s.handler)
+	decodeProblem(t, adminCall(t, onlyStatic, http.MethodPost, "/oauth2_upstream/key_sets/refresh-other/refresh", ""), http.StatusNotFound)
+}
+
+// Invariant 7: no token value appears in the admin API's answers, the
+// metrics, the health route or the logs, while the notification receiver
+// (which gets them by design) shows the values were there to leak.
+func TestNoTokenValuesInOperatorOutput(t *testing.T) {
+	t.Parallel()
+	const marker = "-q7z" // every token value of this test ends with it
+	te := newTokenEndpoint(t, "")
+	var issued int
+	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if issued == 3 {
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"invalid_grant","error_description":"refresh token LEAK-RT-%d%s was revoked"}`, issued, marker)
+			return true
+		}
+		issued++
+		fmt.Fprintf(w, `{"access_token":"LEAK-AT-%d%s","refresh_token":"LEAK-RT-%d%s","id_token":"LEAK-ID%s","token_type":"Bearer","expires_in":3600}`,
+			issued, marker, issued, marker, marker)
+		return true
+	}
+	api := newAPIServer(t, "Bearer LEAK-AT-1"+marker)
+	rcv := newReceiver(t)
+	h := &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "LEAK-SECRET" + marker, KeySet: "leak-scan",
+		RefreshToken: "LEAK-SEED" + marker, Notify: rcv.server.URL}
+	s := newSidecar(t, h, hostPort(t, api.server.URL))
+	s.handler.ops.notifier.logger = s.handler.logger
+	a, adminLogs := adminFor(s.handler)
+	health := &Health{config: s.handler.ops.config}
+
+	var out strings.Builder
+	collect := func(rec *httptest.ResponseRecorder) { out.WriteString(rec.Body.String()) }
+	s.get(t, "/first")                        // grant 1
+	api.setValid("Bearer LEAK-AT-2" + marker) // the next request is rejected: grant 2, replay
+	if resp, _ := s.get(t, "/second"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("replayed request = %d; want 200", resp.StatusCode)
+	}
+	collect(adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/leak-scan",
+		`{"access_token":"LEAK-PUT-AT`+marker+`","refresh_token":"LEAK-PUT-RT`+marker+`"}`))
+	collect(adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/leak-scan/refresh", "")) // grant 3
+	collect(adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/leak-scan/refresh", "")) // invalid_grant
+	api.setValid("nothing")
+	s.get(t, "/failing") // rejected, refresh fails
+	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets", ""))
+	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets/leak-scan", ""))
+	rec := httptest.NewRecorder()
+	health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil)
+	collect(rec)
+	out.WriteString(scrape(t, s.handler.ops.config))
+	rcv.waitFor(t, 5) // seed, grants 1 and 2, PUT, grant 3
+	s.handler.Cleanup()
+	for _, logs := range []*observer.ObservedLogs{s.logs, adminLogs} {
+		for _, e := range logs.All() {
+			fmt.Fprintf(&out, "%s %v\n", e.Message, e.ContextMap())
+		}
+	}
+
+	if strings.Contains(out.String(), marker) {
+		t.Errorf("a token value leaked into operator output:\n%s", out.String())
+	}
+	if got := rcv.bodies(); !strings.Contains(strings.Join(got, ""), "LEAK-AT-3"+marker) {
+		t.Errorf("the receiver got %q; want the tokens (by design), or this test proves nothing", got)
+	}
+	if !strings.Contains(out.String(), "invalid_grant") || !strings.Contains(out.String(), "caddy_oauth2_upstream_grants_total") {
+		t.Errorf("the scanned output lacks the failure and the metrics; the scan proves nothing:\n%s", out.String())
+	}
+}

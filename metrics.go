@@ -1,0 +1,163 @@
+package oauth2upstream
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Metric names are caddy_oauth2_upstream_*. The key_set label takes only
+// names that exist in the keystore (a request that selects an unknown name
+// gets a problem before anything is counted), which bounds its
+// cardinality.
+const (
+	metricsNamespace = "caddy"
+	metricsSubsystem = "oauth2_upstream"
+)
+
+// Outcomes of a trigger status (the replays_total outcome label).
+const (
+	replayReplayed      = "replayed"
+	replayNotReplayable = "not_replayable" // the body was too large to keep
+	replayRefreshFailed = "refresh_failed"
+)
+
+// Results of a grant (the grants_total result label).
+const (
+	grantResultOK    = "ok"
+	grantResultError = "error"
+)
+
+// upstreamMetrics are the collectors of one metrics registry. Every handler
+// of a config builds its own, and registration hands back the collectors
+// the first handler registered, so they all count into the same series.
+// It is the refreshObserver that counts grants and keystore failures.
+type upstreamMetrics struct {
+	grants         *prometheus.CounterVec
+	grantDuration  *prometheus.HistogramVec
+	replays        *prometheus.CounterVec
+	keystoreErrors *prometheus.CounterVec
+}
+
+func newUpstreamMetrics(registry prometheus.Registerer) (*upstreamMetrics, error) {
+	m := &upstreamMetrics{
+		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "grants_total",
+			Help: "Grants made at the token endpoint, by key set and result (ok, error).",
+		}, []string{"key_set", "result"}),
+		grantDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "grant_duration_seconds",
+			Help:    "How long grants at the token endpoint took, by key set.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"key_set"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "replays_total",
+			Help: "Requests the upstream rejected with a trigger status, by key set and outcome (replayed, not_replayable, refresh_failed).",
+		}, []string{"key_set", "outcome"}),
+		keystoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "keystore_errors_total",
+			Help: "Failed keystore operations, by operation (lock, load, save).",
+		}, []string{"operation"}),
+	}
+	var err error
+	if m.grants, err = register(registry, m.grants); err != nil {
+		return nil, err
+	}
+	if m.grantDuration, err = register(registry, m.grantDuration); err != nil {
+		return nil, err
+	}
+	if m.replays, err = register(registry, m.replays); err != nil {
+		return nil, err
+	}
+	if m.keystoreErrors, err = register(registry, m.keystoreErrors); err != nil {
+		return nil, err
+	}
+	if config, ok := registry.(*prometheus.Registry); ok {
+		if _, err := register(registry, newExpiryCollector(config)); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered under
+// the same descriptors: several handlers share a config's registry.
+func register[C prometheus.Collector](registry prometheus.Registerer, c C) (C, error) {
+	err := registry.Register(c)
+	var already prometheus.AlreadyRegisteredError
+	if errors.As(err, &already) {
+		existing, ok := already.ExistingCollector.(C)
+		if !ok {
+			return c, fmt.Errorf("registering metrics: a %T is already registered under the same name", already.ExistingCollector)
+		}
+		return existing, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("registering metrics: %w", err)
+	}
+	return c, nil
+}
+
+func (m *upstreamMetrics) grantDone(keySet string, err error, took time.Duration) {
+	result := grantResultOK
+	if err != nil {
+		result = grantResultError
+	}
+	m.grants.WithLabelValues(keySet, result).Inc()
+	m.grantDuration.WithLabelValues(keySet).Observe(took.Seconds())
+}
+
+// keySetStored needs no counting: the expiry gauge reads the key sets in
+// use when it is scraped.
+func (m *upstreamMetrics) keySetStored(*keystore.KeySet) {}
+
+func (m *upstreamMetrics) keystoreFailed(operation string) {
+	m.keystoreErrors.WithLabelValues(operation).Inc()
+}
+
+// expiryCollector is the caddy_oauth2_upstream_token_expiry_timestamp_seconds
+// gauge. It reads, when scraped, the key set each handler of its config has
+// in use, so the value follows every change however it came (a grant, an
+// admin PUT, a key set adopted from another replica, the first load). Key
+// sets whose expiry is unknown have no sample.
+type expiryCollector struct {
+	config *prometheus.Registry
+	desc   *prometheus.Desc
+}
+
+func newExpiryCollector(config *prometheus.Registry) *expiryCollector {
+	return &expiryCollector{
+		config: config,
+		desc: prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "token_expiry_timestamp_seconds"),
+			"When the access token in use expires, in seconds since the Unix epoch, by key set.",
+			[]string{"key_set"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector. A key set several handlers use
+// reports the newest generation's expiry.
+func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	newest := make(map[string]KeySetStatus)
+	for _, h := range handlersOfConfig(c.config) {
+		for _, s := range h.refresher.Statuses() {
+			if cur, ok := newest[s.Name]; !ok || s.Generation > cur.Generation {
+				newest[s.Name] = s
+			}
+		}
+	}
+	for name, s := range newest {
+		if s.Expiry == nil {
+			continue
+		}
+		seconds := float64(s.Expiry.UnixNano()) / float64(time.Second)
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, seconds, name)
+	}
+}
