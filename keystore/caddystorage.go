@@ -125,17 +125,8 @@ func (s *CaddyStorage) Save(ctx context.Context, ks *KeySet) (err error) {
 		}
 	}()
 
-	stored, err := s.Load(ctx, ks.Name)
-	var have int64
-	switch {
-	case err == nil:
-		have = stored.Generation
-	case errors.Is(err, ErrNotFound):
-	default:
-		return fmt.Errorf("saving key set %q: reading the stored generation: %w", ks.Name, err)
-	}
-	if ks.Generation != have+1 {
-		return fmt.Errorf("saving key set %q generation %d over stored generation %d: %w", ks.Name, ks.Generation, have, ErrConflict)
+	if err := checkFollows(ctx, ks, s.Load); err != nil {
+		return err
 	}
 	if err := s.storage.Store(ctx, documentStorageKey(ks.Name), data); err != nil {
 		return fmt.Errorf("saving key set %q to caddy storage: %w", ks.Name, err)

@@ -124,17 +124,8 @@ func (f *File) Save(ctx context.Context, ks *KeySet) error {
 	}
 	defer release()
 
-	stored, err := f.Load(ctx, ks.Name)
-	var have int64
-	switch {
-	case err == nil:
-		have = stored.Generation
-	case errors.Is(err, ErrNotFound):
-	default:
-		return fmt.Errorf("saving key set %q: reading the stored generation: %w", ks.Name, err)
-	}
-	if ks.Generation != have+1 {
-		return fmt.Errorf("saving key set %q generation %d over stored generation %d: %w", ks.Name, ks.Generation, have, ErrConflict)
+	if err := checkFollows(ctx, ks, f.Load); err != nil {
+		return err
 	}
 	if err := writeFileAtomic(f.docPath(ks.Name), data); err != nil {
 		return fmt.Errorf("saving key set %q: %w", ks.Name, err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 )
 
@@ -65,4 +66,23 @@ func (JSONCodec) Decode(name string, data []byte) (*KeySet, error) {
 		return nil, err
 	}
 	return &ks, nil
+}
+
+// checkFollows is the compare of a compare-and-swap for backends that hold
+// a write lock while they save: ks must be exactly one generation after what
+// load finds (1 when nothing is stored), or the save is an ErrConflict.
+func checkFollows(ctx context.Context, ks *KeySet, load func(context.Context, string) (*KeySet, error)) error {
+	stored, err := load(ctx, ks.Name)
+	var have int64
+	switch {
+	case err == nil:
+		have = stored.Generation
+	case errors.Is(err, ErrNotFound):
+	default:
+		return fmt.Errorf("saving key set %q: reading the stored generation: %w", ks.Name, err)
+	}
+	if ks.Generation != have+1 {
+		return fmt.Errorf("saving key set %q generation %d over stored generation %d: %w", ks.Name, ks.Generation, have, ErrConflict)
+	}
+	return nil
 }
