@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -566,5 +567,55 @@ func TestNewRejectsBadClients(t *testing.T) {
 				t.Fatalf("New(%s) = nil error; want an error", tt.name)
 			}
 		})
+	}
+}
+
+// Scenario: every token the server hands out is recorded, with the
+// expires_in the client was told, so that tests can time grants and look
+// for token values in logs.
+func TestIssuedRecordsEveryToken(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, Config{AccessTokenLifespan: 3 * time.Second})
+	ctx := clientContext(t)
+	seed := mustSeed(t, s, DefaultClientID)
+	tok := mustRefresh(t, ctx, defaultConfig(s), seed)
+
+	issued := s.Issued()
+	if len(issued) != 2 {
+		t.Fatalf("Issued() has %d entries; want 2 (the seed's exchange and one refresh)", len(issued))
+	}
+	if issued[0].GrantType != "authorization_code" || issued[0].RefreshToken != seed {
+		t.Errorf("Issued()[0] = grant %q, seed recorded %t; want authorization_code with the seed", issued[0].GrantType, issued[0].RefreshToken == seed)
+	}
+	got := issued[1]
+	if got.GrantType != GrantRefreshToken || got.AccessToken != tok.AccessToken || got.RefreshToken != tok.RefreshToken {
+		t.Errorf("Issued()[1] = grant %q, tokens match %t; want the refresh grant's tokens", got.GrantType, got.AccessToken == tok.AccessToken && got.RefreshToken == tok.RefreshToken)
+	}
+	// fosite rounds the expiry to the second: a 3s lifespan is announced as 2s or 3s.
+	if got.ExpiresIn != 2*time.Second && got.ExpiresIn != 3*time.Second {
+		t.Errorf("Issued()[1].ExpiresIn = %s; want 2s or 3s", got.ExpiresIn)
+	}
+	values := s.TokenValues()
+	for _, v := range []string{seed, tok.AccessToken, tok.RefreshToken} {
+		if !slices.Contains(values, v) {
+			t.Errorf("TokenValues() misses an issued token")
+		}
+	}
+	if n := s.TokenRequestsInFlight(); n != 0 {
+		t.Errorf("TokenRequestsInFlight() = %d after the answers; want 0", n)
+	}
+}
+
+// Scenario: client secrets verified once are not bcrypt-checked again, but a
+// wrong secret is still refused after the right one was accepted.
+func TestWrongSecretRefusedAfterRightOne(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, Config{})
+	ctx := clientContext(t)
+	mustRefresh(t, ctx, defaultConfig(s), mustSeed(t, s, DefaultClientID))
+	seed := mustSeed(t, s, DefaultClientID)
+	_, err := refresh(ctx, oauthConfig(s, DefaultClientID, "wrong", oauth2.AuthStyleInHeader), seed)
+	if got := errorCode(err); got != "invalid_client" {
+		t.Errorf("refresh() with a wrong secret error = %v; want invalid_client", err)
 	}
 }

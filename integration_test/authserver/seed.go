@@ -40,6 +40,7 @@ func (s *Server) Seed(ctx context.Context, clientID string, scopes ...string) (r
 	if refreshToken == "" {
 		return "", fmt.Errorf("authserver: seed for %q: fosite issued no refresh token", clientID)
 	}
+	s.issued.record(Issued{GrantType: "authorization_code", AccessToken: response.GetAccessToken(), RefreshToken: refreshToken})
 	return refreshToken, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/ory/fosite"
 )
@@ -17,6 +18,8 @@ const (
 // serveToken is the token endpoint (RFC 6749 section 3.2): fosite handles the
 // grant; this wrapper counts it and applies the provider profile.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
+	s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
 	ctx := r.Context()
 	// Read the form before taking grantMu, so that a slow client cannot hold
 	// up other grants; fosite then finds it already parsed.
@@ -37,7 +40,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.grants.succeed(grantType)
-	s.provider.WriteAccessResponse(ctx, w, requester, profiledResponse{AccessResponder: response, profile: profile})
+	sent := profiledResponse{AccessResponder: response, profile: profile}
+	refreshToken, _ := response.GetExtra("refresh_token").(string)
+	expiresIn, _ := sent.ToMap()["expires_in"].(int64)
+	s.issued.record(Issued{GrantType: grantType, AccessToken: response.GetAccessToken(),
+		RefreshToken: refreshToken, ExpiresIn: time.Duration(expiresIn) * time.Second})
+	s.provider.WriteAccessResponse(ctx, w, requester, sent)
 }
 
 // grant runs one token request through fosite under grantMu.
@@ -68,8 +76,12 @@ func (s *Server) serveIntrospect(w http.ResponseWriter, r *http.Request) {
 	s.provider.WriteIntrospectionResponse(ctx, w, response)
 }
 
+// newSession makes a token's session. Extra is set up front: MemoryStore
+// hands every introspection of a token the same stored session, and
+// DefaultSession.GetExtraClaims would otherwise create the map lazily, a
+// data race between concurrent introspections of one token.
 func newSession(subject string) *fosite.DefaultSession {
-	return &fosite.DefaultSession{Subject: subject}
+	return &fosite.DefaultSession{Subject: subject, Extra: map[string]any{}}
 }
 
 // grantCounter counts token requests by grant type.

@@ -65,9 +65,11 @@ func New(introspectURL, clientID, clientSecret string) (*Server, error) {
 		introspectURL: introspectURL,
 		clientID:      clientID,
 		clientSecret:  clientSecret,
-		client:        &http.Client{Transport: &http.Transport{}, Timeout: introspectTimeout},
-		url:           "http://" + ln.Addr().String(),
-		done:          make(chan struct{}),
+		// Keep enough idle connections for a storm of concurrent requests,
+		// each introspected, without opening and closing one per request.
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: introspectTimeout},
+		url:    "http://" + ln.Addr().String(),
+		done:   make(chan struct{}),
 	}
 	s.httpServer = &http.Server{Handler: http.HandlerFunc(s.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
