@@ -303,3 +303,31 @@ func TestEqualJitter(t *testing.T) {
 		t.Errorf("equalJitter(8s) gave %d distinct values in 200 calls; want spread", len(seen))
 	}
 }
+
+// A body that arrived whole, then an upstream slower than body_timeout to
+// answer: the idle deadline must not outlive the body. Go's server reads
+// the connection in the background once the body has ended, and when that
+// read times out it cancels the request (a 499 after body_timeout).
+func TestSlowUpstreamAfterBody(t *testing.T) {
+	t.Parallel()
+	te := newTokenEndpoint(t, "rt-0")
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		slow := time.NewTimer(time.Second) // the upstream's own latency
+		defer slow.Stop()
+		select {
+		case <-slow.C:
+			io.WriteString(w, "done")
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(api.Close)
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0",
+		BodyTimeout: caddyDuration(300 * time.Millisecond)}, hostPort(t, api.URL))
+
+	req, _ := http.NewRequest(http.MethodPost, s.server.URL+"/slow", bytes.NewReader(make([]byte, 1000)))
+	resp, body := s.do(t, req)
+	if resp.StatusCode != http.StatusOK || string(body) != "done" {
+		t.Errorf("POST with an upstream slower than body_timeout = %d %q; want 200 \"done\"", resp.StatusCode, body)
+	}
+}

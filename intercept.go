@@ -18,16 +18,17 @@ var heldBodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // then either replays the request, after restoring the headers it had
 // before the attempt, or sends the held response unchanged.
 type attemptWriter struct {
-	*caddyhttp.ResponseWriterWrapper
-	triggers    []int
-	wroteHeader bool
-	held        bool
-	status      int
-	body        *bytes.Buffer
+	caddyhttp.ResponseWriterWrapper // by value: no allocation of its own
+	triggers                        []int
+	wroteHeader                     bool
+	held                            bool
+	status                          int
+	body                            *bytes.Buffer
 }
 
-func newAttemptWriter(w http.ResponseWriter, triggers []int) *attemptWriter {
-	return &attemptWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, triggers: triggers}
+// reset makes aw the writer of a first attempt on w.
+func (aw *attemptWriter) reset(w http.ResponseWriter, triggers []int) {
+	*aw = attemptWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, triggers: triggers}
 }
 
 func (aw *attemptWriter) WriteHeader(status int) {
@@ -98,22 +99,56 @@ func (aw *attemptWriter) free() {
 	}
 }
 
+// Room of a headerSnapshot that costs no allocation: what Caddy's server
+// puts in every response header before the handlers run (Server, and
+// Alt-Svc with HTTP/3; so the header is never empty), with space to spare.
+const (
+	snapshotKeys   = 4
+	snapshotValues = 8
+)
+
 // headerSnapshot is the response header before an attempt, so a replay
 // starts from it and the held response's headers (WWW-Authenticate, ...)
-// do not leak into the replayed answer. An empty header, the common case,
-// costs nothing to keep.
-type headerSnapshot http.Header
-
-func snapshotHeader(h http.Header) headerSnapshot {
-	if len(h) == 0 {
-		return nil
-	}
-	return headerSnapshot(h.Clone())
+// do not leak into the replayed answer. It copies the values (handlers such
+// as `header` rewrite values in place), into fixed room when they fit,
+// else into a clone; only a restore, on the rare replay path, allocates.
+type headerSnapshot struct {
+	n      int
+	keys   [snapshotKeys]string
+	counts [snapshotKeys]int
+	values [snapshotValues]string
+	large  http.Header // the snapshot when it does not fit
 }
 
-func (s headerSnapshot) restore(h http.Header) {
+func (s *headerSnapshot) take(h http.Header) {
+	s.n, s.large = 0, nil
+	total := 0
+	for _, v := range h {
+		total += len(v)
+	}
+	if len(h) > snapshotKeys || total > snapshotValues {
+		s.large = h.Clone()
+		return
+	}
+	i := 0
+	for k, v := range h {
+		s.keys[s.n], s.counts[s.n] = k, len(v)
+		i += copy(s.values[i:], v)
+		s.n++
+	}
+}
+
+func (s *headerSnapshot) restore(h http.Header) {
 	clear(h)
-	for k, v := range s {
-		h[k] = v
+	if s.large != nil {
+		for k, v := range s.large {
+			h[k] = v
+		}
+		return
+	}
+	i := 0
+	for j := range s.n {
+		h[s.keys[j]] = slices.Clone(s.values[i : i+s.counts[j]])
+		i += s.counts[j]
 	}
 }

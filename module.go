@@ -178,6 +178,7 @@ type Handler struct {
 	refresher        *Refresher
 	store            keystore.Store
 	keySetIsTemplate bool
+	headerKey        string // HeaderName, canonical: its key in http.Header
 	triggers         []int
 	logger           *zap.Logger
 	ops              *operations // metrics, notifications, registration (registry.go)
@@ -201,6 +202,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ClientSecret = repl.ReplaceKnown(h.ClientSecret, "")
 	h.RefreshToken = repl.ReplaceKnown(h.RefreshToken, "")
 	h.setDefaults()
+	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
 	h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
 	h.triggers = slices.Clone(h.RefreshOn)
 
@@ -450,8 +452,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return writeProblem(w, err)
 	}
-	vars := &requestPlaceholders{keySet: name, cred: cred}
-	repl.Map(vars.lookup)
+	x := &exchange{vars: requestPlaceholders{keySet: name, cred: cred}}
+	repl.Map(x.vars.lookup)
 
 	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody)
 	if body != nil {
@@ -459,11 +461,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		body.idleTimeout(w, time.Duration(h.BodyTimeout))
 		r.Body = body
 	}
-	before := snapshotHeader(w.Header())
+	x.before.take(w.Header())
 	// Set, not Add: whatever the client sent in this header is replaced.
-	r.Header.Set(h.HeaderName, cred.header)
+	// The value's slice is x's, so setting it allocates nothing.
+	x.auth[0] = cred.header
+	r.Header[h.headerKey] = x.auth[:]
 
-	attempt := newAttemptWriter(w, h.triggers)
+	attempt := &x.attempt
+	attempt.reset(w, h.triggers)
 	defer attempt.free()
 	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
 		return err
@@ -474,7 +479,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	fresh, err := h.refresher.Rejected(r.Context(), name, cred.ks.Generation)
 	if err != nil {
 		h.ops.countReplay(name, replayRefreshFailed)
-		before.restore(w.Header())
+		x.before.restore(w.Header())
 		return writeProblem(w, err)
 	}
 	if body != nil {
@@ -486,8 +491,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		r.Body = replay
 	}
-	before.restore(w.Header())
-	vars.cred = fresh
+	x.before.restore(w.Header())
+	x.vars.cred = fresh
 	r.Header.Set(h.HeaderName, fresh.header)
 	h.logger.Debug("replaying request with refreshed token",
 		zap.String("key_set", name),
@@ -505,6 +510,16 @@ func equalJitter(d time.Duration) time.Duration {
 		return d
 	}
 	return d/2 + rand.N(d/2)
+}
+
+// exchange is what ServeHTTP keeps for one request, in one allocation: the
+// first attempt's writer, the placeholders, the response header before the
+// attempt, and the value of the injected header.
+type exchange struct {
+	attempt attemptWriter
+	vars    requestPlaceholders
+	before  headerSnapshot
+	auth    [1]string
 }
 
 // headerValue is the header value that carries accessToken.

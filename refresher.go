@@ -36,15 +36,22 @@ const (
 // reading, and writing the new key set.
 const storeTimeout = 30 * time.Second
 
-// credential is a key set ready for requests: the document and the header
-// value built from its access token once.
+// credential is a key set ready for requests: the document, and what every
+// request reads from it, worked out once (the access token is raw JSON in
+// the document, and decoding it per request costs six allocations).
 type credential struct {
-	ks     *keystore.KeySet
-	header string
+	ks             *keystore.KeySet
+	header         string
+	hasAccessToken bool // ks.Token.AccessToken() != ""
 }
 
 // usable reports whether the credential's access token can be sent at now.
-func (c *credential) usable(now time.Time) bool { return !c.ks.Expiring(now, 0) }
+func (c *credential) usable(now time.Time) bool { return !c.expiring(now, 0) }
+
+// expiring is ks.Expiring(now, skew) without decoding the token.
+func (c *credential) expiring(now time.Time, skew time.Duration) bool {
+	return !c.hasAccessToken || (!c.ks.Expiry.IsZero() && !now.Add(skew).Before(c.ks.Expiry))
+}
 
 // flight is one refresh in progress for a key set; requests that need it
 // wait on done and share its result.
@@ -110,7 +117,7 @@ func (r *Refresher) Current(ctx context.Context, name string) (*credential, erro
 			st.mu.Unlock()
 			return nil, err
 		}
-	case r.mode == modeProactive && cred.ks.Expiring(now, r.skew):
+	case r.mode == modeProactive && cred.expiring(now, r.skew):
 		// Still valid: refresh in the background and keep serving it.
 		if st.flight == nil && r.blockedLocked(ctx, st, name, now) == nil {
 			r.startFlightLocked(st, name, cred.ks.Generation)
@@ -447,7 +454,8 @@ func (r *Refresher) load(ctx context.Context, name string) (*keystore.KeySet, er
 }
 
 func (r *Refresher) credentialFor(ks *keystore.KeySet) *credential {
-	return &credential{ks: ks, header: r.headerFor(ks.Token.AccessToken())}
+	accessToken := ks.Token.AccessToken()
+	return &credential{ks: ks, header: r.headerFor(accessToken), hasAccessToken: accessToken != ""}
 }
 
 // keystoreError classifies a keystore failure, counted by operation (lock,

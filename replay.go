@@ -32,10 +32,13 @@ var (
 // lives in pooled memory chunks up to memLimit, then in a temporary file
 // that is unlinked as soon as it is created, so no crash leaves it behind.
 type replayBody struct {
-	src        io.Reader
-	memLimit   int64
-	maxSize    int64
-	beforeRead func() // set once before the first read; moves the idle deadline
+	src      io.Reader
+	memLimit int64
+	maxSize  int64
+	// conn sets the client connection's read deadline for the idle
+	// timeout; nil without one. Set once, before the first read.
+	conn *http.ResponseController
+	idle time.Duration
 
 	// mu guards every field below. The proxy's transport reads the body
 	// on its own goroutine, and may still be reading when the handler
@@ -71,22 +74,30 @@ func newReplayBody(r *http.Request, memLimit, maxSize int64) *replayBody {
 // so only time spent waiting for the client counts, not time the upstream
 // takes to accept what was read. d <= 0 leaves the connection alone.
 func (b *replayBody) idleTimeout(w http.ResponseWriter, d time.Duration) {
-	if d <= 0 {
-		return
-	}
-	rc := http.NewResponseController(w)
-	b.beforeRead = func() {
-		// Writers that cannot set deadlines simply keep the server's.
-		_ = rc.SetReadDeadline(time.Now().Add(d))
+	if d > 0 {
+		b.conn, b.idle = http.NewResponseController(w), d
 	}
 }
 
-// readSrc reads from the client's body, under the idle timeout.
+// readSrc reads from the client's body, under the idle timeout. Writers
+// that cannot set deadlines simply keep the server's.
 func (b *replayBody) readSrc(p []byte) (int, error) {
-	if b.beforeRead != nil {
-		b.beforeRead()
+	if b.conn == nil {
+		return b.src.Read(p)
 	}
-	return b.src.Read(p)
+	_ = b.conn.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.src.Read(p)
+	if err == io.EOF {
+		// At the body's end Go's server starts reading the connection in
+		// the background, to notice a client that goes away. That read
+		// must not inherit the idle deadline: when it expires the server
+		// cancels the request's context, and an upstream slower than the
+		// timeout to answer would be cut off. Only at a clean end: after a
+		// timeout the expired deadline is what makes the server give up on
+		// the stalled client.
+		_ = b.conn.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // Read passes the client's body to the first attempt, recording it.

@@ -1,0 +1,78 @@
+// Command bench measures what the oauth2_upstream sidecar costs, side by
+// side with bare reverse_proxy (and nginx, where installed), on loopback,
+// and prints the tables BENCHMARKS.md quotes:
+//
+//	cd bench && go run ./cmd/bench
+//
+// It builds ../cmd/caddy, starts everything on kernel-chosen loopback
+// ports, stops by itself (about 4 minutes with the defaults on two cores)
+// and kills every process it started.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/bench"
+)
+
+func main() {
+	opt := bench.DefaultOptions()
+	flag.StringVar(&opt.RepoDir, "repo", opt.RepoDir, "repository root, whose cmd/caddy is built")
+	flag.IntVar(&opt.Rounds, "rounds", opt.Rounds, "measured rounds per scenario (each runs every server once)")
+	flag.DurationVar(&opt.RoundDuration, "round", opt.RoundDuration, "duration of one server's run in a round")
+	flag.DurationVar(&opt.Warmup, "warmup", opt.Warmup, "unmeasured run of each server before a scenario's rounds")
+	flag.BoolVar(&opt.Nginx, "nginx", opt.Nginx, "compare with nginx too, when it is on PATH")
+	flag.IntVar(&opt.StormRequests, "storm", opt.StormRequests, "requests arriving at once in a refresh storm")
+	flag.IntVar(&opt.Uploads, "uploads", opt.Uploads, "concurrent uploads")
+	flag.Int64Var(&opt.UploadSize, "upload-size", opt.UploadSize, "bytes of each upload")
+	scenarios := flag.String("scenarios", "", "run only the throughput scenarios whose name matches this regular expression")
+	parts := flag.String("parts", strings.Join(opt.Parts, ","), "measurements to run, among throughput,storm,uploads")
+	flag.StringVar(&opt.ProfileDir, "pprof", "", "write CPU profiles of both Caddys, one per scenario, to this directory")
+	flag.StringVar(&opt.CandidateRepo, "candidate", "", "another tree of the repository whose Caddy is compared as a third server")
+	out := flag.String("o", "", "also write the report to this file")
+	flag.Parse()
+	opt.Parts = strings.Split(*parts, ",")
+	if *scenarios != "" {
+		re, err := regexp.Compile(*scenarios)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -scenarios:", err)
+			os.Exit(2)
+		}
+		opt.Scenarios = slices.DeleteFunc(opt.Scenarios, func(sc bench.Scenario) bool { return !re.MatchString(sc.Name) })
+	}
+	if opt.ProfileDir != "" {
+		if err := os.MkdirAll(opt.ProfileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.Run(ctx, opt)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	rep.WriteMarkdown(os.Stdout)
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		rep.WriteMarkdown(f)
+		if err := f.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+}

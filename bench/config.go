@@ -1,0 +1,116 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// keySetName is the key set the sidecar configurations use.
+const keySetName = "default"
+
+// OAuth2Options configures the oauth2_upstream handler of a Caddy under
+// test.
+type OAuth2Options struct {
+	TokenURL    string
+	KeystoreDir string
+	Refresh     string // proactive (default), reactive or always
+}
+
+// CaddySpec is what a Caddy under test runs.
+type CaddySpec struct {
+	Upstream string         // host:port of the upstream
+	OAuth2   *OAuth2Options // nil: bare reverse_proxy
+	// StaticAuthorization, when set, is put in the request's Authorization
+	// header by Caddy's own `request_header` handler before reverse_proxy:
+	// the control that tells what any injected header costs.
+	StaticAuthorization string
+	// Admin serves Caddy's admin API, for its /debug/pprof, on a second
+	// inherited listener. Off, the admin API is disabled.
+	Admin bool
+}
+
+// caddyConfig is the JSON config of a Caddy under test: one server on the
+// inherited listener fd 3, a health route, then reverse_proxy to the
+// upstream, preceded by oauth2_upstream when spec.OAuth2 is not nil (or by
+// a static header). The variants share everything else, so a difference
+// between them is the handler's.
+func caddyConfig(spec CaddySpec) []byte {
+	var handlers []any
+	if spec.StaticAuthorization != "" {
+		handlers = append(handlers, map[string]any{
+			"handler": "headers",
+			"request": map[string]any{"set": map[string][]string{"Authorization": {spec.StaticAuthorization}}},
+		})
+	}
+	if oauth := spec.OAuth2; oauth != nil {
+		handlers = append(handlers, map[string]any{
+			"handler":       "oauth2_upstream",
+			"token_url":     oauth.TokenURL,
+			"client_id":     "bench-client",
+			"client_secret": "bench-secret",
+			"key_set":       keySetName,
+			"refresh":       oauth.Refresh,
+			"keystore":      map[string]any{"backend": "file", "path": oauth.KeystoreDir},
+		})
+	}
+	handlers = append(handlers, map[string]any{
+		"handler":   "reverse_proxy",
+		"upstreams": []any{map[string]any{"dial": spec.Upstream}},
+		// More idle upstream connections than client connections: with
+		// the default (32) a 64-connection run closes and redials
+		// upstream connections, and TIME_WAIT sockets pile up.
+		"transport": map[string]any{
+			"protocol":   "http",
+			"keep_alive": map[string]any{"max_idle_conns_per_host": 1024},
+		},
+	})
+	admin := map[string]any{"disabled": true}
+	if spec.Admin {
+		admin = map[string]any{"listen": "fd/4"}
+	}
+	cfg := map[string]any{
+		"admin":   admin,
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "INFO"}}},
+		"apps": map[string]any{"http": map[string]any{"grace_period": "1s", "servers": map[string]any{"bench": map[string]any{
+			"listen":          []string{"fd/3"},
+			"protocols":       []string{"h1"},
+			"automatic_https": map[string]any{"disable": true},
+			"routes": []any{
+				map[string]any{
+					"match":    []any{map[string]any{"path": []string{healthPath}}},
+					"handle":   []any{map[string]any{"handler": "static_response", "status_code": 200}},
+					"terminal": true,
+				},
+				map[string]any{"handle": handlers},
+			},
+		}}}},
+	}
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		panic(err) // maps of strings and slices always marshal
+	}
+	return data
+}
+
+// SeedKeySet stores generation 1 of the key set the sidecar uses in the
+// file keystore at dir (a 0700 directory, a 0600 document), the way an
+// operator seeds one: accessToken valid until expiry (zero: unknown, as
+// from Salesforce) and refreshToken for the next grant.
+func SeedKeySet(dir, accessToken, refreshToken string, expiry time.Time) error {
+	store, err := keystore.NewFile(dir)
+	if err != nil {
+		return err
+	}
+	ks := &keystore.KeySet{Name: keySetName, Generation: 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{}}
+	if !expiry.IsZero() {
+		ks.Expiry = expiry.UTC()
+		ks.Token[keystore.FieldExpiresIn] = json.RawMessage("3600")
+	}
+	ks.Token.SetString(keystore.FieldAccessToken, accessToken)
+	ks.Token.SetString(keystore.FieldRefreshToken, refreshToken)
+	ks.Token.SetString(keystore.FieldTokenType, "Bearer")
+	return store.Save(context.Background(), ks)
+}
