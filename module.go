@@ -393,15 +393,27 @@ func (h *Handler) validateTokenURL() error {
 	if h.TokenURL == "" {
 		return fmt.Errorf("token_url is required")
 	}
-	u, err := url.Parse(h.TokenURL)
+	return validateSecretsURL("token_url", h.TokenURL, h.InsecureHTTP,
+		"the client secret and refresh token cross it", "insecure_http is set")
+}
+
+// validateSecretsURL checks a URL that secrets are sent to: absolute
+// http(s), no credentials of its own, and https unless its host is loopback
+// or allowHTTP (whose option is named by allowedBy) permits plain http.
+func validateSecretsURL(option, raw string, allowHTTP bool, why, allowedBy string) error {
+	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return fmt.Errorf("token_url %q: must be an absolute http(s) URL", h.TokenURL)
+		return fmt.Errorf("%s %q: must be an absolute http(s) URL", option, raw)
 	}
 	if u.User != nil {
-		return fmt.Errorf("token_url: must not carry credentials; use client_id and client_secret")
+		return fmt.Errorf("%s: must not carry credentials", option)
 	}
-	if u.Scheme == "http" && !h.InsecureHTTP && !isLoopback(u.Hostname()) {
-		return fmt.Errorf("token_url %q: must be https (the client secret and refresh token cross it) unless its host is loopback or insecure_http is set", h.TokenURL)
+	if u.Scheme == "http" && !allowHTTP && !isLoopback(u.Hostname()) {
+		unless := "its host is loopback"
+		if allowedBy != "" {
+			unless += " or " + allowedBy
+		}
+		return fmt.Errorf("%s %q: must be https (%s) unless %s", option, raw, why, unless)
 	}
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
@@ -102,17 +101,7 @@ func newNotifier(target string, logger *zap.Logger) *notifier {
 // validateNotifyURL accepts an https URL, or http to a loopback host: the
 // body carries refresh tokens.
 func validateNotifyURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return fmt.Errorf("notify %q: must be an absolute http(s) URL", raw)
-	}
-	if u.User != nil {
-		return errors.New("notify: the URL must not carry credentials")
-	}
-	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
-		return fmt.Errorf("notify %q: must be https (the notification carries the tokens) unless its host is loopback", raw)
-	}
-	return nil
+	return validateSecretsURL("notify", raw, false, "the notification carries the tokens", "")
 }
 
 // keySetStored queues ks for delivery; it never blocks.

@@ -50,7 +50,7 @@ func (c *credential) usable(now time.Time) bool { return !c.expiring(now, 0) }
 
 // expiring is ks.Expiring(now, skew) without decoding the token.
 func (c *credential) expiring(now time.Time, skew time.Duration) bool {
-	return !c.hasAccessToken || (!c.ks.Expiry.IsZero() && !now.Add(skew).Before(c.ks.Expiry))
+	return !c.hasAccessToken || c.ks.ExpiresWithin(now, skew)
 }
 
 // flight is one refresh in progress for a key set; requests that need it

@@ -111,7 +111,7 @@ func (r *Refresher) statusOf(name string, st *keySetState) KeySetStatus {
 		s.State = stateKeystoreFailing
 	case st.failure != nil && !st.failure.Temporary:
 		s.State = stateNeedsReauthorization
-	case st.failure != nil || ks.Expiring(now, r.skew):
+	case st.failure != nil || st.cred.expiring(now, r.skew):
 		s.State = stateExpiring
 	}
 	return s

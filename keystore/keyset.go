@@ -91,9 +91,12 @@ func (t Token) SetString(field, s string) {
 // Expiring reports whether the access token must be replaced at now, given
 // the skew: it is missing, or its known expiry is within skew of now.
 func (ks *KeySet) Expiring(now time.Time, skew time.Duration) bool {
-	if ks.Token.AccessToken() == "" {
-		return true
-	}
+	return ks.Token.AccessToken() == "" || ks.ExpiresWithin(now, skew)
+}
+
+// ExpiresWithin reports whether the known expiry is within skew of now; an
+// unknown expiry never is (only a trigger status tells such a token is dead).
+func (ks *KeySet) ExpiresWithin(now time.Time, skew time.Duration) bool {
 	return !ks.Expiry.IsZero() && !now.Add(skew).Before(ks.Expiry)
 }
 
