@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -24,14 +24,10 @@ func init() {
 const (
 	// adminPrefix is where the routes live on Caddy's admin endpoint.
 	adminPrefix = "/oauth2_upstream/"
-	// adminKeySets is the key set collection under adminPrefix.
-	adminKeySets = "key_sets"
 	// maxAdminBody caps a PUT body: a token response is a few KiB.
 	maxAdminBody = 1 << 20
 	// adminTimeout bounds one admin request's keystore work and grant.
-	adminTimeout = 2*storeTimeout + time.Minute
-	// adminProblemType documents the admin API's error responses.
-	adminProblemType = "https://github.com/oauth2upstream/caddy-oauth2-upstream#operating"
+	adminTimeout = 2 * time.Minute
 )
 
 // AdminAPI is the admin endpoint's /oauth2_upstream/ routes: the key sets of
@@ -64,42 +60,58 @@ func (a *AdminAPI) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Routes returns the API's one route; it dispatches on the rest of the path.
+// Routes returns the API's one route, under which a ServeMux dispatches on
+// method and path.
 func (a *AdminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+	mux := http.NewServeMux()
+	keySets := adminPrefix + "key_sets"
+	one := keySets + "/{name}"
+	mux.HandleFunc("GET "+keySets, a.list)
+	mux.HandleFunc("GET "+keySets+"/{$}", a.list)
+	mux.HandleFunc("GET "+one, a.withName(a.get))
+	mux.HandleFunc("PUT "+one, a.withName(a.put))
+	mux.HandleFunc("POST "+one+"/refresh", a.withName(a.refresh))
+	// The same paths without a method answer 405 as a problem document; a
+	// path with a method is the more specific pattern, so it wins.
+	mux.HandleFunc(keySets, methodNotAllowed(http.MethodGet))
+	mux.HandleFunc(one, methodNotAllowed(http.MethodGet, http.MethodPut))
+	mux.HandleFunc(one+"/refresh", methodNotAllowed(http.MethodPost))
+	mux.HandleFunc(adminPrefix, func(w http.ResponseWriter, r *http.Request) {
+		adminProblem(w, http.StatusNotFound, "Not found", fmt.Sprintf("no such resource %q", r.URL.Path), "")
+	})
+	serve := func(w http.ResponseWriter, r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
+		defer cancel()
+		mux.ServeHTTP(w, r.WithContext(ctx))
+		return nil
+	}
+	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(serve)}}
 }
 
-func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	ctx, cancel := context.WithTimeout(r.Context(), adminTimeout)
-	defer cancel()
-	rest := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, adminPrefix), "/")
-	collection, name, _ := strings.Cut(rest, "/")
-	name, action, _ := strings.Cut(name, "/")
-	switch {
-	case collection != adminKeySets || strings.Contains(action, "/"):
-		return adminProblem(w, http.StatusNotFound, "Not found", fmt.Sprintf("no such resource %q", r.URL.Path), "")
-	case name == "":
-		if !allowMethod(w, r, http.MethodGet) {
-			return nil
+// withName checks the {name} of the path before h acts on it.
+func (a *AdminAPI) withName(h func(ctx context.Context, w http.ResponseWriter, r *http.Request, name string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if err := keystore.ValidateName(name); err != nil {
+			adminProblem(w, http.StatusBadRequest, "Invalid key set name", err.Error(), "")
+			return
 		}
-		return writeJSON(w, http.StatusOK, mergeStatuses(a.allStatuses(ctx)))
-	case keystore.ValidateName(name) != nil:
-		return adminProblem(w, http.StatusBadRequest, "Invalid key set name", keystore.ValidateName(name).Error(), "")
-	case action == "refresh":
-		if !allowMethod(w, r, http.MethodPost) {
-			return nil
-		}
-		return a.refresh(ctx, w, name)
-	case action != "":
-		return adminProblem(w, http.StatusNotFound, "Not found", fmt.Sprintf("no such resource %q", r.URL.Path), name)
-	case r.Method == http.MethodPut:
-		return a.put(ctx, w, r, name)
-	default:
-		if !allowMethod(w, r, http.MethodGet, http.MethodPut) {
-			return nil
-		}
-		return a.get(ctx, w, name)
+		h(r.Context(), w, r, name)
 	}
+}
+
+// methodNotAllowed answers 405 naming the allowed methods.
+func methodNotAllowed(allowed ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		adminProblem(w, http.StatusMethodNotAllowed, "Method not allowed",
+			fmt.Sprintf("%s is not allowed here; use %s", r.Method, strings.Join(allowed, " or ")), "")
+	}
+}
+
+// list answers the status of every known key set.
+func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, credential.MergeStatuses(a.allStatuses(r.Context())))
 }
 
 // log returns the API's logger; an API nobody provisioned logs nowhere.
@@ -117,8 +129,8 @@ func (a *AdminAPI) live() []*Handler {
 	return registeredHandlers()
 }
 
-func (a *AdminAPI) allStatuses(ctx context.Context) []KeySetStatus {
-	var all []KeySetStatus
+func (a *AdminAPI) allStatuses(ctx context.Context) []credential.Status {
+	var all []credential.Status
 	for _, h := range a.live() {
 		all = append(all, h.handlerStatuses(ctx)...)
 	}
@@ -139,22 +151,22 @@ func (a *AdminAPI) serving(name string) []*Handler {
 // get answers the status of key set name. A handler configured with that
 // name shows it even when it cannot be loaded (with the reason); one with a
 // placeholder key_set only shows it when it exists.
-func (a *AdminAPI) get(ctx context.Context, w http.ResponseWriter, name string) error {
-	var found []KeySetStatus
+func (a *AdminAPI) get(ctx context.Context, w http.ResponseWriter, _ *http.Request, name string) error {
+	var found []credential.Status
 	for _, h := range a.serving(name) {
-		s, err := h.refresher.Status(ctx, name)
+		s, err := h.engine.Status(ctx, name)
 		switch {
 		case err == nil:
 			found = append(found, s)
 		case h.keySetIsTemplate && errors.Is(err, keystore.ErrNotFound):
 		default:
-			found = append(found, failedStatus(name, err))
+			found = append(found, credential.FailedStatus(name, err))
 		}
 	}
 	if len(found) == 0 {
 		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler has key set %q", name), name)
 	}
-	return writeJSON(w, http.StatusOK, mergeStatuses(found)[0])
+	return writeJSON(w, http.StatusOK, credential.MergeStatuses(found)[0])
 }
 
 // put stores the token response in the body as the next generation of key
@@ -174,12 +186,12 @@ func (a *AdminAPI) put(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if len(handlers) == 0 {
 		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler can use key set %q", name), name)
 	}
-	ks, err := oncePerKeystore(ctx, name, handlers, func(r *Refresher) (*keystore.KeySet, error) {
-		return r.Put(ctx, name, token)
+	ks, err := oncePerKeystore(ctx, name, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
+		return e.Put(ctx, name, token)
 	})
 	if err != nil {
 		a.log().Error("storing key set from the admin API failed", zap.String("key_set", name), zap.Error(err))
-		if errors.Is(err, keystore.ErrCorrupt) && !errors.As(err, new(*RefreshError)) {
+		if errors.Is(err, keystore.ErrCorrupt) && !errors.As(err, new(*credential.Error)) {
 			return adminProblem(w, http.StatusConflict, "Stored key set is corrupt", err.Error(), name)
 		}
 		return writeAdminRefreshProblem(w, err)
@@ -191,13 +203,13 @@ func (a *AdminAPI) put(ctx context.Context, w http.ResponseWriter, r *http.Reque
 }
 
 // refresh makes a grant for key set name now, once per keystore.
-func (a *AdminAPI) refresh(ctx context.Context, w http.ResponseWriter, name string) error {
+func (a *AdminAPI) refresh(ctx context.Context, w http.ResponseWriter, _ *http.Request, name string) error {
 	handlers := a.serving(name)
 	if len(handlers) == 0 {
 		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler can use key set %q", name), name)
 	}
-	ks, err := oncePerKeystore(ctx, name, handlers, func(r *Refresher) (*keystore.KeySet, error) {
-		ks, err := r.ForceRefresh(ctx, name)
+	ks, err := oncePerKeystore(ctx, name, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
+		ks, err := e.ForceRefresh(ctx, name)
 		if errors.Is(err, keystore.ErrNotFound) {
 			return nil, nil // a keystore without it: nothing to refresh there
 		}
@@ -214,9 +226,9 @@ func (a *AdminAPI) refresh(ctx context.Context, w http.ResponseWriter, name stri
 }
 
 func (a *AdminAPI) answerStatus(ctx context.Context, w http.ResponseWriter, h *Handler, name string) error {
-	s, err := h.refresher.Status(ctx, name)
+	s, err := h.engine.Status(ctx, name)
 	if err != nil {
-		s = failedStatus(name, err)
+		s = credential.FailedStatus(name, err)
 	}
 	return writeJSON(w, http.StatusOK, s)
 }
@@ -229,30 +241,30 @@ func (a *AdminAPI) answerStatus(ctx context.Context, w http.ResponseWriter, h *H
 // a keystore that holds something else is written on its own. write may
 // return no key set and no error to skip a keystore; the result is the
 // first key set written, nil if none was.
-func oncePerKeystore(ctx context.Context, name string, handlers []*Handler, write func(*Refresher) (*keystore.KeySet, error)) (*keystore.KeySet, error) {
+func oncePerKeystore(ctx context.Context, name string, handlers []*Handler, write func(*credential.Engine) (*keystore.KeySet, error)) (*keystore.KeySet, error) {
 	written := make(map[keystore.Store]*keystore.KeySet) // store instances are pointers
 	var first *keystore.KeySet
 	for _, h := range handlers {
-		if ks, ok := written[h.store]; ok {
-			h.refresher.adopt(name, ks)
+		if ks, ok := written[h.engine.Store()]; ok {
+			h.engine.Adopt(name, ks)
 			continue
 		}
 		if first != nil {
-			if stored, err := h.store.Load(ctx, name); err == nil &&
+			if stored, err := h.engine.Store().Load(ctx, name); err == nil &&
 				stored.Generation == first.Generation && stored.UpdatedAt.Equal(first.UpdatedAt) {
-				written[h.store] = stored
-				h.refresher.adopt(name, stored)
+				written[h.engine.Store()] = stored
+				h.engine.Adopt(name, stored)
 				continue
 			}
 		}
-		ks, err := write(h.refresher)
+		ks, err := write(h.engine)
 		if err != nil {
 			return nil, err
 		}
 		if ks == nil {
 			continue
 		}
-		written[h.store] = ks
+		written[h.engine.Store()] = ks
 		if first == nil {
 			first = ks
 		}
@@ -293,54 +305,15 @@ func readTokenResponse(w http.ResponseWriter, r *http.Request) (keystore.Token, 
 	return token, nil
 }
 
-// allowMethod answers 405 unless r's method is one of methods (HEAD
-// counts as GET).
-func allowMethod(w http.ResponseWriter, r *http.Request, methods ...string) bool {
-	for _, m := range methods {
-		if r.Method == m || (m == http.MethodGet && r.Method == http.MethodHead) {
-			return true
-		}
-	}
-	w.Header().Set("Allow", strings.Join(methods, ", "))
-	adminProblem(w, http.StatusMethodNotAllowed, "Method not allowed",
-		fmt.Sprintf("%s is not allowed here; use %s", r.Method, strings.Join(methods, " or ")), "")
-	return false
-}
-
 // writeAdminRefreshProblem answers a refresh or keystore failure as the
 // handler does: 502 when a person must act, 503 with Retry-After when it
 // may pass.
 func writeAdminRefreshProblem(w http.ResponseWriter, err error) error {
-	var re *RefreshError
+	var re *credential.Error
 	if !errors.As(err, &re) {
 		return adminProblem(w, http.StatusInternalServerError, "Key set operation failed", err.Error(), "")
 	}
 	return writeProblem(w, err)
-}
-
-// adminProblem writes an RFC 9457 problem document.
-func adminProblem(w http.ResponseWriter, status int, title, detail, keySet string) error {
-	return writeJSONAs(w, status, "application/problem+json",
-		problem{Type: adminProblemType, Title: title, Status: status, Detail: detail, KeySet: keySet})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) error {
-	return writeJSONAs(w, status, "application/json", v)
-}
-
-func writeJSONAs(w http.ResponseWriter, status int, contentType string, v any) error {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encoding the answer: %w", err)
-	}
-	body = append(body, '\n')
-	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, err = w.Write(body)
-	return err
 }
 
 // Interface guards

@@ -12,11 +12,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -47,12 +50,12 @@ func adminCall(t *testing.T, a *AdminAPI, method, path, body string) *httptest.R
 	return rec
 }
 
-func decodeStatus(t *testing.T, rec *httptest.ResponseRecorder) KeySetStatus {
+func decodeStatus(t *testing.T, rec *httptest.ResponseRecorder) credential.Status {
 	t.Helper()
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("Content-Type = %q; want application/json (body %s)", ct, rec.Body)
 	}
-	var s KeySetStatus
+	var s credential.Status
 	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
 		t.Fatalf("decoding %s: %v", rec.Body, err)
 	}
@@ -105,22 +108,22 @@ func TestAdminModuleRegistered(t *testing.T) {
 // loaded; a cleaned-up handler's key sets disappear.
 func TestAdminListKeySets(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	static := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "list-static", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	te2 := newTokenEndpoint(t, "rt-a")
+	te2 := credentialtest.NewTokenEndpoint(t, "rt-a")
 	api2 := newAPIServer(t, "Bearer at-1")
 	selected := newSidecar(t, &Handler{TokenURL: te2.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api2.server.URL))
 	selected.seedStore(t, "list-a", "rt-a")
 	a, _ := adminFor(static.handler, selected.handler)
 
-	list := func() []KeySetStatus {
+	list := func() []credential.Status {
 		t.Helper()
 		rec := adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets", "")
 		if rec.Code != http.StatusOK {
 			t.Fatalf("GET key_sets = %d (%s); want 200", rec.Code, rec.Body)
 		}
-		var got []KeySetStatus
+		var got []credential.Status
 		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 			t.Fatalf("decoding %s: %v", rec.Body, err)
 		}
@@ -128,7 +131,7 @@ func TestAdminListKeySets(t *testing.T) {
 	}
 
 	got := list()
-	want := []KeySetStatus{{Name: "list-static", Generation: 1, HasRefreshToken: true, State: stateExpiring}}
+	want := []credential.Status{{Name: "list-static", Generation: 1, HasRefreshToken: true, State: credential.StateExpiring}}
 	if !statusesEqual(got, want) {
 		t.Errorf("before any request: key_sets = %+v; want %+v (the seed, no access token yet)", got, want)
 	}
@@ -140,9 +143,9 @@ func TestAdminListKeySets(t *testing.T) {
 		t.Fatalf("request for list-a = %d (%s); want 200", resp.StatusCode, body)
 	}
 	got = list()
-	want = []KeySetStatus{
-		{Name: "list-a", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK},
-		{Name: "list-static", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK},
+	want = []credential.Status{
+		{Name: "list-a", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: credential.StateOK},
+		{Name: "list-static", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: credential.StateOK},
 	}
 	if !statusesEqual(got, want) {
 		t.Errorf("after requests: key_sets = %+v; want %+v", got, want)
@@ -161,7 +164,7 @@ func TestAdminListKeySets(t *testing.T) {
 }
 
 // statusesEqual compares statuses, ignoring the times.
-func statusesEqual(got, want []KeySetStatus) bool {
+func statusesEqual(got, want []credential.Status) bool {
 	if len(got) != len(want) {
 		return false
 	}
@@ -179,7 +182,7 @@ func statusesEqual(got, want []KeySetStatus) bool {
 // no handler has, 400 for an invalid name, 405 for other methods.
 func TestAdminGetKeySet(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	seeded := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-seeded", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-missing"}, hostPort(t, api.server.URL))
@@ -193,16 +196,16 @@ func TestAdminGetKeySet(t *testing.T) {
 		method     string
 		path       string
 		wantStatus int
-		want       KeySetStatus // for 200
+		want       credential.Status // for 200
 	}{
 		{name: "configured and used", method: http.MethodGet, path: "get-seeded", wantStatus: http.StatusOK,
-			want: KeySetStatus{Name: "get-seeded", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK}},
+			want: credential.Status{Name: "get-seeded", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: credential.StateOK}},
 		{name: "configured but not in the keystore", method: http.MethodGet, path: "get-missing", wantStatus: http.StatusOK,
-			want: KeySetStatus{Name: "get-missing", LastResult: "error", ErrorCode: codeNoKeySet, State: stateNeedsReauthorization}},
+			want: credential.Status{Name: "get-missing", LastResult: "error", ErrorCode: credential.CodeNoKeySet, State: credential.StateNeedsReauthorization}},
 		{name: "stored, selected by placeholder", method: http.MethodGet, path: "get-stored", wantStatus: http.StatusOK,
-			want: KeySetStatus{Name: "get-stored", Generation: 1, HasRefreshToken: true, State: stateExpiring}},
+			want: credential.Status{Name: "get-stored", Generation: 1, HasRefreshToken: true, State: credential.StateExpiring}},
 		{name: "HEAD", method: http.MethodHead, path: "get-seeded", wantStatus: http.StatusOK,
-			want: KeySetStatus{Name: "get-seeded", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: stateOK}},
+			want: credential.Status{Name: "get-seeded", Generation: 2, HasRefreshToken: true, LastResult: "ok", State: credential.StateOK}},
 		{name: "not stored, placeholder handler only", method: http.MethodGet, path: "get-nowhere", wantStatus: http.StatusNotFound},
 		{name: "invalid name", method: http.MethodGet, path: ".hidden", wantStatus: http.StatusBadRequest},
 		{name: "DELETE", method: http.MethodDelete, path: "get-seeded", wantStatus: http.StatusMethodNotAllowed},
@@ -218,7 +221,7 @@ func TestAdminGetKeySet(t *testing.T) {
 			if rec.Code != http.StatusOK {
 				t.Fatalf("%s %s = %d (%s); want 200", tt.method, tt.path, rec.Code, rec.Body)
 			}
-			if got := decodeStatus(t, rec); !statusesEqual([]KeySetStatus{got}, []KeySetStatus{tt.want}) {
+			if got := decodeStatus(t, rec); !statusesEqual([]credential.Status{got}, []credential.Status{tt.want}) {
 				t.Errorf("%s %s = %+v; want %+v", tt.method, tt.path, got, tt.want)
 			}
 		})
@@ -237,7 +240,7 @@ func TestAdminGetKeySet(t *testing.T) {
 // without a grant; it is stored whole as the next generation.
 func TestAdminPutTakesEffect(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-live", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler)
@@ -252,15 +255,15 @@ func TestAdminPutTakesEffect(t *testing.T) {
 		t.Fatalf("PUT = %d (%s); want 200", rec.Code, rec.Body)
 	}
 	got := decodeStatus(t, rec)
-	if got.Generation != 3 || got.State != stateOK || !got.HasRefreshToken || got.Expiry == nil {
+	if got.Generation != 3 || got.State != credential.StateOK || !got.HasRefreshToken || got.Expiry == nil {
 		t.Errorf("PUT answered %+v; want generation 3, state ok, a refresh token and an expiry", got)
 	}
 
-	grants := te.grants.Load()
+	grants := te.Grants.Load()
 	if resp, body := s.get(t, "/after-put"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("request after PUT = %d (%s); want 200 with the PUT access token", resp.StatusCode, body)
 	}
-	if g := te.grants.Load(); g != grants {
+	if g := te.Grants.Load(); g != grants {
 		t.Errorf("grants after PUT = %d; want %d (the PUT token is used as it is)", g, grants)
 	}
 	seen := api.seen()
@@ -293,7 +296,7 @@ func tokensEqual(a, b keystore.Token) bool {
 // own gets the key set written there too.
 func TestAdminPutOncePerKeystore(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer put-access")
 	shared := t.TempDir()
 	onDir := func(dir string) *Handler {
@@ -303,7 +306,7 @@ func TestAdminPutOncePerKeystore(t *testing.T) {
 	first := newSidecar(t, onDir(shared), hostPort(t, api.server.URL))
 	sameDir := newSidecar(t, onDir(shared), hostPort(t, api.server.URL))
 	sameInstance := newSidecar(t, onDir(t.TempDir()), hostPort(t, api.server.URL))
-	sameInstance.handler.store, sameInstance.handler.refresher.store = first.handler.store, first.handler.store
+	sameInstance.replaceEngine(first.handler.engine.Store(), time.Now)
 	own := newSidecar(t, onDir(t.TempDir()), hostPort(t, api.server.URL))
 	first.seedStore(t, "put-shared", "rt-0")
 	own.seedStore(t, "put-shared", "rt-own")
@@ -325,7 +328,7 @@ func TestAdminPutOncePerKeystore(t *testing.T) {
 			t.Errorf("handler %d after PUT = %d (%s); want 200 with the PUT token", i, resp.StatusCode, body)
 		}
 	}
-	if g := te.grants.Load(); g != 0 {
+	if g := te.Grants.Load(); g != 0 {
 		t.Errorf("grants = %d; want 0", g)
 	}
 	if n := logs.FilterMessage("stored key set from the admin API").Len(); n != 1 {
@@ -337,7 +340,7 @@ func TestAdminPutOncePerKeystore(t *testing.T) {
 // the body, and nothing is stored.
 func TestAdminPutRejectsBadInput(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-bad", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler)
@@ -374,7 +377,7 @@ func TestAdminPutRejectsBadInput(t *testing.T) {
 	if got := s.storedKeySet(t, "put-bad"); got.Generation != 2 {
 		t.Errorf("stored generation = %d after refused PUTs; want 2", got.Generation)
 	}
-	if _, err := os.Stat(filepath.Join(s.store.Path, "put-nobody.json")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(s.dir, "put-nobody.json")); !os.IsNotExist(err) {
 		t.Errorf("a key set nobody serves was stored (stat: %v)", err)
 	}
 }
@@ -384,7 +387,7 @@ func TestAdminPutRejectsBadInput(t *testing.T) {
 // when permanent; 404 for an unknown key set.
 func TestAdminRefresh(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "refresh-me", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
@@ -395,35 +398,35 @@ func TestAdminRefresh(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("POST refresh = %d (%s); want 200", rec.Code, rec.Body)
 	}
-	if got := decodeStatus(t, rec); got.Generation != 2 || got.LastResult != "ok" || got.State != stateOK {
+	if got := decodeStatus(t, rec); got.Generation != 2 || got.LastResult != "ok" || got.State != credential.StateOK {
 		t.Errorf("POST refresh answered %+v; want generation 2, last_result ok, state ok", got)
 	}
 	rec = adminCall(t, a, http.MethodPost, path, "")
-	if got := decodeStatus(t, rec); rec.Code != http.StatusOK || got.Generation != 3 || te.grants.Load() != 2 {
+	if got := decodeStatus(t, rec); rec.Code != http.StatusOK || got.Generation != 3 || te.Grants.Load() != 2 {
 		t.Errorf("second POST refresh = %d %+v after %d grants; want 200, generation 3, 2 grants (forced although the token is valid)",
-			rec.Code, got, te.grants.Load())
+			rec.Code, got, te.Grants.Load())
 	}
 
-	te.mu.Lock()
-	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
+	te.Mu.Lock()
+	te.Respond = func(w http.ResponseWriter, r *http.Request) bool {
 		http.Error(w, "maintenance", http.StatusServiceUnavailable)
 		return true
 	}
-	te.mu.Unlock()
+	te.Mu.Unlock()
 	rec = adminCall(t, a, http.MethodPost, path, "")
 	p := decodeProblem(t, rec, http.StatusServiceUnavailable)
-	if p.KeySet != "refresh-me" || p.OAuthError != codeTokenEndpointUnavailable || rec.Header().Get("Retry-After") == "" {
-		t.Errorf("problem = %+v, Retry-After %q; want key set refresh-me, %s, a Retry-After", p, rec.Header().Get("Retry-After"), codeTokenEndpointUnavailable)
+	if p.KeySet != "refresh-me" || p.OAuthError != credential.CodeTokenEndpointUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("problem = %+v, Retry-After %q; want key set refresh-me, %s, a Retry-After", p, rec.Header().Get("Retry-After"), credential.CodeTokenEndpointUnavailable)
 	}
 
-	te.mu.Lock()
-	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
+	te.Mu.Lock()
+	te.Respond = func(w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
 		w.Write([]byte(`{"error":"invalid_grant"}`))
 		return true
 	}
-	te.mu.Unlock()
+	te.Mu.Unlock()
 	p = decodeProblem(t, adminCall(t, a, http.MethodPost, path, ""), http.StatusBadGateway)
 	if p.KeySet != "refresh-me" || p.OAuthError != "invalid_grant" {
 		t.Errorf("problem = %+v; want key set refresh-me, invalid_grant", p)
@@ -444,11 +447,11 @@ func TestAdminRefresh(t *testing.T) {
 func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	t.Parallel()
 	const marker = "-q7z" // every token value of this test ends with it
-	te := newTokenEndpoint(t, "")
+	te := credentialtest.NewTokenEndpoint(t, "")
 	var issued int
-	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
-		te.mu.Lock()
-		defer te.mu.Unlock()
+	te.Respond = func(w http.ResponseWriter, r *http.Request) bool {
+		te.Mu.Lock()
+		defer te.Mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		if issued == 3 {
 			w.WriteHeader(http.StatusBadRequest)
@@ -461,11 +464,10 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 		return true
 	}
 	api := newAPIServer(t, "Bearer LEAK-AT-1"+marker)
-	rcv := newReceiver(t)
+	rcv := credentialtest.NewReceiver(t)
 	h := &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "LEAK-SECRET" + marker, KeySet: "leak-scan",
-		RefreshToken: "LEAK-SEED" + marker, Notify: rcv.server.URL}
+		RefreshToken: "LEAK-SEED" + marker, Notify: rcv.Server.URL}
 	s := newSidecar(t, h, hostPort(t, api.server.URL))
-	s.handler.ops.notifier.logger = s.handler.logger
 	a, adminLogs := adminFor(s.handler)
 	health := &Health{config: s.handler.ops.config}
 
@@ -488,7 +490,7 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil)
 	collect(rec)
 	out.WriteString(scrape(t, s.handler.ops.config))
-	rcv.waitFor(t, 5) // seed, grants 1 and 2, PUT, grant 3
+	rcv.WaitFor(t, 5) // seed, grants 1 and 2, PUT, grant 3
 	s.handler.Cleanup()
 	for _, logs := range []*observer.ObservedLogs{s.logs, adminLogs} {
 		for _, e := range logs.All() {
@@ -499,7 +501,7 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	if strings.Contains(out.String(), marker) {
 		t.Errorf("a token value leaked into operator output:\n%s", out.String())
 	}
-	if got := rcv.bodies(); !strings.Contains(strings.Join(got, ""), "LEAK-AT-3"+marker) {
+	if got := rcv.Bodies(); !strings.Contains(strings.Join(got, ""), "LEAK-AT-3"+marker) {
 		t.Errorf("the receiver got %q; want the tokens (by design), or this test proves nothing", got)
 	}
 	if !strings.Contains(out.String(), "invalid_grant") || !strings.Contains(out.String(), "caddy_oauth2_upstream_grants_total") {

@@ -18,7 +18,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// Benchmarks of the handler's own cost (issue 8): the fast path (a valid
+// Benchmarks of the handler's own cost: the fast path (a valid
 // token, no replay) against a no-op middleware and in front of Caddy's
 // reverse_proxy against reverse_proxy alone, and the replay buffer's tee,
 // rewind and replay. The end-to-end comparison of the built binary is the

@@ -17,6 +17,13 @@ func init() {
 	// The token must be on the request before reverse_proxy sends it, so
 	// no Caddyfile needs an `order` option or a `route` block for this.
 	httpcaddyfile.RegisterDirectiveOrder("oauth2_upstream", httpcaddyfile.Before, "reverse_proxy")
+
+	httpcaddyfile.RegisterHandlerDirective("oauth2_upstream_health", parseHealthCaddyfile)
+	// It answers by itself, like respond; before respond also puts it
+	// ahead of oauth2_upstream (ordered before reverse_proxy), so that
+	// `oauth2_upstream_health /healthz` in a proxying site answers the
+	// probe instead of proxying it.
+	httpcaddyfile.RegisterDirectiveOrder("oauth2_upstream_health", httpcaddyfile.Before, "respond")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -58,87 +65,96 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		option := d.Val()
-		var err error
-		switch option {
-		case "token_url":
-			err = singleArg(d, &h.TokenURL)
-		case "insecure_http":
-			if d.NextArg() {
-				return d.ArgErr()
+		if target, ok := h.stringOptions()[option]; ok {
+			if n := d.CountRemainingArgs(); !d.AllArgs(target) {
+				return d.Errf("%s: want one argument, got %d", option, n)
 			}
-			h.InsecureHTTP = true
-		case "client_id":
-			err = singleArg(d, &h.ClientID)
-		case "client_secret":
-			err = singleArg(d, &h.ClientSecret)
-		case "auth_style":
-			err = singleArg(d, &h.AuthStyle)
-		case "grant":
-			err = singleArg(d, &h.Grant)
-		case "key_set":
-			err = singleArg(d, &h.KeySet)
-		case "refresh_token":
-			err = singleArg(d, &h.RefreshToken)
-		case "refresh":
-			err = singleArg(d, &h.Refresh)
-		case "scopes":
-			h.Scopes = append(h.Scopes, d.RemainingArgs()...)
-			if len(h.Scopes) == 0 {
-				return d.ArgErr()
-			}
-		case "param":
-			args := d.RemainingArgs()
-			if len(args) < 2 {
-				return d.Errf("param: want <name> <value...>, got %d arguments", len(args))
-			}
-			if h.Params == nil {
-				h.Params = make(map[string][]string)
-			}
-			h.Params[args[0]] = append(h.Params[args[0]], args[1:]...)
-		case "refresh_on":
-			err = h.parseRefreshOn(d)
-		case "expiry_skew":
-			err = durationArg(d, &h.ExpirySkew)
-		case "token_timeout":
-			err = durationArg(d, &h.TokenTimeout)
-		case "header":
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
-				return d.Errf("header: want <name> [<scheme>|raw], got %d arguments", len(args))
-			}
-			h.HeaderName = args[0]
-			if len(args) == 2 {
-				h.HeaderScheme = args[1]
-			}
-		case "replay_memory":
-			err = sizeArg(d, &h.ReplayMemory, "", 0)
-		case "max_replay_body":
-			err = sizeArg(d, &h.MaxReplayBody, "off", -1)
-		case "keystore":
-			err = h.parseKeystore(d)
-		case "notify":
-			err = singleArg(d, &h.Notify)
-		case "encryption_key":
-			h.EncryptionKeys = d.RemainingArgs()
-			if len(h.EncryptionKeys) == 0 {
-				return d.Errf("encryption_key: want <key> [<older key>...]")
-			}
-		case "max_wait":
-			err = durationArg(d, &h.MaxWait)
-		case "body_timeout":
-			var v string
-			if err = singleArg(d, &v); err == nil && v == "off" {
-				h.BodyTimeout = -1
-			} else if err == nil {
-				d.Prev()
-				err = durationArg(d, &h.BodyTimeout)
-			}
-		default:
-			return d.Errf("unrecognized oauth2_upstream option %q", option)
+			continue
 		}
-		if err != nil {
+		if target, ok := h.durationOptions()[option]; ok {
+			if err := parseDuration(d, target, false); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := h.unmarshalOption(d, option); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// stringOptions are the options that take one word, by name.
+func (h *Handler) stringOptions() map[string]*string {
+	return map[string]*string{
+		"token_url": &h.TokenURL, "client_id": &h.ClientID, "client_secret": &h.ClientSecret,
+		"auth_style": &h.AuthStyle, "grant": &h.Grant, "key_set": &h.KeySet,
+		"refresh_token": &h.RefreshToken, "refresh": &h.Refresh, "notify": &h.Notify,
+	}
+}
+
+// durationOptions are the options that take one duration, by name.
+func (h *Handler) durationOptions() map[string]*caddy.Duration {
+	return map[string]*caddy.Duration{
+		"expiry_skew": &h.ExpirySkew, "token_timeout": &h.TokenTimeout, "max_wait": &h.MaxWait,
+	}
+}
+
+// unmarshalOption reads an option with arguments of its own shape.
+func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
+	switch option {
+	case "insecure_http":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.InsecureHTTP = true
+	case "scopes":
+		h.Scopes = append(h.Scopes, d.RemainingArgs()...)
+		if len(h.Scopes) == 0 {
+			return d.ArgErr()
+		}
+	case "param":
+		args := d.RemainingArgs()
+		if len(args) < 2 {
+			return d.Errf("param: want <name> <value...>, got %d arguments", len(args))
+		}
+		if h.Params == nil {
+			h.Params = make(map[string][]string)
+		}
+		h.Params[args[0]] = append(h.Params[args[0]], args[1:]...)
+	case "refresh_on":
+		return h.parseRefreshOn(d)
+	case "header":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.Errf("header: want <name> [<scheme>|raw], got %d arguments", len(args))
+		}
+		h.HeaderName = args[0]
+		if len(args) == 2 {
+			h.HeaderScheme = args[1]
+		}
+	case "replay_memory":
+		return parseSize(d, &h.ReplayMemory, "", 0)
+	case "max_replay_body":
+		return parseSize(d, &h.MaxReplayBody, "off", -1)
+	case "keystore":
+		return h.parseKeystore(d)
+	case "encryption_key":
+		h.EncryptionKeys = d.RemainingArgs()
+		if len(h.EncryptionKeys) == 0 {
+			return d.Errf("encryption_key: want <key> [<older key>...]")
+		}
+	case "body_timeout":
+		if d.CountRemainingArgs() == 1 && d.NextArg() {
+			if d.Val() == "off" {
+				h.BodyTimeout = -1
+				return nil
+			}
+			d.Prev() // back to the option's name, for parseDuration
+		}
+		return parseDuration(d, &h.BodyTimeout, false)
+	default:
+		return d.Errf("unrecognized oauth2_upstream option %q", option)
 	}
 	return nil
 }
@@ -171,39 +187,32 @@ func (h *Handler) parseKeystore(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func singleArg(d *caddyfile.Dispenser, dst *string) error {
-	option := d.Val()
-	if !d.NextArg() {
-		return d.Errf("%s: want one argument", option)
-	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.Errf("%s: want one argument, got more", option)
-	}
-	return nil
-}
-
-func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+// parseDuration reads the one duration argument of the current option;
+// with positive, a duration of zero or less is refused.
+func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration, positive bool) error {
 	option := d.Val()
 	var s string
-	if err := singleArg(d, &s); err != nil {
-		return err
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
 	}
 	dur, err := caddy.ParseDuration(s)
 	if err != nil {
 		return d.Errf("%s: %q is not a duration: %v", option, s, err)
 	}
+	if positive && dur <= 0 {
+		return d.Errf("%s must be a positive duration, got %q", option, s)
+	}
 	*dst = caddy.Duration(dur)
 	return nil
 }
 
-// sizeArg reads a size such as 64MiB, 1MB or 1048576 (bytes); the word
+// parseSize reads a size such as 64MiB, 1MB or 1048576 (bytes); the word
 // keyword, when not empty, stands for the value keywordValue.
-func sizeArg(d *caddyfile.Dispenser, dst *int64, keyword string, keywordValue int64) error {
+func parseSize(d *caddyfile.Dispenser, dst *int64, keyword string, keywordValue int64) error {
 	option := d.Val()
 	var s string
-	if err := singleArg(d, &s); err != nil {
-		return err
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
 	}
 	if keyword != "" && s == keyword {
 		*dst = keywordValue
@@ -217,5 +226,147 @@ func sizeArg(d *caddyfile.Dispenser, dst *int64, keyword string, keywordValue in
 	return nil
 }
 
-// Interface guard
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
+func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	health := new(Health)
+	err := health.UnmarshalCaddyfile(h.Dispenser)
+	return health, err
+}
+
+// UnmarshalCaddyfile sets up the health route from Caddyfile tokens. It
+// takes no options. Syntax:
+//
+//	oauth2_upstream_health [<matcher>]
+func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("oauth2_upstream_health takes no options, got %q", d.Val())
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
+//
+//	keystore file [<directory>]
+func (f *FileKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the backend name
+	if d.NextArg() {
+		f.Path = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(d.Nesting()) {
+		return d.Errf("keystore file takes no block, got %q", d.Val())
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
+//
+//	keystore redis [<address>...] {
+//		address     <host:port>...   # several: Cluster, or Sentinels with master_name
+//		username    <user>
+//		password    <password>       # e.g. {env.REDIS_PASSWORD}
+//		db          <number>
+//		key_prefix  <prefix>
+//		master_name <name>
+//		tls         [<server_name>]
+//		lock_ttl    <duration>
+//		lock_wait   <duration>
+//		dial_timeout <duration>
+//		read_timeout <duration>
+//	}
+func (r *RedisKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the backend name
+	r.Addresses = append(r.Addresses, d.RemainingArgs()...)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := r.unmarshalOption(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmarshalOption reads the option of the block that d is at, with its
+// arguments.
+func (r *RedisKeystore) unmarshalOption(d *caddyfile.Dispenser) error {
+	switch option := d.Val(); option {
+	case "address":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		r.Addresses = append(r.Addresses, args...)
+	case "username":
+		if !d.AllArgs(&r.Username) {
+			return d.ArgErr()
+		}
+	case "password":
+		if !d.AllArgs(&r.Password) {
+			return d.ArgErr()
+		}
+	case "key_prefix":
+		if !d.AllArgs(&r.KeyPrefix) {
+			return d.ArgErr()
+		}
+	case "master_name":
+		if !d.AllArgs(&r.MasterName) {
+			return d.ArgErr()
+		}
+	case "db":
+		var db string
+		if !d.AllArgs(&db) {
+			return d.ArgErr()
+		}
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			return d.Errf("db must be a database number, got %q", db)
+		}
+		r.DB = n
+	case "tls":
+		r.TLS = true
+		if d.NextArg() {
+			r.TLSServerName = d.Val()
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	case "lock_ttl":
+		return parseDuration(d, &r.LockTTL, true)
+	case "lock_wait":
+		return parseDuration(d, &r.LockWait, true)
+	case "dial_timeout":
+		return parseDuration(d, &r.DialTimeout, true)
+	case "read_timeout":
+		return parseDuration(d, &r.ReadTimeout, true)
+	default:
+		return d.Errf("unrecognized keystore redis option %q", option)
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
+//
+//	keystore caddy_storage
+func (s *CaddyStorageKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the backend name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(d.Nesting()) {
+		return d.Errf("keystore caddy_storage takes no block, got %q", d.Val())
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*Health)(nil)
+	_ caddyfile.Unmarshaler = (*FileKeystore)(nil)
+	_ caddyfile.Unmarshaler = (*RedisKeystore)(nil)
+	_ caddyfile.Unmarshaler = (*CaddyStorageKeystore)(nil)
+)

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 )
 
 // The Caddyfile adapts to the JSON in testdata/caddyfile_adapt (golden
@@ -133,8 +134,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		name, input, want string
 	}{
 		{name: "unknown option", input: "oauth2_upstream {\n tokenurl x\n}", want: `unrecognized oauth2_upstream option "tokenurl"`},
-		{name: "token_url without value", input: "oauth2_upstream {\n token_url\n}", want: "token_url: want one argument"},
-		{name: "two token urls", input: "oauth2_upstream {\n token_url a b\n}", want: "token_url: want one argument, got more"},
+		{name: "token_url without value", input: "oauth2_upstream {\n token_url\n}", want: "token_url: want one argument, got 0"},
+		{name: "two token urls", input: "oauth2_upstream {\n token_url a b\n}", want: "token_url: want one argument, got 2"},
 		{name: "bad duration", input: "oauth2_upstream {\n expiry_skew soon\n}", want: `expiry_skew: "soon" is not a duration`},
 		{name: "bad size", input: "oauth2_upstream {\n max_replay_body lots\n}", want: `max_replay_body: "lots" is not a size`},
 		{name: "bad status", input: "oauth2_upstream {\n refresh_on unauthorized\n}", want: `refresh_on: "unauthorized" is not a status code`},
@@ -176,8 +177,8 @@ func TestValidateErrors(t *testing.T) {
 		{name: "refresh", modify: func(h *Handler) { h.Refresh = "sometimes" }, want: `refresh "sometimes"`},
 		{name: "key_set", modify: func(h *Handler) { h.KeySet = "../x" }, want: "key_set: invalid key set name"},
 		{name: "seed with placeholder key_set", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}"; h.RefreshToken = "rt" }, want: "refresh_token seeds one key set"},
-		{name: "seed with client_credentials", modify: func(h *Handler) { h.Grant = grantClientCredentials; h.RefreshToken = "rt" }, want: "client_credentials grant needs none"},
-		{name: "placeholder key_set with client_credentials", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}"; h.Grant = grantClientCredentials }, want: "client_credentials grant cannot use"},
+		{name: "seed with client_credentials", modify: func(h *Handler) { h.Grant = credential.GrantClientCredentials; h.RefreshToken = "rt" }, want: "client_credentials grant needs none"},
+		{name: "placeholder key_set with client_credentials", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}"; h.Grant = credential.GrantClientCredentials }, want: "client_credentials grant cannot use"},
 		{name: "reserved param", modify: func(h *Handler) { h.Params = map[string][]string{"grant_type": {"password"}} }, want: "param grant_type: set by the grant itself"},
 		{name: "scope as param", modify: func(h *Handler) { h.Params = map[string][]string{"scope": {"x"}} }, want: "param scope"},
 		{name: "negative body_timeout", modify: func(h *Handler) { h.BodyTimeout = -5 }, want: "body_timeout"},

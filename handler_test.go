@@ -20,6 +20,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -27,7 +29,7 @@ import (
 // injected one replaces it (invariant 1).
 func TestInjectionReplacesClientHeader(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "s", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 
@@ -111,7 +113,7 @@ func TestReplayAfter401(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			te := newTokenEndpoint(t, "rt-0")
+			te := credentialtest.NewTokenEndpoint(t, "rt-0")
 			api := newAPIServer(t, "Bearer at-1")
 			api.rejectUnread = tt.unread
 			proxy := &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: hostPort(t, api.server.URL)}}}
@@ -148,7 +150,7 @@ func TestReplayAfter401(t *testing.T) {
 			if answer.Length != tt.size || answer.SHA256 != hex.EncodeToString(sum[:]) {
 				t.Errorf("upstream received %d bytes, sha256 %s; want %d bytes, %x", answer.Length, answer.SHA256, tt.size, sum)
 			}
-			if g := te.grants.Load(); g != 2 {
+			if g := te.Grants.Load(); g != 2 {
 				t.Errorf("grants = %d; want 2 (the warm-up and one refresh)", g)
 			}
 			seen := api.seen()
@@ -163,7 +165,7 @@ func TestReplayAfter401(t *testing.T) {
 // answers 401 after the refresh, the client gets that 401 unchanged.
 func TestSecond401GoesToClient(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "")
 	api.alwaysReject = true
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
@@ -178,7 +180,7 @@ func TestSecond401GoesToClient(t *testing.T) {
 	if n := len(api.seen()); n != 2 {
 		t.Errorf("upstream saw %d requests; want 2 (one attempt, one replay)", n)
 	}
-	if g := te.grants.Load(); g != 2 {
+	if g := te.Grants.Load(); g != 2 {
 		t.Errorf("grants = %d; want 2 (initial token, one refresh)", g)
 	}
 }
@@ -191,7 +193,7 @@ func TestBodyTooLargeToReplay(t *testing.T) {
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
 			t.Parallel()
-			te := newTokenEndpoint(t, "rt-0")
+			te := credentialtest.NewTokenEndpoint(t, "rt-0")
 			api := newAPIServer(t, "Bearer at-1")
 			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", ReplayMemory: 1024, MaxReplayBody: 4096},
 				hostPort(t, api.server.URL))
@@ -207,7 +209,7 @@ func TestBodyTooLargeToReplay(t *testing.T) {
 			if resp.StatusCode != http.StatusUnauthorized {
 				t.Fatalf("status = %d; want the upstream's 401", resp.StatusCode)
 			}
-			if g := te.grants.Load(); g != 2 {
+			if g := te.Grants.Load(); g != 2 {
 				t.Errorf("grants = %d; want 2: the rejected token is still refreshed", g)
 			}
 			if resp, _ := s.get(t, "/next"); resp.StatusCode != http.StatusOK {
@@ -221,24 +223,24 @@ func TestBodyTooLargeToReplay(t *testing.T) {
 // with the current token, without a new grant.
 func TestOlderGenerationReplayedWithoutGrant(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	s.get(t, "/warm-up") // generation 2 (1 is the seed), token at-1
 
 	// Another request refreshed meanwhile: generation 3, token at-2.
-	if _, err := s.handler.refresher.Rejected(context.Background(), "default", 2); err != nil {
+	if _, err := s.handler.engine.Rejected(context.Background(), "default", 2); err != nil {
 		t.Fatal(err)
 	}
 	api.setValid("Bearer at-2")
-	grants := te.grants.Load()
+	grants := te.Grants.Load()
 	// A late 401 for generation 2 must not spend rt-2.
-	fresh, err := s.handler.refresher.Rejected(context.Background(), "default", 2)
+	fresh, err := s.handler.engine.Rejected(context.Background(), "default", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fresh.ks.Generation != 3 || te.grants.Load() != grants {
-		t.Errorf("Rejected(gen 2) = generation %d after %d new grants; want generation 3, 0 grants", fresh.ks.Generation, te.grants.Load()-grants)
+	if fresh.KeySet.Generation != 3 || te.Grants.Load() != grants {
+		t.Errorf("Rejected(gen 2) = generation %d after %d new grants; want generation 3, 0 grants", fresh.KeySet.Generation, te.Grants.Load()-grants)
 	}
 }
 
@@ -279,21 +281,21 @@ func TestRefreshFailureResponses(t *testing.T) {
 				http.Error(w, "down", http.StatusInternalServerError)
 				return true
 			},
-			wantStatus: http.StatusServiceUnavailable, wantCode: codeTokenEndpointUnavailable,
+			wantStatus: http.StatusServiceUnavailable, wantCode: credential.CodeTokenEndpointUnavailable,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			te := newTokenEndpoint(t, "rt-0")
+			te := credentialtest.NewTokenEndpoint(t, "rt-0")
 			api := newAPIServer(t, "Bearer at-1")
 			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 			s.get(t, "/warm-up")
 			before := s.storedKeySet(t, "default")
 			api.setValid("Bearer at-2")
-			te.mu.Lock()
-			te.respond = tt.respond
-			te.mu.Unlock()
+			te.Mu.Lock()
+			te.Respond = tt.respond
+			te.Mu.Unlock()
 
 			resp, body := s.get(t, "/x")
 			if resp.StatusCode != tt.wantStatus {
@@ -327,7 +329,7 @@ func TestRefreshFailureResponses(t *testing.T) {
 // placeholder-selected name that is not a valid name gets 400.
 func TestKeySetSelection(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
 	seed := &keystore.KeySet{Name: "acme", Generation: 1, Token: keystore.Token{}}
@@ -341,9 +343,9 @@ func TestKeySetSelection(t *testing.T) {
 		wantCode   string
 	}{
 		{account: "acme", wantStatus: http.StatusOK},
-		{account: "unknown", wantStatus: http.StatusBadGateway, wantCode: codeNoKeySet},
-		{account: "../etc/passwd", wantStatus: http.StatusBadRequest, wantCode: codeInvalidKeySetName},
-		{account: "", wantStatus: http.StatusBadRequest, wantCode: codeInvalidKeySetName},
+		{account: "unknown", wantStatus: http.StatusBadGateway, wantCode: credential.CodeNoKeySet},
+		{account: "../etc/passwd", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
+		{account: "", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest(http.MethodGet, s.server.URL+"/x", nil)
@@ -367,15 +369,15 @@ func TestKeySetSelection(t *testing.T) {
 func TestPlaceholders(t *testing.T) {
 	t.Parallel()
 	api := newAPIServer(t, "Bearer at-1")
-	te := newTokenEndpoint(t, "rt-0")
-	te.extra = map[string]any{"instance_url": api.server.URL, "id_token": "id-secret", "scope": "api"}
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Extra = map[string]any{"instance_url": api.server.URL, "id_token": "id-secret", "scope": "api"}
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"},
 		"{http.oauth2_upstream.extra.instance_url.hostport}")
 	if resp, body := s.get(t, "/x"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d (%s); want 200 through the instance_url upstream", resp.StatusCode, body)
 	}
 
-	cred, err := s.handler.refresher.Current(context.Background(), "default")
+	cred, err := s.handler.engine.Current(context.Background(), "default")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +425,7 @@ func TestHeaderOption(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			te := newTokenEndpoint(t, "rt-0")
+			te := credentialtest.NewTokenEndpoint(t, "rt-0")
 			var got []string
 			var mu sync.Mutex
 			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -452,7 +454,7 @@ func TestHeaderOption(t *testing.T) {
 // refresh_on adds statuses that trigger a refresh and replay.
 func TestRefreshOnCustomStatus(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	var calls atomic.Int64
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if calls.Add(1) == 1 {
@@ -464,7 +466,7 @@ func TestRefreshOnCustomStatus(t *testing.T) {
 	if resp, _ := s.get(t, "/"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d; want 200 after a replay on 403", resp.StatusCode)
 	}
-	if g := te.grants.Load(); g != 2 {
+	if g := te.Grants.Load(); g != 2 {
 		t.Errorf("grants = %d; want 2", g)
 	}
 }
@@ -472,13 +474,13 @@ func TestRefreshOnCustomStatus(t *testing.T) {
 // Token values never appear in the sidecar's logs (invariant 7).
 func TestLogsHoldNoTokens(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-seed-secret")
+	te := credentialtest.NewTokenEndpoint(t, "rt-seed-secret")
 	api := newAPIServer(t, "Bearer at-2")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "client-secret-value", RefreshToken: "rt-seed-secret"}, hostPort(t, api.server.URL))
 	s.get(t, "/a")
 	s.get(t, "/b") // 401, refresh, replay
-	te.mu.Lock()
-	te.respond = func(w http.ResponseWriter, r *http.Request) bool {
+	te.Mu.Lock()
+	te.Respond = func(w http.ResponseWriter, r *http.Request) bool {
 		r.ParseForm()
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
@@ -486,7 +488,7 @@ func TestLogsHoldNoTokens(t *testing.T) {
 		fmt.Fprintf(w, `{"error":"invalid_grant","error_description":"bad token %s"}`, r.PostForm.Get("refresh_token"))
 		return true
 	}
-	te.mu.Unlock()
+	te.Mu.Unlock()
 	api.setValid("nothing")
 	_, body := s.get(t, "/c")
 

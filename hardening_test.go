@@ -18,6 +18,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -33,7 +35,7 @@ func TestTokenEndpointMalformedAnswers(t *testing.T) {
 		{name: "empty 200", answer: func(w http.ResponseWriter) {}},
 		{name: "oversized", answer: func(w http.ResponseWriter) {
 			w.Header().Set("Content-Type", "application/json")
-			io.WriteString(w, `{"access_token":"at","padding":"`+strings.Repeat("x", maxTokenResponse)+`"}`)
+			io.WriteString(w, `{"access_token":"at","padding":"`+strings.Repeat("x", 1<<20)+`"}`)
 		}},
 		{name: "JSON array", answer: func(w http.ResponseWriter) {
 			w.Header().Set("Content-Type", "application/json")
@@ -43,17 +45,17 @@ func TestTokenEndpointMalformedAnswers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			te := newTokenEndpoint(t, "rt-0")
-			te.mu.Lock()
-			te.respond = func(w http.ResponseWriter, r *http.Request) bool { tt.answer(w); return true }
-			te.mu.Unlock()
+			te := credentialtest.NewTokenEndpoint(t, "rt-0")
+			te.Mu.Lock()
+			te.Respond = func(w http.ResponseWriter, r *http.Request) bool { tt.answer(w); return true }
+			te.Mu.Unlock()
 			api := newAPIServer(t, "Bearer at-1")
 			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 			resp, body := s.get(t, "/")
 			var p problem
 			json.Unmarshal(body, &p)
-			if resp.StatusCode != http.StatusServiceUnavailable || p.OAuthError != codeInvalidTokenResponse {
-				t.Errorf("status %d, problem %+v; want 503 %s", resp.StatusCode, p, codeInvalidTokenResponse)
+			if resp.StatusCode != http.StatusServiceUnavailable || p.OAuthError != credential.CodeInvalidTokenResponse {
+				t.Errorf("status %d, problem %+v; want 503 %s", resp.StatusCode, p, credential.CodeInvalidTokenResponse)
 			}
 			if ks := s.storedKeySet(t, "default"); ks.Generation != 1 || ks.Token.AccessToken() != "" {
 				t.Errorf("stored key set = generation %d with an access token %v; want the untouched seed", ks.Generation, ks.Token.AccessToken() != "")
@@ -66,8 +68,8 @@ func TestTokenEndpointMalformedAnswers(t *testing.T) {
 // Retry-After while the grant goes on, and the grant's result is stored.
 func TestMaxWaitBoundsRequests(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
-	te.gate = make(chan struct{})
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Gate = make(chan struct{})
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", MaxWait: caddyDuration(50 * time.Millisecond)}, hostPort(t, api.server.URL))
 
@@ -75,8 +77,8 @@ func TestMaxWaitBoundsRequests(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	close(te.gate)
-	s.handler.refresher.Close() // the grant finishes and is stored
+	close(te.Gate)
+	s.handler.engine.Close() // the grant finishes and is stored
 	if ks := s.storedKeySet(t, "default"); ks.Token.AccessToken() != "at-1" {
 		t.Errorf("stored access token after the slow grant = %q; want at-1", ks.Token.AccessToken())
 	}
@@ -90,13 +92,13 @@ func TestMaxWaitBoundsRequests(t *testing.T) {
 // token, shows keystore_failing, and stores it once the disk is back.
 func TestKeystoreWriteFailure(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	clock := newFakeClock()
+	clock := credentialtest.NewClock()
 	s.useClock(clock)
-	disk := &diskFullStore{Store: s.handler.refresher.store}
-	s.handler.refresher.store = disk
+	disk := &diskFullStore{Store: s.handler.engine.Store()}
+	s.replaceEngine(disk, clock.Now)
 	if resp, _ := s.get(t, "/"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d; want 200", resp.StatusCode)
 	}
@@ -107,15 +109,15 @@ func TestKeystoreWriteFailure(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("status = %d (%s); want 503 while the new key set is unstored", resp.StatusCode, body)
 	}
-	status, err := s.handler.refresher.Status(context.Background(), "default")
-	if err != nil || status.State != stateKeystoreFailing || status.Healthy() {
-		t.Errorf("Status() = %+v, %v; want state %s, unhealthy", status, err, stateKeystoreFailing)
+	status, err := s.handler.engine.Status(context.Background(), "default")
+	if err != nil || status.State != credential.StateKeystoreFailing || status.Healthy() {
+		t.Errorf("Status() = %+v, %v; want state %s, unhealthy", status, err, credential.StateKeystoreFailing)
 	}
 	for range 3 {
 		clock.Advance(time.Minute) // past any backoff
 		s.get(t, "/")
 	}
-	if g := te.grants.Load(); g != 2 {
+	if g := te.Grants.Load(); g != 2 {
 		t.Errorf("grants = %d; want 2: no grant while a granted key set is unstored", g)
 	}
 
@@ -127,7 +129,7 @@ func TestKeystoreWriteFailure(t *testing.T) {
 	if ks := s.storedKeySet(t, "default"); ks.Token.AccessToken() != "at-2" || ks.Token.RefreshToken() != "rt-2" {
 		t.Errorf("stored tokens = %s/%s; want at-2/rt-2, the key set kept in memory", ks.Token.AccessToken(), ks.Token.RefreshToken())
 	}
-	if g := te.grants.Load(); g != 2 {
+	if g := te.Grants.Load(); g != 2 {
 		t.Errorf("grants = %d; want 2: the pending key set was stored, not regranted", g)
 	}
 }
@@ -150,13 +152,13 @@ func (d *diskFullStore) Save(ctx context.Context, ks *keystore.KeySet) error {
 // stored key set is untouched and traffic recovers when it is back.
 func TestKeystoreDirectoryGone(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	clock := newFakeClock()
+	clock := credentialtest.NewClock()
 	s.useClock(clock)
 	s.get(t, "/")
-	dir := s.store.Path
+	dir := s.dir
 	if err := os.Rename(dir, dir+".away"); err != nil {
 		t.Fatal(err)
 	}
@@ -167,10 +169,10 @@ func TestKeystoreDirectoryGone(t *testing.T) {
 	resp, body := s.get(t, "/")
 	var p problem
 	json.Unmarshal(body, &p)
-	if resp.StatusCode != http.StatusServiceUnavailable || p.OAuthError != codeKeystoreUnavailable {
-		t.Errorf("status %d, problem %+v; want 503 %s", resp.StatusCode, p, codeKeystoreUnavailable)
+	if resp.StatusCode != http.StatusServiceUnavailable || p.OAuthError != credential.CodeKeystoreUnavailable {
+		t.Errorf("status %d, problem %+v; want 503 %s", resp.StatusCode, p, credential.CodeKeystoreUnavailable)
 	}
-	if g := te.grants.Load(); g != 1 {
+	if g := te.Grants.Load(); g != 1 {
 		t.Errorf("grants = %d; want 1: no grant without the keystore's lock", g)
 	}
 	os.Remove(dir)
@@ -187,7 +189,7 @@ func TestKeystoreDirectoryGone(t *testing.T) {
 // client header passes unchanged.
 func TestOtherClientHeadersPass(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	var got http.Header
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got = r.Header.Clone() }))
 	t.Cleanup(api.Close)
@@ -217,7 +219,7 @@ func TestRedirectNotFollowedWithToken(t *testing.T) {
 		http.Redirect(w, r, other.URL+"/steal", http.StatusFound)
 	}))
 	t.Cleanup(api.Close)
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.URL))
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Get(s.server.URL + "/")
@@ -235,7 +237,7 @@ func TestRedirectNotFollowedWithToken(t *testing.T) {
 // (TestMain checks that no body file stays open).
 func TestSlowClientCutOff(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", ReplayMemory: 1024,
 		BodyTimeout: caddyDuration(300 * time.Millisecond)}, hostPort(t, api.server.URL))
@@ -263,7 +265,7 @@ func TestSlowClientCutOff(t *testing.T) {
 
 // encryption_key encrypts what the handler stores.
 func TestHandlerEncryptsKeystore(t *testing.T) {
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
 	t.Setenv("TEST_KEYSTORE_KEY_ENCRYPT", key)
@@ -271,7 +273,7 @@ func TestHandlerEncryptsKeystore(t *testing.T) {
 	if resp, _ := s.get(t, "/"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d; want 200", resp.StatusCode)
 	}
-	raw, err := os.ReadFile(s.store.Path + "/default.json")
+	raw, err := os.ReadFile(s.dir + "/default.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,30 +289,13 @@ func TestHandlerEncryptsKeystore(t *testing.T) {
 
 func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
 
-// Backoffs are spread over [d/2, d) so that replicas that failed together
-// do not retry together.
-func TestEqualJitter(t *testing.T) {
-	t.Parallel()
-	seen := map[time.Duration]bool{}
-	for range 200 {
-		got := equalJitter(8 * time.Second)
-		if got < 4*time.Second || got >= 8*time.Second {
-			t.Fatalf("equalJitter(8s) = %s; want within [4s, 8s)", got)
-		}
-		seen[got] = true
-	}
-	if len(seen) < 100 {
-		t.Errorf("equalJitter(8s) gave %d distinct values in 200 calls; want spread", len(seen))
-	}
-}
-
 // A body that arrived whole, then an upstream slower than body_timeout to
 // answer: the idle deadline must not outlive the body. Go's server reads
 // the connection in the background once the body has ended, and when that
 // read times out it cancels the request (a 499 after body_timeout).
 func TestSlowUpstreamAfterBody(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		slow := time.NewTimer(time.Second) // the upstream's own latency

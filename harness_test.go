@@ -6,9 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -27,7 +26,8 @@ var provisionMu sync.Mutex // serialises Caddy provisioning across parallel test
 // served on a loopback listener.
 type sidecar struct {
 	handler *Handler
-	store   *keystore.File
+	store   *keystore.File // the handler's store, when it is a file keystore
+	dir     string         // its directory
 	server  *httptest.Server
 	logs    *observer.ObservedLogs
 }
@@ -65,8 +65,17 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 		t.Fatalf("Validate() = %v", err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
+	// Rebuild what logs, so that it logs to the observer; unregistered
+	// meanwhile, since other tests' scrapes read the live handlers.
+	unregisterHandler(h)
 	h.logger = zap.New(core)
-	h.refresher.logger = h.logger
+	h.ops.stop()
+	if h.ops, err = newOperations(ctx, h.Notify, h.logger); err != nil {
+		t.Fatalf("newOperations() = %v", err)
+	}
+	h.engine.Close()
+	h.engine = h.newEngine(h.engine.Store(), time.Now)
+	registerHandler(h)
 	t.Cleanup(func() { h.Cleanup() })
 
 	if err := proxy.Provision(ctx); err != nil {
@@ -96,8 +105,8 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	srv.Start()
 	t.Cleanup(srv.Close)
 	s := &sidecar{handler: h, server: srv, logs: logs}
-	if f, ok := h.store.(*keystore.File); ok {
-		s.store = f
+	if fk, ok := h.engine.Store().(*FileKeystore); ok {
+		s.store, s.dir = fk.File, fk.Path
 	}
 	return s
 }
@@ -112,94 +121,18 @@ func hostPort(t *testing.T, rawURL string) string {
 	return u.Host
 }
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu  sync.Mutex // guards now
-	now time.Time
+// useClock makes the handler's engine read clock. It replaces the engine, so
+// it must come before the first request.
+func (s *sidecar) useClock(clock *credentialtest.Clock) {
+	s.replaceEngine(s.handler.engine.Store(), clock.Now)
 }
 
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-// useClock makes the handler's refresher and token client read clock.
-func (s *sidecar) useClock(clock *fakeClock) {
-	s.handler.refresher.now = clock.Now
-	s.handler.refresher.client.now = clock.Now
-}
-
-// tokenEndpoint is a small token endpoint for unit tests: it issues access
-// tokens "at-<n>" and rotating refresh tokens "rt-<n>", accepts only the
-// newest refresh token, and counts grants.
-type tokenEndpoint struct {
-	server *httptest.Server
-
-	mu           sync.Mutex // guards the fields below
-	refreshToken string
-	issued       int
-	respond      func(w http.ResponseWriter, r *http.Request) bool // optional override; true when it answered
-	extra        map[string]any
-	expiresIn    int
-	rotate       bool
-
-	grants atomic.Int64
-	// gate, when set, holds each grant until it is closed.
-	gate chan struct{}
-}
-
-func newTokenEndpoint(t *testing.T, seed string) *tokenEndpoint {
-	te := &tokenEndpoint{refreshToken: seed, expiresIn: 3600, rotate: true}
-	te.server = httptest.NewServer(http.HandlerFunc(te.serve))
-	t.Cleanup(te.server.Close)
-	return te
-}
-
-func (te *tokenEndpoint) URL() string { return te.server.URL + "/token" }
-
-func (te *tokenEndpoint) serve(w http.ResponseWriter, r *http.Request) {
-	te.mu.Lock()
-	gate, respond := te.gate, te.respond
-	te.mu.Unlock()
-	if gate != nil {
-		<-gate
-	}
-	if respond != nil && respond(w, r) {
-		return
-	}
-	if err := r.ParseForm(); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	te.mu.Lock()
-	defer te.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	if r.PostForm.Get("grant_type") == "refresh_token" && r.PostForm.Get("refresh_token") != te.refreshToken {
-		w.WriteHeader(http.StatusBadRequest)
-		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant", "error_description": "refresh token is not valid"})
-		return
-	}
-	te.grants.Add(1)
-	te.issued++
-	resp := map[string]any{"access_token": "at-" + strconv.Itoa(te.issued), "token_type": "Bearer"}
-	if te.expiresIn > 0 {
-		resp["expires_in"] = te.expiresIn
-	}
-	if te.rotate {
-		te.refreshToken = "rt-" + strconv.Itoa(te.issued)
-		resp["refresh_token"] = te.refreshToken
-	}
-	for k, v := range te.extra {
-		resp[k] = v
-	}
-	json.NewEncoder(w).Encode(resp)
+// replaceEngine gives the handler a new engine over store, reading the
+// clock now, before the first request. The handler is unregistered
+// meanwhile: other tests' scrapes and health probes read the live handlers.
+func (s *sidecar) replaceEngine(store keystore.Store, now func() time.Time) {
+	unregisterHandler(s.handler)
+	defer registerHandler(s.handler)
+	s.handler.engine.Close()
+	s.handler.engine = s.handler.newEngine(store, now)
 }

@@ -4,20 +4,12 @@ import (
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 func init() {
 	caddy.RegisterModule(Health{})
-	httpcaddyfile.RegisterHandlerDirective("oauth2_upstream_health", parseHealthCaddyfile)
-	// It answers by itself, like respond; before respond also puts it
-	// ahead of oauth2_upstream (ordered before reverse_proxy), so that
-	// `oauth2_upstream_health /healthz` in a proxying site answers the
-	// probe instead of proxying it.
-	httpcaddyfile.RegisterDirectiveOrder("oauth2_upstream_health", httpcaddyfile.Before, "respond")
 }
 
 // Health answers whether the oauth2_upstream handlers of its config can
@@ -78,30 +70,8 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	return writeJSON(w, http.StatusOK, healthAnswer{Status: "ok"})
 }
 
-func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	health := new(Health)
-	err := health.UnmarshalCaddyfile(h.Dispenser)
-	return health, err
-}
-
-// UnmarshalCaddyfile sets up the health route from Caddyfile tokens. It
-// takes no options. Syntax:
-//
-//	oauth2_upstream_health [<matcher>]
-func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return d.Errf("oauth2_upstream_health takes no options, got %q", d.Val())
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Health)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Health)(nil)
-	_ caddyfile.Unmarshaler       = (*Health)(nil)
 )

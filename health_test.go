@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -35,7 +37,7 @@ func probe(t *testing.T, health *Health) (int, healthAnswer) {
 // again after an operator reseeds it.
 func TestHealthFollowsKeySetState(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "health-ks", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	health := &Health{config: s.handler.ops.config}
@@ -44,12 +46,12 @@ func TestHealthFollowsKeySetState(t *testing.T) {
 		t.Errorf("before any request: %d %+v; want 200 {status ok}", code, answer)
 	}
 	s.get(t, "/x")
-	te.mu.Lock()
-	te.refreshToken = "revoked"
-	te.mu.Unlock()
+	te.Mu.Lock()
+	te.RefreshToken = "revoked"
+	te.Mu.Unlock()
 	api.setValid("Bearer rejected")
 	s.get(t, "/rejected") // the refresh fails with invalid_grant
-	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-ks", State: stateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
+	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-ks", State: credential.StateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
 	if code, answer := probe(t, health); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
 		t.Errorf("after invalid_grant: %d %+v; want 503 %+v", code, answer, want)
 	}
@@ -68,11 +70,11 @@ func TestHealthFollowsKeySetState(t *testing.T) {
 // yet passes.
 func TestHealthFailingKeySets(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 
 	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "health-missing"}, hostPort(t, api.server.URL))
-	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-missing", State: stateNeedsReauthorization, ErrorCode: codeNoKeySet}}}
+	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-missing", State: credential.StateNeedsReauthorization, ErrorCode: credential.CodeNoKeySet}}}
 	if code, answer := probe(t, &Health{config: missing.handler.ops.config}); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
 		t.Errorf("missing key set: %d %+v; want 503 %+v", code, answer, want)
 	}
@@ -88,7 +90,7 @@ func TestHealthFailingKeySets(t *testing.T) {
 	if resp, _ := selected.do(t, req); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("request for health-sel = %d; want 502", resp.StatusCode)
 	}
-	want = healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-sel", State: stateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
+	want = healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-sel", State: credential.StateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
 	if code, answer := probe(t, health); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
 		t.Errorf("selected key set failed: %d %+v; want 503 %+v", code, answer, want)
 	}

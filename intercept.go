@@ -99,56 +99,17 @@ func (aw *attemptWriter) free() {
 	}
 }
 
-// Room of a headerSnapshot that costs no allocation: what Caddy's server
-// puts in every response header before the handlers run (Server, and
-// Alt-Svc with HTTP/3; so the header is never empty), with space to spare.
-const (
-	snapshotKeys   = 4
-	snapshotValues = 8
-)
-
-// headerSnapshot is the response header before an attempt, so a replay
-// starts from it and the held response's headers (WWW-Authenticate, ...)
-// do not leak into the replayed answer. It copies the values (handlers such
-// as `header` rewrite values in place), into fixed room when they fit,
-// else into a clone; only a restore, on the rare replay path, allocates.
-type headerSnapshot struct {
-	n      int
-	keys   [snapshotKeys]string
-	counts [snapshotKeys]int
-	values [snapshotValues]string
-	large  http.Header // the snapshot when it does not fit
+// exchange is what ServeHTTP keeps for one request, in one allocation: the
+// first attempt's writer and the placeholders.
+type exchange struct {
+	attempt attemptWriter
+	vars    requestPlaceholders
 }
 
-func (s *headerSnapshot) take(h http.Header) {
-	s.n, s.large = 0, nil
-	total := 0
-	for _, v := range h {
-		total += len(v)
-	}
-	if len(h) > snapshotKeys || total > snapshotValues {
-		s.large = h.Clone()
-		return
-	}
-	i := 0
-	for k, v := range h {
-		s.keys[s.n], s.counts[s.n] = k, len(v)
-		i += copy(s.values[i:], v)
-		s.n++
-	}
-}
-
-func (s *headerSnapshot) restore(h http.Header) {
+// restoreHeader makes h what it was when saved was cloned from it.
+func restoreHeader(h, saved http.Header) {
 	clear(h)
-	if s.large != nil {
-		for k, v := range s.large {
-			h[k] = v
-		}
-		return
-	}
-	i := 0
-	for j := range s.n {
-		h[s.keys[j]] = slices.Clone(s.values[i : i+s.counts[j]])
-		i += s.counts[j]
+	for k, v := range saved {
+		h[k] = v
 	}
 }

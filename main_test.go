@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 )
 
 // TestMain checks, after the whole suite, that no goroutine of this package
@@ -79,7 +81,7 @@ func openBodyFiles() []string {
 // A request cancelled mid-upload leaves no temporary file open.
 func TestCancelledUploadLeavesNoFile(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", ReplayMemory: 1024}, hostPort(t, api.server.URL))
 	pr, pw := io.Pipe()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -35,7 +36,7 @@ const (
 // upstreamMetrics are the collectors of one metrics registry. Every handler
 // of a config builds its own, and registration hands back the collectors
 // the first handler registered, so they all count into the same series.
-// It is the refreshObserver that counts grants and keystore failures.
+// It is the credential.Observer that counts grants and keystore failures.
 type upstreamMetrics struct {
 	grants         *prometheus.CounterVec
 	grantDuration  *prometheus.HistogramVec
@@ -102,7 +103,8 @@ func register[C prometheus.Collector](registry prometheus.Registerer, c C) (C, e
 	return c, nil
 }
 
-func (m *upstreamMetrics) grantDone(keySet string, err error, took time.Duration) {
+// GrantDone implements credential.Observer.
+func (m *upstreamMetrics) GrantDone(keySet string, err error, took time.Duration) {
 	result := grantResultOK
 	if err != nil {
 		result = grantResultError
@@ -111,11 +113,12 @@ func (m *upstreamMetrics) grantDone(keySet string, err error, took time.Duration
 	m.grantDuration.WithLabelValues(keySet).Observe(took.Seconds())
 }
 
-// keySetStored needs no counting: the expiry gauge reads the key sets in
-// use when it is scraped.
-func (m *upstreamMetrics) keySetStored(*keystore.KeySet) {}
+// KeySetStored implements credential.Observer. It needs no counting: the
+// expiry gauge reads the key sets in use when it is scraped.
+func (m *upstreamMetrics) KeySetStored(*keystore.KeySet) {}
 
-func (m *upstreamMetrics) keystoreFailed(operation string) {
+// KeystoreFailed implements credential.Observer.
+func (m *upstreamMetrics) KeystoreFailed(operation string) {
 	m.keystoreErrors.WithLabelValues(operation).Inc()
 }
 
@@ -145,9 +148,9 @@ func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 // Collect implements prometheus.Collector. A key set several handlers use
 // reports the newest generation's expiry.
 func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
-	newest := make(map[string]KeySetStatus)
+	newest := make(map[string]credential.Status)
 	for _, h := range handlersOfConfig(c.config) {
-		for _, s := range h.refresher.Statuses() {
+		for _, s := range h.engine.Statuses() {
 			if cur, ok := newest[s.Name]; !ok || s.Generation > cur.Generation {
 				newest[s.Name] = s
 			}
@@ -161,3 +164,6 @@ func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, seconds, name)
 	}
 }
+
+// Interface guard
+var _ credential.Observer = (*upstreamMetrics)(nil)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -46,11 +47,11 @@ func sample(text, series string) (float64, bool) {
 // expiry of the token in use, and a keystore error by operation.
 func TestMetricsAfterRequests(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "metrics-ks", RefreshToken: "rt-0",
 		ReplayMemory: 1024, MaxReplayBody: 1024}, hostPort(t, api.server.URL))
-	clock := newFakeClock()
+	clock := credentialtest.NewClock()
 	s.useClock(clock)
 	reg := s.handler.ops.config
 
@@ -65,18 +66,18 @@ func TestMetricsAfterRequests(t *testing.T) {
 		t.Fatalf("request with a body too large to replay = %d; want the upstream's 401", resp.StatusCode)
 	}
 	lastGrant := clock.Now()
-	te.mu.Lock()
-	te.refreshToken = "revoked"
-	te.mu.Unlock()
+	te.Mu.Lock()
+	te.RefreshToken = "revoked"
+	te.Mu.Unlock()
 	api.setValid("none")
 	if resp, _ := s.get(t, "/refresh-fails"); resp.StatusCode != http.StatusBadGateway { // grant 4 fails
 		t.Fatalf("request whose refresh fails = %d; want 502", resp.StatusCode)
 	}
 	// A corrupt document: the next refresh fails loading it.
-	if err := os.WriteFile(filepath.Join(s.store.Path, "metrics-ks.json"), []byte("{torn"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(s.dir, "metrics-ks.json"), []byte("{torn"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.handler.refresher.ForceRefresh(context.Background(), "metrics-ks"); err == nil {
+	if _, err := s.handler.engine.ForceRefresh(context.Background(), "metrics-ks"); err == nil {
 		t.Fatal("ForceRefresh over a corrupt document succeeded")
 	}
 
@@ -106,10 +107,10 @@ func TestMetricsAfterRequests(t *testing.T) {
 // admin PUT, which makes no grant.
 func TestMetricsExpiryFollowsPut(t *testing.T) {
 	t.Parallel()
-	te := newTokenEndpoint(t, "rt-0")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "metrics-put", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	clock := newFakeClock()
+	clock := credentialtest.NewClock()
 	s.useClock(clock)
 	const series = `caddy_oauth2_upstream_token_expiry_timestamp_seconds{key_set="metrics-put"}`
 	if v, ok := sample(scrape(t, s.handler.ops.config), series); ok {
@@ -141,8 +142,8 @@ func TestMetricsSharedRegistry(t *testing.T) {
 	if first.grants != second.grants || first.replays != second.replays {
 		t.Errorf("second handler got new collectors; want the registered ones")
 	}
-	first.grantDone("shared", nil, time.Second)
-	second.grantDone("shared", nil, time.Second)
+	first.GrantDone("shared", nil, time.Second)
+	second.GrantDone("shared", nil, time.Second)
 	if v, _ := sample(scrape(t, reg), `caddy_oauth2_upstream_grants_total{key_set="shared",result="ok"}`); v != 2 {
 		t.Errorf("grants_total = %v; want 2", v)
 	}

@@ -3,54 +3,28 @@
 // when the upstream rejects it (or before it expires), stores the whole new
 // key set durably, and replays the request, body included. Placed before
 // reverse_proxy, it lets a connector that knows nothing of OAuth2 talk to
-// APIs that need it.
+// APIs that need it. The life of the credential is the credential
+// package's; this package adapts it to Caddy.
 package oauth2upstream
 
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/url"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 func init() {
 	caddy.RegisterModule(Handler{})
 }
-
-// Grants (the `grant` option) and client authentication styles (`auth_style`).
-const (
-	grantRefreshToken      = "refresh_token"
-	grantClientCredentials = "client_credentials"
-
-	authStyleBasic = "basic"
-	authStylePost  = "post"
-)
-
-// Defaults of the options documented on Handler.
-const (
-	defaultKeySet        = "default"
-	defaultExpirySkew    = 30 * time.Second
-	defaultTokenTimeout  = 10 * time.Second
-	defaultHeaderName    = "Authorization"
-	defaultHeaderScheme  = "Bearer"
-	rawHeaderScheme      = "raw"
-	defaultReplayMemory  = 1 << 20
-	defaultMaxReplayBody = 64 << 20
-	defaultMaxWait       = 15 * time.Second
-	defaultBodyTimeout   = 60 * time.Second
-)
 
 // Handler injects an OAuth2 access token into every request it passes on,
 // and when the upstream answers a trigger status (401 by default) it
@@ -175,13 +149,11 @@ type Handler struct {
 	// {env.NOTIFY_URL} are replaced when the handler starts.
 	Notify string `json:"notify,omitempty"`
 
-	refresher        *Refresher
-	store            keystore.Store
+	engine           *credential.Engine
 	keySetIsTemplate bool
 	headerKey        string // HeaderName, canonical: its key in http.Header
-	triggers         []int
 	logger           *zap.Logger
-	ops              *operations // metrics, notifications, registration (registry.go)
+	ops              *operations // metrics and notifications (live.go)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -193,259 +165,52 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision sets defaults, resolves {env.*} placeholders in the
-// credentials, loads the keystore and builds the refresher.
+// credentials, loads the keystore and starts the credential engine.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	h.TokenURL = repl.ReplaceKnown(h.TokenURL, "")
-	h.ClientID = repl.ReplaceKnown(h.ClientID, "")
-	h.ClientSecret = repl.ReplaceKnown(h.ClientSecret, "")
-	h.RefreshToken = repl.ReplaceKnown(h.RefreshToken, "")
+	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken, &h.Notify} {
+		*field = repl.ReplaceKnown(*field, "")
+	}
 	h.setDefaults()
 	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
 	h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
-	h.triggers = slices.Clone(h.RefreshOn)
 
-	if h.KeystoreRaw == nil {
-		h.KeystoreRaw = json.RawMessage(`{"backend":"file"}`)
-	}
-	mod, err := ctx.LoadModule(h, "KeystoreRaw")
+	store, err := h.loadKeystore(ctx, repl)
 	if err != nil {
-		return fmt.Errorf("loading keystore: %w", err)
-	}
-	store, ok := mod.(keystore.Store)
-	if !ok {
-		return fmt.Errorf("keystore module %T is not a keystore.Store", mod)
-	}
-	h.store = store
-	if err := h.useEncryption(repl); err != nil {
 		return err
 	}
-
-	authStyle := oauth2.AuthStyleInHeader
-	if h.AuthStyle == authStylePost {
-		authStyle = oauth2.AuthStyleInParams
+	if h.ops, err = newOperations(ctx, h.Notify, h.logger); err != nil {
+		return err
 	}
-	seedName := ""
-	if !h.keySetIsTemplate {
-		seedName = h.KeySet
-	}
-	h.refresher = &Refresher{
-		store: h.store,
-		client: &tokenClient{
-			tokenURL: h.TokenURL, clientID: h.ClientID, clientSecret: h.ClientSecret,
-			authStyle: authStyle, grantType: h.Grant, scopes: h.Scopes, params: h.Params,
-			timeout: time.Duration(h.TokenTimeout), transport: http.DefaultTransport, now: time.Now,
-		},
-		mode:      h.Refresh,
-		skew:      time.Duration(h.ExpirySkew),
-		seedName:  seedName,
-		seedToken: h.RefreshToken,
-		headerFor: h.headerValue,
-		maxWait:   time.Duration(h.MaxWait),
-		jitter:    equalJitter,
-		now:       time.Now,
-		logger:    h.logger,
-		states:    make(map[string]*keySetState),
-	}
-	return h.provisionOperations(ctx)
-}
-
-// useEncryption gives the keystore an encrypting codec when keys are set.
-func (h *Handler) useEncryption(repl *caddy.Replacer) error {
-	if len(h.EncryptionKeys) == 0 {
-		return nil
-	}
-	keys := make([]string, len(h.EncryptionKeys))
-	for i, k := range h.EncryptionKeys {
-		keys[i] = repl.ReplaceKnown(k, "")
-	}
-	codec, err := keystore.NewEncryptingCodec(keys...)
-	if err != nil {
-		return fmt.Errorf("encryption_key: %w", err)
-	}
-	store, ok := h.store.(interface{ UseCodec(keystore.Codec) })
-	if !ok {
-		return fmt.Errorf("encryption_key: keystore %T cannot encrypt", h.store)
-	}
-	store.UseCodec(codec)
+	h.engine = h.newEngine(store, time.Now)
+	registerHandler(h)
 	return nil
-}
-
-func (h *Handler) setDefaults() {
-	if h.AuthStyle == "" {
-		h.AuthStyle = authStyleBasic
-	}
-	if h.Grant == "" {
-		h.Grant = grantRefreshToken
-	}
-	if h.KeySet == "" {
-		h.KeySet = defaultKeySet
-	}
-	if h.Refresh == "" {
-		h.Refresh = modeProactive
-	}
-	if len(h.RefreshOn) == 0 {
-		h.RefreshOn = []int{http.StatusUnauthorized}
-	}
-	if h.ExpirySkew == 0 {
-		h.ExpirySkew = caddy.Duration(defaultExpirySkew)
-	}
-	if h.TokenTimeout == 0 {
-		h.TokenTimeout = caddy.Duration(defaultTokenTimeout)
-	}
-	if h.HeaderName == "" {
-		h.HeaderName = defaultHeaderName
-	}
-	if h.HeaderScheme == "" {
-		h.HeaderScheme = defaultHeaderScheme
-	}
-	if h.ReplayMemory == 0 {
-		h.ReplayMemory = defaultReplayMemory
-	}
-	if h.MaxReplayBody == 0 {
-		h.MaxReplayBody = defaultMaxReplayBody
-	}
-	if h.MaxWait == 0 {
-		h.MaxWait = caddy.Duration(defaultMaxWait)
-	}
-	if h.BodyTimeout == 0 {
-		h.BodyTimeout = caddy.Duration(defaultBodyTimeout)
-	}
-}
-
-// reservedParams are token request fields the grant sets; a param may not
-// replace them (x/oauth2 would refuse some, and silently take others).
-var reservedParams = map[string]bool{
-	"grant_type": true, "refresh_token": true, "scope": true,
-	"client_id": true, "client_secret": true, "code": true,
 }
 
 // Validate rejects a configuration that cannot work, naming the option.
 func (h *Handler) Validate() error {
-	if err := h.validateTokenURL(); err != nil {
+	if h.TokenURL == "" {
+		return fmt.Errorf("token_url is required")
+	}
+	if err := credential.CheckSecretsURL("token_url", h.TokenURL, h.InsecureHTTP,
+		"the client secret and refresh token cross it", "insecure_http is set"); err != nil {
 		return err
 	}
 	if h.ClientID == "" {
 		return fmt.Errorf("client_id is required")
 	}
-	if h.AuthStyle != authStyleBasic && h.AuthStyle != authStylePost {
-		return fmt.Errorf("auth_style %q: must be %q or %q", h.AuthStyle, authStyleBasic, authStylePost)
-	}
-	if h.Grant != grantRefreshToken && h.Grant != grantClientCredentials {
-		return fmt.Errorf("grant %q: must be %q or %q", h.Grant, grantRefreshToken, grantClientCredentials)
-	}
-	if h.Refresh != modeProactive && h.Refresh != modeReactive && h.Refresh != modeAlways {
-		return fmt.Errorf("refresh %q: must be %q, %q or %q", h.Refresh, modeProactive, modeReactive, modeAlways)
-	}
-	if !h.keySetIsTemplate {
-		if err := keystore.ValidateName(h.KeySet); err != nil {
-			return fmt.Errorf("key_set: %w", err)
-		}
-	} else if h.RefreshToken != "" {
-		return fmt.Errorf("refresh_token seeds one key set, but key_set %q has placeholders; seed each key set in the keystore", h.KeySet)
-	} else if h.Grant == grantClientCredentials {
-		// One client's credentials give one token: key sets selected per
-		// request would all hold the same, under names clients invent.
-		return fmt.Errorf("key_set %q has placeholders, which the client_credentials grant cannot use: it has no per-key-set seed", h.KeySet)
-	}
-	if h.RefreshToken != "" && h.Grant == grantClientCredentials {
-		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the client_credentials grant needs none")
-	}
-	for name := range h.Params {
-		if reservedParams[name] {
-			return fmt.Errorf("param %s: set by the grant itself (use scopes, client_id, client_secret, auth_style)", name)
-		}
-	}
-	for _, status := range h.RefreshOn {
-		if status < 400 || status > 599 {
-			return fmt.Errorf("refresh_on %d: must be a 4xx or 5xx status", status)
-		}
-	}
-	if h.ExpirySkew < 0 {
-		return fmt.Errorf("expiry_skew %s: must not be negative", time.Duration(h.ExpirySkew))
-	}
-	if h.BodyTimeout < -1 {
-		return fmt.Errorf("body_timeout %s: must be positive, or -1 to disable", time.Duration(h.BodyTimeout))
-	}
-	if h.MaxWait < 0 {
-		return fmt.Errorf("max_wait %s: must be positive", time.Duration(h.MaxWait))
-	}
-	if h.TokenTimeout < 0 {
-		return fmt.Errorf("token_timeout %s: must be positive", time.Duration(h.TokenTimeout))
-	}
-	if !validHeaderName(h.HeaderName) {
-		return fmt.Errorf("header_name %q: not a valid header field name", h.HeaderName)
-	}
-	if strings.ContainsAny(h.HeaderScheme, " \t\r\n") {
-		return fmt.Errorf("header_scheme %q: must be one word", h.HeaderScheme)
-	}
-	if h.ReplayMemory < 0 {
-		return fmt.Errorf("replay_memory %d: must not be negative", h.ReplayMemory)
-	}
-	if h.MaxReplayBody < -1 {
-		return fmt.Errorf("max_replay_body %d: must be a size in bytes, or -1 to disable body replay", h.MaxReplayBody)
-	}
-	return h.validateOperations()
+	return h.validateOptions()
 }
 
-func (h *Handler) validateTokenURL() error {
-	if h.TokenURL == "" {
-		return fmt.Errorf("token_url is required")
-	}
-	return validateSecretsURL("token_url", h.TokenURL, h.InsecureHTTP,
-		"the client secret and refresh token cross it", "insecure_http is set")
-}
-
-// validateSecretsURL checks a URL that secrets are sent to: absolute
-// http(s), no credentials of its own, and https unless its host is loopback
-// or allowHTTP (whose option is named by allowedBy) permits plain http.
-func validateSecretsURL(option, raw string, allowHTTP bool, why, allowedBy string) error {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return fmt.Errorf("%s %q: must be an absolute http(s) URL", option, raw)
-	}
-	if u.User != nil {
-		return fmt.Errorf("%s: must not carry credentials", option)
-	}
-	if u.Scheme == "http" && !allowHTTP && !isLoopback(u.Hostname()) {
-		unless := "its host is loopback"
-		if allowedBy != "" {
-			unless += " or " + allowedBy
-		}
-		return fmt.Errorf("%s %q: must be https (%s) unless %s", option, raw, why, unless)
-	}
-	return nil
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
-// validHeaderName reports whether s is an RFC 9110 field name (a token).
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c >= 0x7f || c <= ' ' || strings.ContainsRune(`"(),/:;<=>?@[\]{}`, c) {
-			return false
-		}
-	}
-	return true
-}
-
-// Cleanup waits for refreshes in flight to store their result and releases
-// the keystore.
+// Cleanup waits for refreshes in flight to store their result, then stops
+// the change notifier after it delivered them.
 func (h *Handler) Cleanup() error {
-	if h.refresher != nil {
-		h.refresher.Close()
+	unregisterHandler(h)
+	if h.engine != nil {
+		h.engine.Close()
 	}
-	h.cleanupOperations()
+	h.ops.stop()
 	return nil
 }
 
@@ -457,10 +222,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.keySetIsTemplate {
 		name = repl.ReplaceAll(h.KeySet, "")
 		if err := keystore.ValidateName(name); err != nil {
-			return writeProblem(w, &RefreshError{KeySet: name, Code: codeInvalidKeySetName, Description: err.Error(), Err: err})
+			return writeProblem(w, &credential.Error{KeySet: name, Code: credential.CodeInvalidKeySetName, Description: err.Error(), Err: err})
 		}
 	}
-	cred, err := h.refresher.Current(r.Context(), name)
+	cred, err := h.engine.Current(r.Context(), name)
 	if err != nil {
 		return writeProblem(w, err)
 	}
@@ -473,14 +238,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		body.idleTimeout(w, time.Duration(h.BodyTimeout))
 		r.Body = body
 	}
-	x.before.take(w.Header())
+	// The held answer's headers (WWW-Authenticate, ...) go into the real
+	// writer's map: a replay starts again from this copy.
+	before := w.Header().Clone()
 	// Set, not Add: whatever the client sent in this header is replaced.
-	// The value's slice is x's, so setting it allocates nothing.
-	x.auth[0] = cred.header
-	r.Header[h.headerKey] = x.auth[:]
+	r.Header.Set(h.HeaderName, cred.Header)
 
 	attempt := &x.attempt
-	attempt.reset(w, h.triggers)
+	attempt.reset(w, h.RefreshOn)
 	defer attempt.free()
 	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
 		return err
@@ -488,10 +253,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// The upstream rejected the token: get a newer one (the current one if
 	// another request already refreshed), then replay once.
-	fresh, err := h.refresher.Rejected(r.Context(), name, cred.ks.Generation)
+	fresh, err := h.engine.Rejected(r.Context(), name, cred.KeySet.Generation)
 	if err != nil {
 		h.ops.countReplay(name, replayRefreshFailed)
-		x.before.restore(w.Header())
+		restoreHeader(w.Header(), before)
 		return writeProblem(w, err)
 	}
 	if body != nil {
@@ -503,43 +268,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		r.Body = replay
 	}
-	x.before.restore(w.Header())
+	restoreHeader(w.Header(), before)
 	x.vars.cred = fresh
-	r.Header.Set(h.HeaderName, fresh.header)
+	r.Header.Set(h.HeaderName, fresh.Header)
 	h.logger.Debug("replaying request with refreshed token",
 		zap.String("key_set", name),
 		zap.Int("rejected_status", attempt.status),
-		zap.Int64("rejected_generation", cred.ks.Generation),
-		zap.Int64("generation", fresh.ks.Generation))
+		zap.Int64("rejected_generation", cred.KeySet.Generation),
+		zap.Int64("generation", fresh.KeySet.Generation))
 	h.ops.countReplay(name, replayReplayed)
 	return next.ServeHTTP(w, r)
-}
-
-// equalJitter returns a duration in [d/2, d): half the backoff is kept, the
-// other half is random, so replicas that failed together spread out.
-func equalJitter(d time.Duration) time.Duration {
-	if d < 2 {
-		return d
-	}
-	return d/2 + rand.N(d/2)
-}
-
-// exchange is what ServeHTTP keeps for one request, in one allocation: the
-// first attempt's writer, the placeholders, the response header before the
-// attempt, and the value of the injected header.
-type exchange struct {
-	attempt attemptWriter
-	vars    requestPlaceholders
-	before  headerSnapshot
-	auth    [1]string
-}
-
-// headerValue is the header value that carries accessToken.
-func (h *Handler) headerValue(accessToken string) string {
-	if h.HeaderScheme == rawHeaderScheme {
-		return accessToken
-	}
-	return h.HeaderScheme + " " + accessToken
 }
 
 // Interface guards

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 )
 
 const placeholderPrefix = "http.oauth2_upstream."
@@ -26,7 +28,7 @@ const placeholderPrefix = "http.oauth2_upstream."
 // are never resolved: token values must not reach placeholders.
 type requestPlaceholders struct {
 	keySet string
-	cred   *credential // replaced before a replay
+	cred   *credential.Credential // replaced before a replay
 }
 
 func (p *requestPlaceholders) lookup(key string) (any, bool) {
@@ -38,18 +40,18 @@ func (p *requestPlaceholders) lookup(key string) (any, bool) {
 	case "key_set":
 		return p.keySet, true
 	case "generation":
-		return p.cred.ks.Generation, true
+		return p.cred.KeySet.Generation, true
 	case "expiry":
-		if p.cred.ks.Expiry.IsZero() {
+		if p.cred.KeySet.Expiry.IsZero() {
 			return "", true
 		}
-		return p.cred.ks.Expiry.Format(time.RFC3339), true
+		return p.cred.KeySet.Expiry.Format(time.RFC3339), true
 	}
 	field, ok := strings.CutPrefix(rest, "extra.")
 	if !ok {
 		return nil, false
 	}
-	token := p.cred.ks.Token
+	token := p.cred.KeySet.Token
 	if _, ok := token[field]; ok {
 		if secretField(field) {
 			return nil, false

@@ -46,7 +46,7 @@ func (e *Env) dir(name string) (string, error) {
 }
 
 // SidecarName names the server with oauth2_upstream, whose cost the targets
-// of issue 8 bound.
+// in BENCHMARKS.md bound.
 const SidecarName = "caddy-oauth2"
 
 // Targets are the servers of the throughput comparison, each with its own

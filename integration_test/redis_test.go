@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/sidecar"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
@@ -138,11 +136,11 @@ func (rs *redisServer) keystoreOption() string {
 // store opens the keystore the sidecars use, for the test to read.
 func (rs *redisServer) store(t *testing.T) *keystore.Redis {
 	t.Helper()
-	store := &keystore.Redis{Addresses: []string{rs.addr}}
-	if err := store.Provision(caddy.Context{}); err != nil {
-		t.Fatalf("provisioning the Redis keystore: %v", err)
+	store, err := keystore.NewRedis(keystore.RedisOptions{Addresses: []string{rs.addr}})
+	if err != nil {
+		t.Fatalf("opening the Redis keystore: %v", err)
 	}
-	t.Cleanup(func() { _ = store.Cleanup() })
+	t.Cleanup(func() { _ = store.Close() })
 	return store
 }
 

@@ -8,89 +8,36 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
-
-func init() {
-	caddy.RegisterModule(File{})
-}
 
 // File is the embedded default keystore: one JSON document per key set in a
 // directory, written atomically and durably (temporary file, fsync, rename,
 // fsync of the directory), files 0600 in a 0700 directory. Processes sharing
 // the directory coordinate through flock(2) lock files beside the documents.
 type File struct {
-	// Path is the directory that holds the documents, created 0700 if
-	// missing (and tightened to 0700 if it exists). Default: the
-	// "oauth2_upstream" folder in Caddy's data directory.
-	Path string `json:"path,omitempty"`
-
+	dir   string
 	codec Codec
 }
 
-// CaddyModule returns the Caddy module information.
-func (File) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "oauth2_upstream.keystores.file",
-		New: func() caddy.Module { return new(File) },
-	}
-}
-
-// NewFile returns a File store in dir, which it creates if missing.
+// NewFile returns a File store in dir, which it creates 0700 if missing and
+// tightens to 0700 if it exists: the documents hold refresh tokens, so
+// nobody else may list or read them. Documents are plain JSON until
+// UseCodec sets another codec.
 func NewFile(dir string) (*File, error) {
-	f := &File{Path: dir}
-	if err := f.open(); err != nil {
-		return nil, err
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating keystore directory %q: %w", dir, err)
 	}
-	return f, nil
-}
-
-// Provision implements caddy.Provisioner.
-func (f *File) Provision(caddy.Context) error {
-	if f.Path == "" {
-		f.Path = filepath.Join(caddy.AppDataDir(), "oauth2_upstream")
+	// MkdirAll leaves an existing directory as it was.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restricting keystore directory %q to 0700: %w", dir, err)
 	}
-	return f.open()
-}
-
-func (f *File) open() error {
-	if f.codec == nil {
-		f.codec = JSONCodec{}
-	}
-	if err := os.MkdirAll(f.Path, 0o700); err != nil {
-		return fmt.Errorf("creating keystore directory %q: %w", f.Path, err)
-	}
-	// MkdirAll leaves an existing directory as it was; the documents hold
-	// refresh tokens, so nobody else may list or read them.
-	if err := os.Chmod(f.Path, 0o700); err != nil {
-		return fmt.Errorf("restricting keystore directory %q to 0700: %w", f.Path, err)
-	}
-	return nil
+	return &File{dir: dir, codec: JSONCodec{}}, nil
 }
 
 // UseCodec sets how documents are encoded at rest (plain JSON by default).
 func (f *File) UseCodec(c Codec) { f.codec = c }
 
-// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
-//
-//	keystore file [<directory>]
-func (f *File) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the backend name
-	if d.NextArg() {
-		f.Path = d.Val()
-	}
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(d.Nesting()) {
-		return d.Errf("keystore file takes no block, got %q", d.Val())
-	}
-	return nil
-}
-
-func (f *File) docPath(name string) string { return filepath.Join(f.Path, name+".json") }
+func (f *File) docPath(name string) string { return filepath.Join(f.dir, name+".json") }
 
 // Load implements Store.
 func (f *File) Load(_ context.Context, name string) (*KeySet, error) {
@@ -99,7 +46,7 @@ func (f *File) Load(_ context.Context, name string) (*KeySet, error) {
 	}
 	data, err := os.ReadFile(f.docPath(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("loading key set %q from %s: %w", name, f.Path, ErrNotFound)
+		return nil, fmt.Errorf("loading key set %q from %s: %w", name, f.dir, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading key set %q: %w", name, err)
@@ -124,7 +71,7 @@ func (f *File) Save(ctx context.Context, ks *KeySet) error {
 	}
 	defer release()
 
-	if err := checkFollows(ctx, ks, f.Load); err != nil {
+	if err := CheckFollows(ctx, ks, f.Load); err != nil {
 		return err
 	}
 	if err := writeFileAtomic(f.docPath(ks.Name), data); err != nil {
@@ -149,7 +96,7 @@ func (f *File) Lock(ctx context.Context, name string) (func() error, error) {
 // lockPath names a lock file; the leading dot keeps it apart from documents,
 // whose names cannot start with one.
 func (f *File) lockPath(name, purpose string) string {
-	return filepath.Join(f.Path, "."+name+"."+purpose+".lock")
+	return filepath.Join(f.dir, "."+name+"."+purpose+".lock")
 }
 
 // writeFileAtomic replaces path with data so that a crash at any instant
@@ -198,9 +145,5 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Interface guards
-var (
-	_ Store                 = (*File)(nil)
-	_ caddy.Provisioner     = (*File)(nil)
-	_ caddyfile.Unmarshaler = (*File)(nil)
-)
+// Interface guard
+var _ Store = (*File)(nil)

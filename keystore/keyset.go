@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// KeySet is what the seed page calls "the keys": the provider's whole token
+// KeySet is a credential's "keys": the provider's whole token
 // response, kept verbatim, with the bookkeeping a store needs. One document
 // is stored per key set name.
 type KeySet struct {

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -10,17 +11,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
-func init() {
-	caddy.RegisterModule(Redis{})
-}
-
-// Defaults of the Redis keystore.
+// Defaults of the Redis keystore, applied by RedisOptions.WithDefaults.
 const (
 	defaultRedisAddress     = "127.0.0.1:6379"
 	defaultRedisKeyPrefix   = "oauth2_upstream:"
@@ -36,6 +31,90 @@ const (
 	lockRetryMin = 5 * time.Millisecond
 	lockRetryMax = 100 * time.Millisecond
 )
+
+// RedisOptions configures a Redis store. Every value is used as it is:
+// resolving placeholders or environment variables is the caller's job.
+type RedisOptions struct {
+	// Addresses are the host:port addresses of Redis. One address is a
+	// single server; several are the seed nodes of a Redis Cluster; with
+	// MasterName they are the Sentinels instead. Default: 127.0.0.1:6379.
+	Addresses []string
+
+	// Username is the ACL user to authenticate as (Redis 6 and later).
+	// Default: none, which authenticates as the default user when
+	// Password is set.
+	Username string
+
+	// Password authenticates to Redis. Default: none.
+	Password string
+
+	// DB is the number of the logical database to use. Redis Cluster only
+	// has database 0. Default: 0.
+	DB int
+
+	// KeyPrefix starts the name of every key the store writes, so that
+	// several deployments can share one Redis. Default: "oauth2_upstream:".
+	KeyPrefix string
+
+	// MasterName is the name of the master that the Sentinels at
+	// Addresses monitor. Setting it selects Redis Sentinel. Default: none.
+	MasterName string
+
+	// TLS connects to Redis over TLS, verifying its certificate against
+	// the system's roots. Default: false.
+	TLS bool
+
+	// TLSServerName is the name to verify the server's certificate
+	// against, when it is not the host of the address. Setting it implies
+	// TLS. Default: the host of each address.
+	TLSServerName string
+
+	// LockTTL is how long a refresh lock lasts when its holder neither
+	// releases it nor dies cleanly. It must be longer than a token request
+	// can take, or a slow refresh loses its lock to another replica, which
+	// then also refreshes. Default: 30s.
+	LockTTL time.Duration
+
+	// LockWait is the longest Lock waits for another replica's refresh
+	// lock before giving up with an error. Default: 10s.
+	LockWait time.Duration
+
+	// DialTimeout bounds connecting to Redis. Default: 5s.
+	DialTimeout time.Duration
+
+	// ReadTimeout bounds waiting for one reply from Redis, and writing one
+	// command. Default: 3s.
+	ReadTimeout time.Duration
+}
+
+// WithDefaults returns o with each unset (zero) field that has a default
+// set to it.
+func (o RedisOptions) WithDefaults() RedisOptions {
+	if len(o.Addresses) == 0 {
+		o.Addresses = []string{defaultRedisAddress}
+	}
+	o.KeyPrefix = cmp.Or(o.KeyPrefix, defaultRedisKeyPrefix)
+	o.LockTTL = cmp.Or(o.LockTTL, defaultRedisLockTTL)
+	o.LockWait = cmp.Or(o.LockWait, defaultRedisLockWait)
+	o.DialTimeout = cmp.Or(o.DialTimeout, defaultRedisDialTimeout)
+	o.ReadTimeout = cmp.Or(o.ReadTimeout, defaultRedisReadTimeout)
+	return o
+}
+
+// check refuses options that no Redis deployment can satisfy. Errors name
+// the options as the configuration spells them.
+func (o RedisOptions) check() error {
+	if o.LockTTL < 0 || o.LockWait < 0 || o.DialTimeout < 0 || o.ReadTimeout < 0 {
+		return errors.New("redis keystore: lock_ttl, lock_wait, dial_timeout and read_timeout must not be negative")
+	}
+	if o.DB < 0 {
+		return fmt.Errorf("redis keystore: db %d must not be negative", o.DB)
+	}
+	if len(o.Addresses) > 1 && o.MasterName == "" && o.DB != 0 {
+		return fmt.Errorf("redis keystore: db %d is set, but several addresses mean a Redis Cluster, which only has database 0", o.DB)
+	}
+	return nil
+}
 
 // Redis keeps key set documents in Redis, so that replicas share them, and
 // lets one replica of the cluster refresh a key set at a time (invariant 4).
@@ -53,121 +132,30 @@ const (
 // key set. Durability is Redis's: enable AOF (appendfsync everysec or always)
 // so that a rotated refresh token survives a Redis restart.
 type Redis struct {
-	// Addresses are the host:port addresses of Redis. One address is a
-	// single server; several are the seed nodes of a Redis Cluster; with
-	// MasterName they are the Sentinels instead. Placeholders such as
-	// {env.REDIS_ADDRESS} are replaced when the module is provisioned.
-	// Default: 127.0.0.1:6379.
-	Addresses []string `json:"addresses,omitempty"`
-
-	// Username is the ACL user to authenticate as (Redis 6 and later).
-	// Placeholders are replaced when the module is provisioned. Default:
-	// none, which authenticates as the default user when Password is set.
-	Username string `json:"username,omitempty"`
-
-	// Password authenticates to Redis. Use a placeholder such as
-	// {env.REDIS_PASSWORD} to keep it out of the configuration; it is
-	// replaced when the module is provisioned. Default: none.
-	Password string `json:"password,omitempty"`
-
-	// DB is the number of the logical database to use. Redis Cluster only
-	// has database 0. Default: 0.
-	DB int `json:"db,omitempty"`
-
-	// KeyPrefix starts the name of every key this store writes, so that
-	// several deployments can share one Redis. Default: "oauth2_upstream:".
-	KeyPrefix string `json:"key_prefix,omitempty"`
-
-	// MasterName is the name of the master that the Sentinels at
-	// Addresses monitor. Setting it selects Redis Sentinel. Default: none.
-	MasterName string `json:"master_name,omitempty"`
-
-	// TLS connects to Redis over TLS, verifying its certificate against
-	// the system's roots. Default: false.
-	TLS bool `json:"tls,omitempty"`
-
-	// TLSServerName is the name to verify the server's certificate
-	// against, when it is not the host of the address. Setting it implies
-	// TLS. Default: the host of each address.
-	TLSServerName string `json:"tls_server_name,omitempty"`
-
-	// LockTTL is how long a refresh lock lasts when its holder neither
-	// releases it nor dies cleanly. It must be longer than a token
-	// request can take (its timeout), or a slow refresh loses its lock to
-	// another replica, which then also refreshes. Default: 30s.
-	LockTTL caddy.Duration `json:"lock_ttl,omitempty"`
-
-	// LockWait is the longest a replica waits for another replica's
-	// refresh lock before giving up with an error (the request then fails
-	// with 503). Default: 10s.
-	LockWait caddy.Duration `json:"lock_wait,omitempty"`
-
-	// DialTimeout bounds connecting to Redis. Default: 5s.
-	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
-
-	// ReadTimeout bounds waiting for one reply from Redis, and writing
-	// one command. Default: 3s.
-	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
-
+	opts   RedisOptions // with defaults applied
 	codec  Codec
 	client redis.UniversalClient
 }
 
-// CaddyModule returns the Caddy module information.
-func (Redis) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "oauth2_upstream.keystores.redis",
-		New: func() caddy.Module { return new(Redis) },
+// NewRedis returns a Redis store configured by opts, with defaults for the
+// unset fields (see RedisOptions). It connects lazily: Redis being down
+// when the store is made fails its operations, not NewRedis. Close releases
+// the connections. Documents are plain JSON until UseCodec sets another
+// codec.
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	opts = opts.WithDefaults()
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
-}
-
-// Provision implements caddy.Provisioner. It connects lazily: Redis being
-// down at startup fails requests, not the configuration load.
-func (r *Redis) Provision(caddy.Context) error {
-	return r.open()
-}
-
-// open applies the defaults, checks the configuration and makes the client.
-// Secrets are replaced into the client's options only, never written back
-// into the configuration, which Caddy's admin API serves.
-func (r *Redis) open() error {
-	if r.codec == nil {
-		r.codec = JSONCodec{}
-	}
-	if r.KeyPrefix == "" {
-		r.KeyPrefix = defaultRedisKeyPrefix
-	}
-	setDefaultDuration(&r.LockTTL, defaultRedisLockTTL)
-	setDefaultDuration(&r.LockWait, defaultRedisLockWait)
-	setDefaultDuration(&r.DialTimeout, defaultRedisDialTimeout)
-	setDefaultDuration(&r.ReadTimeout, defaultRedisReadTimeout)
-	if r.LockTTL < 0 || r.LockWait < 0 || r.DialTimeout < 0 || r.ReadTimeout < 0 {
-		return errors.New("redis keystore: lock_ttl, lock_wait, dial_timeout and read_timeout must not be negative")
-	}
-	if r.DB < 0 {
-		return fmt.Errorf("redis keystore: db %d must not be negative", r.DB)
-	}
-
-	repl := caddy.NewReplacer()
-	addrs := make([]string, 0, len(r.Addresses))
-	for _, a := range r.Addresses {
-		addrs = append(addrs, repl.ReplaceKnown(a, ""))
-	}
-	if len(addrs) == 0 {
-		addrs = []string{defaultRedisAddress}
-	}
-	if len(addrs) > 1 && r.MasterName == "" && r.DB != 0 {
-		return fmt.Errorf("redis keystore: db %d is set, but several addresses mean a Redis Cluster, which only has database 0", r.DB)
-	}
-	opts := &redis.UniversalOptions{
-		Addrs:        addrs,
-		Username:     repl.ReplaceKnown(r.Username, ""),
-		Password:     repl.ReplaceKnown(r.Password, ""),
-		DB:           r.DB,
-		MasterName:   r.MasterName,
-		DialTimeout:  time.Duration(r.DialTimeout),
-		ReadTimeout:  time.Duration(r.ReadTimeout),
-		WriteTimeout: time.Duration(r.ReadTimeout),
+	clientOpts := &redis.UniversalOptions{
+		Addrs:        opts.Addresses,
+		Username:     opts.Username,
+		Password:     opts.Password,
+		DB:           opts.DB,
+		MasterName:   opts.MasterName,
+		DialTimeout:  opts.DialTimeout,
+		ReadTimeout:  opts.ReadTimeout,
+		WriteTimeout: opts.ReadTimeout,
 		// A caller's deadline (the request's, or LockWait) also bounds
 		// the network round trips.
 		ContextTimeoutEnabled: true,
@@ -176,34 +164,27 @@ func (r *Redis) open() error {
 		DisableIdentity:          true,
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
-	if r.TLS || r.TLSServerName != "" {
-		opts.TLSConfig = &tls.Config{ServerName: r.TLSServerName, MinVersion: tls.VersionTLS12}
+	if opts.TLS || opts.TLSServerName != "" {
+		clientOpts.TLSConfig = &tls.Config{ServerName: opts.TLSServerName, MinVersion: tls.VersionTLS12}
 	}
-	r.client = redis.NewUniversalClient(opts)
-	return nil
-}
-
-func setDefaultDuration(d *caddy.Duration, def time.Duration) {
-	if *d == 0 {
-		*d = caddy.Duration(def)
-	}
+	return &Redis{opts: opts, codec: JSONCodec{}, client: redis.NewUniversalClient(clientOpts)}, nil
 }
 
 // UseCodec sets how documents are encoded at rest (plain JSON by default).
 func (r *Redis) UseCodec(c Codec) { r.codec = c }
 
-// Cleanup implements caddy.CleanerUpper: it closes the connections.
-func (r *Redis) Cleanup() error {
-	if r.client == nil {
-		return nil
+// Close closes the store's connections to Redis.
+func (r *Redis) Close() error {
+	if err := r.client.Close(); err != nil {
+		return fmt.Errorf("closing the redis keystore: %w", err)
 	}
-	return r.client.Close()
+	return nil
 }
 
 // Key names. Key set names cannot hold a ':', so a document key never
 // collides with a lock key, whatever the name.
-func (r *Redis) documentKey(name string) string { return r.KeyPrefix + "keyset:" + name }
-func (r *Redis) lockKey(name string) string     { return r.KeyPrefix + "lock:" + name }
+func (r *Redis) documentKey(name string) string { return r.opts.KeyPrefix + "keyset:" + name }
+func (r *Redis) lockKey(name string) string     { return r.opts.KeyPrefix + "lock:" + name }
 
 // Load implements Store.
 func (r *Redis) Load(ctx context.Context, name string) (*KeySet, error) {
@@ -294,11 +275,11 @@ func (r *Redis) Lock(ctx context.Context, name string) (func() error, error) {
 		return nil, err
 	}
 	key, value := r.lockKey(name), rand.Text()
-	wait, cancel := context.WithTimeout(ctx, time.Duration(r.LockWait))
+	wait, cancel := context.WithTimeout(ctx, r.opts.LockWait)
 	defer cancel()
 	pause := lockRetryMin
 	for {
-		ok, err := r.client.SetNX(wait, key, value, time.Duration(r.LockTTL)).Result()
+		ok, err := r.client.SetNX(wait, key, value, r.opts.LockTTL).Result()
 		if ok && err == nil {
 			return r.unlocker(ctx, name, key, value), nil
 		}
@@ -317,7 +298,7 @@ func (r *Redis) Lock(ctx context.Context, name string) (func() error, error) {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("waiting for the refresh lock of key set %q: %w", name, ctx.Err())
 			}
-			return nil, fmt.Errorf("waiting for the refresh lock of key set %q: another replica held it longer than lock_wait %v: %w", name, time.Duration(r.LockWait), wait.Err())
+			return nil, fmt.Errorf("waiting for the refresh lock of key set %q: another replica held it longer than lock_wait %v: %w", name, r.opts.LockWait, wait.Err())
 		case <-timer.C:
 		}
 		pause = min(2*pause, lockRetryMax)
@@ -339,7 +320,7 @@ func (r *Redis) unlocker(ctx context.Context, name, key, value string) func() er
 			case err != nil:
 				err = fmt.Errorf("releasing the refresh lock of key set %q: %w", name, err)
 			case !released:
-				err = fmt.Errorf("releasing the refresh lock of key set %q: it had expired (lock_ttl %v) and may have passed to another holder", name, time.Duration(r.LockTTL))
+				err = fmt.Errorf("releasing the refresh lock of key set %q: it had expired (lock_ttl %v) and may have passed to another holder", name, r.opts.LockTTL)
 			}
 		})
 		return err
@@ -350,119 +331,11 @@ func (r *Redis) unlocker(ctx context.Context, name, key, value string) func() er
 // lock's context has ended (the request finished or was cancelled), for at
 // most ReadTimeout.
 func (r *Redis) release(ctx context.Context, key, value string) (bool, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(r.ReadTimeout))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.ReadTimeout)
 	defer cancel()
 	n, err := unlockScript.Run(ctx, r.client, []string{key}, value).Int64()
 	return n == 1, err
 }
 
-// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
-//
-//	keystore redis [<address>...] {
-//		address     <host:port>...   # several: Cluster, or Sentinels with master_name
-//		username    <user>
-//		password    <password>       # e.g. {env.REDIS_PASSWORD}
-//		db          <number>
-//		key_prefix  <prefix>
-//		master_name <name>
-//		tls         [<server_name>]
-//		lock_ttl    <duration>
-//		lock_wait   <duration>
-//		dial_timeout <duration>
-//		read_timeout <duration>
-//	}
-func (r *Redis) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the backend name
-	r.Addresses = append(r.Addresses, d.RemainingArgs()...)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "address":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			r.Addresses = append(r.Addresses, args...)
-		case "username":
-			if err := oneArg(d, &r.Username); err != nil {
-				return err
-			}
-		case "password":
-			if err := oneArg(d, &r.Password); err != nil {
-				return err
-			}
-		case "key_prefix":
-			if err := oneArg(d, &r.KeyPrefix); err != nil {
-				return err
-			}
-		case "master_name":
-			if err := oneArg(d, &r.MasterName); err != nil {
-				return err
-			}
-		case "db":
-			var db string
-			if err := oneArg(d, &db); err != nil {
-				return err
-			}
-			n, err := strconv.Atoi(db)
-			if err != nil || n < 0 {
-				return d.Errf("db must be a database number, got %q", db)
-			}
-			r.DB = n
-		case "tls":
-			r.TLS = true
-			if d.NextArg() {
-				r.TLSServerName = d.Val()
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "lock_ttl", "lock_wait", "dial_timeout", "read_timeout":
-			if err := r.unmarshalDuration(d); err != nil {
-				return err
-			}
-		default:
-			return d.Errf("unrecognized keystore redis option %q", d.Val())
-		}
-	}
-	return nil
-}
-
-func (r *Redis) unmarshalDuration(d *caddyfile.Dispenser) error {
-	option := d.Val()
-	var text string
-	if err := oneArg(d, &text); err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(text)
-	if err != nil || dur <= 0 {
-		return d.Errf("%s must be a positive duration, got %q", option, text)
-	}
-	target := map[string]*caddy.Duration{
-		"lock_ttl":     &r.LockTTL,
-		"lock_wait":    &r.LockWait,
-		"dial_timeout": &r.DialTimeout,
-		"read_timeout": &r.ReadTimeout,
-	}[option]
-	*target = caddy.Duration(dur)
-	return nil
-}
-
-// oneArg reads the single argument of the current option into dst.
-func oneArg(d *caddyfile.Dispenser, dst *string) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	return nil
-}
-
-// Interface guards
-var (
-	_ Store                 = (*Redis)(nil)
-	_ caddy.Provisioner     = (*Redis)(nil)
-	_ caddy.CleanerUpper    = (*Redis)(nil)
-	_ caddyfile.Unmarshaler = (*Redis)(nil)
-)
+// Interface guard
+var _ Store = (*Redis)(nil)

@@ -1,170 +1,56 @@
 package keystore_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
-	"os/exec"
-	"slices"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/redis/go-redis/v9"
-
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/keystoretest"
 )
 
-// redisStartTimeout bounds waiting for a redis-server to say it is ready.
-const redisStartTimeout = 10 * time.Second
-
-// redisServer is a redis-server process the test started on a loopback
-// port, without persistence, stopped when the test ends.
-type redisServer struct {
-	addr     string
-	args     []string
-	password string // from --requirepass in args
-	cmd      *exec.Cmd
-	exits    chan struct{} // closed when the process has exited
-}
-
-// startRedis starts a redis-server with the extra command-line args on a
-// port the kernel chose. Without the binary the test is skipped, or fails
-// under CI, which must install it.
-func startRedis(t *testing.T, args ...string) *redisServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server not found (CI must install it): %v", err)
-		}
-		t.Skipf("redis-server not found, so the redis keystore is not tested: %v", err)
-	}
-	var err error
-	// The port is free when chosen, but another process may take it
-	// before redis-server binds it: then try another.
-	for range 3 {
-		s := &redisServer{addr: freeLoopbackAddr(t), args: args}
-		if i := slices.Index(args, "--requirepass"); i >= 0 && i+1 < len(args) {
-			s.password = args[i+1]
-		}
-		if err = s.start(t); err == nil {
-			return s
-		}
-	}
-	t.Fatal(err)
-	return nil
-}
-
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// start runs redis-server on s.addr and waits until its log says it accepts
-// connections and it answers PING.
-func (s *redisServer) start(t *testing.T) error {
-	t.Helper()
-	_, port, _ := net.SplitHostPort(s.addr)
-	args := append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--logfile", "", "--daemonize", "no"}, s.args...)
-	s.cmd = exec.Command("redis-server", args...)
-	stdout, err := s.cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	s.cmd.Stderr = s.cmd.Stdout
-	if err := s.cmd.Start(); err != nil {
-		return fmt.Errorf("starting redis-server: %w", err)
-	}
-	s.exits = make(chan struct{})
-	ready := make(chan struct{})
-	var log strings.Builder
-	go func() {
-		defer close(s.exits)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if log.Len() < 8<<10 {
-				log.WriteString(sc.Text() + "\n")
-			}
-			if strings.Contains(sc.Text(), "Ready to accept connections") {
-				close(ready)
-				break
-			}
-		}
-		io.Copy(io.Discard, stdout) // keep the server from blocking on its log
-		s.cmd.Wait()
-	}()
-	t.Cleanup(func() { s.stop(t) })
-	select {
-	case <-ready:
-	case <-s.exits:
-		return fmt.Errorf("redis-server on %s exited before it was ready:\n%s", s.addr, log.String())
-	case <-time.After(redisStartTimeout):
-		s.stop(t)
-		return fmt.Errorf("redis-server on %s not ready after %v", s.addr, redisStartTimeout)
-	}
-	return s.client(t).Ping(t.Context()).Err()
-}
-
-// stop kills the server and waits until it has exited.
-func (s *redisServer) stop(t *testing.T) {
-	t.Helper()
-	if err := s.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		t.Errorf("killing redis-server: %v", err)
-	}
-	<-s.exits
-}
-
-// client is a connection for the test itself, to look behind the store.
-func (s *redisServer) client(t *testing.T) *redis.Client {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.addr, Password: s.password, MaxRetries: -1, DisableIdentity: true})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 var redisPrefixes atomic.Int64
 
-// newRedisStore returns a provisioned store on server with a key prefix of
-// its own, so parallel tests share the server but no keys.
-func newRedisStore(t *testing.T, server *redisServer, configure func(*keystore.Redis)) *keystore.Redis {
+// redisStore is a store under test with the key prefix it was made with, so
+// that the test can find its keys in Redis.
+type redisStore struct {
+	*keystore.Redis
+	prefix string
+}
+
+// newRedisStore returns a store on server with a key prefix of its own, so
+// parallel tests share the server but no keys.
+func newRedisStore(t *testing.T, server *keystoretest.RedisServer, configure func(*keystore.RedisOptions)) *redisStore {
 	t.Helper()
-	r := &keystore.Redis{
-		Addresses: []string{server.addr},
+	opts := keystore.RedisOptions{
+		Addresses: []string{server.Addr()},
 		KeyPrefix: fmt.Sprintf("test%d:", redisPrefixes.Add(1)),
 	}
 	if configure != nil {
-		configure(r)
+		configure(&opts)
 	}
-	if err := r.Provision(caddy.Context{}); err != nil {
-		t.Fatalf("Provision() = %v; want nil", err)
+	r, err := keystore.NewRedis(opts)
+	if err != nil {
+		t.Fatalf("NewRedis() = %v; want nil", err)
 	}
-	t.Cleanup(func() { r.Cleanup() })
-	return r
+	t.Cleanup(func() { r.Close() })
+	return &redisStore{Redis: r, prefix: opts.KeyPrefix}
 }
 
 func TestRedisConformance(t *testing.T) {
-	server := startRedis(t)
-	admin := server.client(t)
+	server := keystoretest.StartRedis(t)
+	admin := server.Client(t)
 	keystoretest.Run(t,
 		func(t *testing.T) keystore.Store { return newRedisStore(t, server, nil) },
 		keystoretest.WithLockExpiry(func(t *testing.T, s keystore.Store, name string) {
 			// What the TTL running out does: the lock key disappears.
-			key := s.(*keystore.Redis).KeyPrefix + "lock:" + name
+			key := s.(*redisStore).prefix + "lock:" + name
 			if n, err := admin.Del(t.Context(), key).Result(); n != 1 || err != nil {
 				t.Fatalf("DEL %s = %d, %v; want 1, nil", key, n, err)
 			}
@@ -177,8 +63,8 @@ func TestRedisConformance(t *testing.T) {
 func TestRedisLockTTLExpiry(t *testing.T) {
 	t.Parallel()
 	const ttl = 300 * time.Millisecond
-	server := startRedis(t)
-	st := newRedisStore(t, server, func(r *keystore.Redis) { r.LockTTL = caddy.Duration(ttl) })
+	server := keystoretest.StartRedis(t)
+	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockTTL = ttl })
 
 	took := time.Now()
 	staleUnlock, err := st.Lock(t.Context(), "ttl")
@@ -209,10 +95,10 @@ func TestRedisLockTTLExpiry(t *testing.T) {
 // lock taken in between.
 func TestRedisUnlockComparesValue(t *testing.T) {
 	t.Parallel()
-	server := startRedis(t)
-	admin := server.client(t)
+	server := keystoretest.StartRedis(t)
+	admin := server.Client(t)
 	st := newRedisStore(t, server, nil)
-	key := st.KeyPrefix + "lock:cad"
+	key := st.prefix + "lock:cad"
 
 	first, err := st.Lock(t.Context(), "cad")
 	if err != nil {
@@ -259,8 +145,8 @@ func assertRedisLockHeld(t *testing.T, st keystore.Store, name string) {
 // context has no deadline, and the error says which bound it was.
 func TestRedisLockWait(t *testing.T) {
 	t.Parallel()
-	server := startRedis(t)
-	st := newRedisStore(t, server, func(r *keystore.Redis) { r.LockWait = caddy.Duration(50 * time.Millisecond) })
+	server := keystoretest.StartRedis(t)
+	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockWait = 50 * time.Millisecond })
 	unlock, err := st.Lock(t.Context(), "wait")
 	if err != nil {
 		t.Fatalf("Lock(%q) = %v; want nil", "wait", err)
@@ -277,13 +163,13 @@ func TestRedisLockWait(t *testing.T) {
 // seed), and once Redis is back the store works again on the same client.
 func TestRedisOutage(t *testing.T) {
 	t.Parallel()
-	server := startRedis(t)
+	server := keystoretest.StartRedis(t)
 	st := newRedisStore(t, server, nil)
 	if err := st.Save(t.Context(), seedKeySet("outage")); err != nil {
 		t.Fatalf("Save(%q) = %v; want nil", "outage", err)
 	}
 
-	server.stop(t)
+	server.Stop(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if _, err := st.Load(ctx, "outage"); err == nil || errors.Is(err, keystore.ErrNotFound) || !strings.Contains(err.Error(), `"outage"`) {
@@ -300,7 +186,7 @@ func TestRedisOutage(t *testing.T) {
 	}
 
 	// Back, empty: this test's Redis keeps no data across restarts.
-	if err := server.start(t); err != nil {
+	if err := server.Start(t); err != nil {
 		t.Fatal(err)
 	}
 	// After a run of failed dials go-redis stops dialing and probes the
@@ -329,8 +215,8 @@ func TestRedisOutage(t *testing.T) {
 // a hash with the generation in clear beside the encoded document.
 func TestRedisStoredLayout(t *testing.T) {
 	t.Parallel()
-	server := startRedis(t)
-	admin := server.client(t)
+	server := keystoretest.StartRedis(t)
+	admin := server.Client(t)
 	st := newRedisStore(t, server, nil)
 	ks := seedKeySet("layout")
 	if err := st.Save(t.Context(), ks); err != nil {
@@ -340,7 +226,7 @@ func TestRedisStoredLayout(t *testing.T) {
 	if err := st.Save(t.Context(), next); err != nil {
 		t.Fatalf("Save(%q generation 2) = %v; want nil", ks.Name, err)
 	}
-	key := st.KeyPrefix + "keyset:layout"
+	key := st.prefix + "keyset:layout"
 	fields, err := admin.HGetAll(t.Context(), key).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -355,8 +241,8 @@ func TestRedisStoredLayout(t *testing.T) {
 // clear generation disagrees with its own, is ErrCorrupt naming the key set.
 func TestRedisCorruptDocument(t *testing.T) {
 	t.Parallel()
-	server := startRedis(t)
-	admin := server.client(t)
+	server := keystoretest.StartRedis(t)
+	admin := server.Client(t)
 	valid, err := keystore.JSONCodec{}.Encode(seedKeySet("bad"))
 	if err != nil {
 		t.Fatal(err)
@@ -379,7 +265,7 @@ func TestRedisCorruptDocument(t *testing.T) {
 			if tt.generation != "" {
 				values = append(values, "generation", tt.generation)
 			}
-			if err := admin.HSet(t.Context(), st.KeyPrefix+"keyset:bad", values...).Err(); err != nil {
+			if err := admin.HSet(t.Context(), st.prefix+"keyset:bad", values...).Err(); err != nil {
 				t.Fatal(err)
 			}
 			_, err := st.Load(t.Context(), "bad")
@@ -395,7 +281,7 @@ func TestRedisCorruptDocument(t *testing.T) {
 // succeeds; any other document for that generation is a conflict.
 func TestRedisSaveIdempotent(t *testing.T) {
 	t.Parallel()
-	server := startRedis(t)
+	server := keystoretest.StartRedis(t)
 	st := newRedisStore(t, server, nil)
 	ks := seedKeySet("retry")
 	for i := range 2 {
@@ -410,147 +296,71 @@ func TestRedisSaveIdempotent(t *testing.T) {
 	}
 }
 
-// TestRedisPlaceholders: addresses and credentials come from placeholders
-// ({env.*}) at Provision, and the configuration keeps the placeholders, so
-// Caddy's admin API never serves the password.
-func TestRedisPlaceholders(t *testing.T) {
-	server := startRedis(t, "--requirepass", "s3cret-pw")
-	t.Setenv("KEYSTORE_TEST_REDIS_ADDRESS", server.addr)
-	t.Setenv("KEYSTORE_TEST_REDIS_PASSWORD", "s3cret-pw")
-	r := &keystore.Redis{
-		Addresses: []string{"{env.KEYSTORE_TEST_REDIS_ADDRESS}"},
-		Password:  "{env.KEYSTORE_TEST_REDIS_PASSWORD}",
+// TestRedisPassword: a server that requires a password serves a store
+// given it, and refuses one without it.
+func TestRedisPassword(t *testing.T) {
+	t.Parallel()
+	server := keystoretest.StartRedis(t, "--requirepass", "s3cret-pw")
+	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.Password = "s3cret-pw" })
+	if err := st.Save(t.Context(), seedKeySet("password")); err != nil {
+		t.Errorf("Save(%q) with the password = %v; want nil", "password", err)
 	}
-	if err := r.Provision(caddy.Context{}); err != nil {
-		t.Fatalf("Provision() = %v; want nil", err)
-	}
-	defer r.Cleanup()
-	if err := r.Save(t.Context(), seedKeySet("placeholders")); err != nil {
-		t.Fatalf("Save(%q) with credentials from placeholders = %v; want nil", "placeholders", err)
-	}
-	if r.Password != "{env.KEYSTORE_TEST_REDIS_PASSWORD}" || r.Addresses[0] != "{env.KEYSTORE_TEST_REDIS_ADDRESS}" {
-		t.Errorf("after Provision, config holds Password %q, Addresses %q; want the placeholders kept", r.Password, r.Addresses)
+	anonymous := newRedisStore(t, server, nil)
+	if _, err := anonymous.Load(t.Context(), "password"); err == nil || errors.Is(err, keystore.ErrNotFound) {
+		t.Errorf("Load(%q) without the password = %v; want an authentication error", "password", err)
 	}
 }
 
-// TestRedisProvision covers defaults and refused configurations.
-func TestRedisProvision(t *testing.T) {
+// TestRedisOptionsWithDefaults: unset options get their documented
+// defaults, and set ones are kept.
+func TestRedisOptionsWithDefaults(t *testing.T) {
 	tests := []struct {
-		name    string
-		config  keystore.Redis
-		want    keystore.Redis // checked fields: KeyPrefix and the durations
-		wantErr string
+		name string
+		opts keystore.RedisOptions
+		want keystore.RedisOptions
 	}{
 		{
-			name:   "defaults",
-			config: keystore.Redis{},
-			want: keystore.Redis{KeyPrefix: "oauth2_upstream:", LockTTL: caddy.Duration(30 * time.Second),
-				LockWait: caddy.Duration(10 * time.Second), DialTimeout: caddy.Duration(5 * time.Second), ReadTimeout: caddy.Duration(3 * time.Second)},
+			name: "defaults",
+			opts: keystore.RedisOptions{},
+			want: keystore.RedisOptions{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "oauth2_upstream:",
+				LockTTL: 30 * time.Second, LockWait: 10 * time.Second, DialTimeout: 5 * time.Second, ReadTimeout: 3 * time.Second},
 		},
 		{
-			name:   "set values kept",
-			config: keystore.Redis{KeyPrefix: "p:", LockTTL: caddy.Duration(time.Minute), LockWait: caddy.Duration(time.Second), DialTimeout: 1, ReadTimeout: 2},
-			want:   keystore.Redis{KeyPrefix: "p:", LockTTL: caddy.Duration(time.Minute), LockWait: caddy.Duration(time.Second), DialTimeout: 1, ReadTimeout: 2},
+			name: "set values kept",
+			opts: keystore.RedisOptions{Addresses: []string{"a:1"}, KeyPrefix: "p:", LockTTL: time.Minute, LockWait: time.Second, DialTimeout: 1, ReadTimeout: 2},
+			want: keystore.RedisOptions{Addresses: []string{"a:1"}, KeyPrefix: "p:", LockTTL: time.Minute, LockWait: time.Second, DialTimeout: 1, ReadTimeout: 2},
 		},
-		{name: "negative ttl", config: keystore.Redis{LockTTL: -1}, wantErr: "negative"},
-		{name: "negative db", config: keystore.Redis{DB: -1}, wantErr: "db"},
-		{name: "db on a cluster", config: keystore.Redis{Addresses: []string{"a:1", "b:2"}, DB: 2}, wantErr: "Cluster"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := tt.config
-			err := r.Provision(caddy.Context{})
-			defer r.Cleanup()
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("Provision() = %v; want an error mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Provision() = %v; want nil", err)
-			}
-			got := [5]any{r.KeyPrefix, r.LockTTL, r.LockWait, r.DialTimeout, r.ReadTimeout}
-			want := [5]any{tt.want.KeyPrefix, tt.want.LockTTL, tt.want.LockWait, tt.want.DialTimeout, tt.want.ReadTimeout}
-			if got != want {
-				t.Errorf("after Provision() key_prefix, lock_ttl, lock_wait, dial_timeout, read_timeout = %v; want %v", got, want)
+			if got := tt.opts.WithDefaults(); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("WithDefaults() = %+v; want %+v", got, tt.want)
 			}
 		})
 	}
 }
 
-func TestRedisUnmarshalCaddyfile(t *testing.T) {
+// TestNewRedisRefuses: options no Redis deployment can satisfy fail
+// NewRedis, with a message naming the option.
+func TestNewRedisRefuses(t *testing.T) {
 	tests := []struct {
 		name    string
-		input   string
-		want    keystore.Redis
+		opts    keystore.RedisOptions
 		wantErr string
 	}{
-		{
-			name:  "shorthand address",
-			input: `redis 127.0.0.1:6379`,
-			want:  keystore.Redis{Addresses: []string{"127.0.0.1:6379"}},
-		},
-		{
-			name:  "bare",
-			input: `redis`,
-			want:  keystore.Redis{},
-		},
-		{
-			name: "full block",
-			input: `redis {
-				address   10.0.0.1:6379 10.0.0.2:6379
-				address   10.0.0.3:6379
-				username  proxy
-				password  {env.REDIS_PASSWORD}
-				db        3
-				key_prefix tenant1:
-				master_name mymaster
-				tls       redis.internal
-				lock_ttl  45s
-				lock_wait 5s
-				dial_timeout 2s
-				read_timeout 1s
-			}`,
-			want: keystore.Redis{
-				Addresses: []string{"10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"},
-				Username:  "proxy", Password: "{env.REDIS_PASSWORD}", DB: 3, KeyPrefix: "tenant1:",
-				MasterName: "mymaster", TLS: true, TLSServerName: "redis.internal",
-				LockTTL: caddy.Duration(45 * time.Second), LockWait: caddy.Duration(5 * time.Second),
-				DialTimeout: caddy.Duration(2 * time.Second), ReadTimeout: caddy.Duration(time.Second),
-			},
-		},
-		{
-			name:  "tls without server name",
-			input: "redis redis:6380 {\n tls\n}",
-			want:  keystore.Redis{Addresses: []string{"redis:6380"}, TLS: true},
-		},
-		{name: "unknown option", input: "redis {\n passwd x\n}", wantErr: `unrecognized keystore redis option "passwd"`},
-		{name: "password without value", input: "redis {\n password\n}", wantErr: "wrong argument count"},
-		{name: "two passwords", input: "redis {\n password a b\n}", wantErr: "wrong argument count"},
-		{name: "address without value", input: "redis {\n address\n}", wantErr: "wrong argument count"},
-		{name: "bad db", input: "redis {\n db one\n}", wantErr: "db must be a database number"},
-		{name: "bad duration", input: "redis {\n lock_ttl soon\n}", wantErr: "lock_ttl must be a positive duration"},
-		{name: "zero duration", input: "redis {\n lock_wait 0s\n}", wantErr: "lock_wait must be a positive duration"},
-		{name: "tls two args", input: "redis {\n tls a b\n}", wantErr: "wrong argument count"},
+		{name: "negative ttl", opts: keystore.RedisOptions{LockTTL: -1}, wantErr: "negative"},
+		{name: "negative read timeout", opts: keystore.RedisOptions{ReadTimeout: -1}, wantErr: "negative"},
+		{name: "negative db", opts: keystore.RedisOptions{DB: -1}, wantErr: "db"},
+		{name: "db on a cluster", opts: keystore.RedisOptions{Addresses: []string{"a:1", "b:2"}, DB: 2}, wantErr: "Cluster"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var got keystore.Redis
-			err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("UnmarshalCaddyfile(%q) = %v; want an error containing %q", tt.input, err, tt.wantErr)
-				}
-				return
+			r, err := keystore.NewRedis(tt.opts)
+			if err == nil {
+				r.Close()
 			}
-			if err != nil {
-				t.Fatalf("UnmarshalCaddyfile(%q) = %v; want nil", tt.input, err)
-			}
-			gotJSON, _ := json.Marshal(&got)
-			wantJSON, _ := json.Marshal(&tt.want)
-			if string(gotJSON) != string(wantJSON) {
-				t.Errorf("UnmarshalCaddyfile(%q) = %s; want %s", tt.input, gotJSON, wantJSON)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("NewRedis(%+v) = %v; want an error mentioning %q", tt.opts, err, tt.wantErr)
 			}
 		})
 	}

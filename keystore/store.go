@@ -68,10 +68,12 @@ func (JSONCodec) Decode(name string, data []byte) (*KeySet, error) {
 	return &ks, nil
 }
 
-// checkFollows is the compare of a compare-and-swap for backends that hold
-// a write lock while they save: ks must be exactly one generation after what
-// load finds (1 when nothing is stored), or the save is an ErrConflict.
-func checkFollows(ctx context.Context, ks *KeySet, load func(context.Context, string) (*KeySet, error)) error {
+// CheckFollows is the compare of a compare-and-swap, for backends that hold
+// a write lock of their own while they save: ks must be exactly one
+// generation after what load finds (1 when nothing is stored), or the save
+// is an ErrConflict. Any other load error is returned wrapped, so a document
+// that cannot be read is never replaced.
+func CheckFollows(ctx context.Context, ks *KeySet, load func(context.Context, string) (*KeySet, error)) error {
 	stored, err := load(ctx, ks.Name)
 	var have int64
 	switch {

@@ -1,6 +1,7 @@
 // Package keystoretest is the conformance suite that every keystore.Store
 // backend passes: one set of tests for the contract in keystore.Store, so a
-// backend cannot quietly weaken it.
+// backend cannot quietly weaken it. It also starts the redis-server that the
+// tests of the Redis backend, and of what configures it, run against.
 package keystoretest
 
 import (

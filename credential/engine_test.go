@@ -1,4 +1,4 @@
-package oauth2upstream
+package credential
 
 import (
 	"bytes"
@@ -18,18 +18,19 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/oauth2"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// refresherFixture is a Refresher on a file keystore in a temporary
+// refresherFixture is a Engine on a file keystore in a temporary
 // directory, a token endpoint from the harness and a fake clock.
 type refresherFixture struct {
-	r     *Refresher
-	te    *tokenEndpoint
+	r     *Engine
+	te    *credentialtest.TokenEndpoint
 	dir   string
-	store *keystore.File // the Refresher's own store (unless a test wraps it)
+	store *keystore.File // the Engine's own store (unless a test wraps it)
 	other *keystore.File // another "process" sharing the directory
-	clock *fakeClock
+	clock *credentialtest.Clock
 	sent  *attemptCounter
 }
 
@@ -45,9 +46,9 @@ func (a *attemptCounter) RoundTrip(req *http.Request) (*http.Response, error) {
 	return a.base.RoundTrip(req)
 }
 
-// newRefresherFixture builds a proactive Refresher for the refresh_token
+// newEngineFixture builds a proactive Engine for the refresh_token
 // grant; the test changes fields before its first call.
-func newRefresherFixture(t *testing.T, seed string) *refresherFixture {
+func newEngineFixture(t *testing.T, seed string) *refresherFixture {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := keystore.NewFile(dir)
@@ -58,23 +59,19 @@ func newRefresherFixture(t *testing.T, seed string) *refresherFixture {
 	if err != nil {
 		t.Fatalf("NewFile(%q) = %v", dir, err)
 	}
-	te := newTokenEndpoint(t, seed)
-	clock := newFakeClock()
+	te := credentialtest.NewTokenEndpoint(t, seed)
+	clock := credentialtest.NewClock()
 	sent := &attemptCounter{base: http.DefaultTransport}
-	r := &Refresher{
-		store: store,
-		client: &tokenClient{
-			tokenURL: te.URL(), clientID: "client-1", clientSecret: "secret-1",
-			authStyle: oauth2.AuthStyleInHeader, grantType: grantRefreshToken,
-			timeout: 10 * time.Second, transport: sent, now: clock.Now,
+	r := New(store, Config{
+		Endpoint: TokenEndpoint{
+			URL: te.URL(), ClientID: "client-1", ClientSecret: "secret-1",
+			AuthStyle: oauth2.AuthStyleInHeader, Grant: GrantRefreshToken,
+			Timeout: 10 * time.Second, Transport: sent,
 		},
-		mode:      modeProactive,
-		skew:      30 * time.Second,
-		headerFor: func(s string) string { return "Bearer " + s },
-		now:       clock.Now,
-		logger:    zap.NewNop(),
-		states:    map[string]*keySetState{},
-	}
+		Mode: ModeProactive,
+		Skew: 30 * time.Second,
+	})
+	r.now, r.client.now, r.jitter = clock.Now, clock.Now, nil
 	t.Cleanup(r.Close) // after any gate release registered later
 	return &refresherFixture{r: r, te: te, dir: dir, store: store, other: other, clock: clock, sent: sent}
 }
@@ -84,9 +81,9 @@ func newRefresherFixture(t *testing.T, seed string) *refresherFixture {
 func (f *refresherFixture) holdGrants(t *testing.T) (release func()) {
 	t.Helper()
 	gate := make(chan struct{})
-	f.te.mu.Lock()
-	f.te.gate = gate
-	f.te.mu.Unlock()
+	f.te.Mu.Lock()
+	f.te.Gate = gate
+	f.te.Mu.Unlock()
 	var once sync.Once
 	release = func() { once.Do(func() { close(gate) }) }
 	t.Cleanup(release)
@@ -95,9 +92,9 @@ func (f *refresherFixture) holdGrants(t *testing.T) (release func()) {
 
 // respond sets the token endpoint's override hook.
 func (f *refresherFixture) respond(hook func(w http.ResponseWriter, r *http.Request) bool) {
-	f.te.mu.Lock()
-	f.te.respond = hook
-	f.te.mu.Unlock()
+	f.te.Mu.Lock()
+	f.te.Respond = hook
+	f.te.Mu.Unlock()
 }
 
 // testKeySet is a key set document; access "" makes a seed.
@@ -146,20 +143,6 @@ func (f *refresherFixture) readDocument(t *testing.T, name string) []byte {
 	return data
 }
 
-// eventually polls cond until it holds or a deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
 // waitingCtx counts the callers that reached the point of waiting for a
 // refresh: await's select is the first place Current and Rejected ask a
 // context for Done once the key set's state exists, and it asks after
@@ -177,7 +160,7 @@ func (c *waitingCtx) Done() <-chan struct{} {
 
 // result is what one Current or Rejected call returned.
 type result struct {
-	cred *credential
+	cred *Credential
 	err  error
 }
 
@@ -221,7 +204,7 @@ func (s *instrumentedStore) Lock(ctx context.Context, name string) (func() error
 	return s.Store.Lock(ctx, name)
 }
 
-// instrument wraps the Refresher's store.
+// instrument wraps the Engine's store.
 func (f *refresherFixture) instrument() *instrumentedStore {
 	is := &instrumentedStore{Store: f.store}
 	f.r.store = is
@@ -229,7 +212,7 @@ func (f *refresherFixture) instrument() *instrumentedStore {
 }
 
 // mustCurrent calls Current and fails the test on an error.
-func (f *refresherFixture) mustCurrent(t *testing.T, name string) *credential {
+func (f *refresherFixture) mustCurrent(t *testing.T, name string) *Credential {
 	t.Helper()
 	cred, err := f.r.Current(context.Background(), name)
 	if err != nil {
@@ -238,9 +221,9 @@ func (f *refresherFixture) mustCurrent(t *testing.T, name string) *credential {
 	return cred
 }
 
-// TestRefresherSingleFlight: 50 requests needing a token while the grant is
+// TestEngineSingleFlight: 50 requests needing a token while the grant is
 // held share one grant and one credential (invariant 4).
-func TestRefresherSingleFlight(t *testing.T) {
+func TestEngineSingleFlight(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name   string
@@ -253,7 +236,7 @@ func TestRefresherSingleFlight(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := newRefresherFixture(t, "rt-0")
+			f := newEngineFixture(t, "rt-0")
 			var expiry time.Time
 			if tt.access != "" {
 				expiry = f.clock.Now().Add(tt.expiry)
@@ -272,15 +255,15 @@ func TestRefresherSingleFlight(t *testing.T) {
 					results <- result{cred, err}
 				}()
 			}
-			eventually(t, "all callers waiting", func() bool { return waiting.Load() == callers })
+			credentialtest.Eventually(t, "all callers waiting", func() bool { return waiting.Load() == callers })
 			release()
 			for range callers {
 				res := <-results
-				if res.err != nil || res.cred.header != "Bearer at-1" || res.cred.ks.Generation != 2 {
+				if res.err != nil || res.cred.Header != "Bearer at-1" || res.cred.KeySet.Generation != 2 {
 					t.Errorf("Current(%q) = %v, %v; want Bearer at-1 generation 2", "sf", credString(res.cred), res.err)
 				}
 			}
-			if got := f.te.grants.Load(); got != 1 {
+			if got := f.te.Grants.Load(); got != 1 {
 				t.Errorf("grants = %d; want 1", got)
 			}
 			if got := f.sent.n.Load(); got != 1 {
@@ -296,23 +279,23 @@ func TestRefresherSingleFlight(t *testing.T) {
 }
 
 // credString describes a credential for failure messages.
-func credString(c *credential) string {
+func credString(c *Credential) string {
 	if c == nil {
 		return "<nil>"
 	}
-	return fmt.Sprintf("%s generation %d", c.header, c.ks.Generation)
+	return fmt.Sprintf("%s generation %d", c.Header, c.KeySet.Generation)
 }
 
-// TestRefresherRejectedOlderGeneration: a 401 to a request that carried an
+// TestEngineRejectedOlderGeneration: a 401 to a request that carried an
 // older generation than the current one is answered with the current
 // credential, without a grant.
-func TestRefresherRejectedOlderGeneration(t *testing.T) {
+func TestEngineRejectedOlderGeneration(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 3, "at-3", "rt-0", f.clock.Now().Add(time.Hour)))
 	is := f.instrument()
 	cred, err := f.r.Rejected(context.Background(), "sf", 2)
-	if err != nil || cred.header != "Bearer at-3" || cred.ks.Generation != 3 {
+	if err != nil || cred.Header != "Bearer at-3" || cred.KeySet.Generation != 3 {
 		t.Errorf("Rejected(%q, 2) = %v, %v; want Bearer at-3 generation 3", "sf", credString(cred), err)
 	}
 	if got := f.sent.n.Load(); got != 0 {
@@ -323,13 +306,13 @@ func TestRefresherRejectedOlderGeneration(t *testing.T) {
 	}
 }
 
-// TestRefresherRejectedCurrentGeneration: a 401 to the current generation,
+// TestEngineRejectedCurrentGeneration: a 401 to the current generation,
 // reported by 20 requests at once, makes exactly one grant; the next
 // generation, with the rotated refresh token, is in the keystore before
 // any of them gets it (invariant 5).
-func TestRefresherRejectedCurrentGeneration(t *testing.T) {
+func TestEngineRejectedCurrentGeneration(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 	is := f.instrument()
 	f.mustState(t, "sf")
@@ -341,7 +324,7 @@ func TestRefresherRejectedCurrentGeneration(t *testing.T) {
 	for range callers {
 		go func() {
 			cred, err := f.r.Rejected(&waitingCtx{Context: context.Background(), waiting: &waiting}, "sf", 1)
-			if err != nil || cred.ks.Generation != 2 || cred.header != "Bearer at-1" {
+			if err != nil || cred.KeySet.Generation != 2 || cred.Header != "Bearer at-1" {
 				problems <- fmt.Sprintf("Rejected(%q, 1) = %v, %v; want Bearer at-1 generation 2", "sf", credString(cred), err)
 				return
 			}
@@ -357,14 +340,14 @@ func TestRefresherRejectedCurrentGeneration(t *testing.T) {
 			}
 		}()
 	}
-	eventually(t, "all callers waiting", func() bool { return waiting.Load() == callers })
+	credentialtest.Eventually(t, "all callers waiting", func() bool { return waiting.Load() == callers })
 	release()
 	for range callers {
 		if p := <-problems; p != "" {
 			t.Error(p)
 		}
 	}
-	if got := f.te.grants.Load(); got != 1 {
+	if got := f.te.Grants.Load(); got != 1 {
 		t.Errorf("grants = %d; want 1", got)
 	}
 	if got := is.locks.Load(); got != 1 {
@@ -372,18 +355,18 @@ func TestRefresherRejectedCurrentGeneration(t *testing.T) {
 	}
 }
 
-// TestRefresherKeepsRefreshToken: a provider that sends no new refresh
+// TestEngineKeepsRefreshToken: a provider that sends no new refresh
 // token (Salesforce, Google) leaves the old one in the key set, and it keeps
 // working for the next refresh.
-func TestRefresherKeepsRefreshToken(t *testing.T) {
+func TestEngineKeepsRefreshToken(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
-	f.te.rotate = false
+	f := newEngineFixture(t, "rt-0")
+	f.te.Rotate = false
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 
 	for gen := int64(2); gen <= 3; gen++ {
 		cred, err := f.r.Rejected(context.Background(), "sf", gen-1)
-		if err != nil || cred.ks.Generation != gen {
+		if err != nil || cred.KeySet.Generation != gen {
 			t.Fatalf("Rejected(%q, %d) = %v, %v; want generation %d", "sf", gen-1, credString(cred), err, gen)
 		}
 		stored := loadKeySet(t, f.other, "sf")
@@ -391,14 +374,14 @@ func TestRefresherKeepsRefreshToken(t *testing.T) {
 			t.Errorf("stored = generation %d refresh %q; want %d rt-0", stored.Generation, stored.Token.RefreshToken(), gen)
 		}
 	}
-	if got := f.te.grants.Load(); got != 2 {
+	if got := f.te.Grants.Load(); got != 2 {
 		t.Errorf("grants = %d; want 2", got)
 	}
 }
 
-// TestRefresherSeed: the refresh_token option seeds a key set only while
+// TestEngineSeed: the refresh_token option seeds a key set only while
 // the keystore has none; a stored key set always wins over the seed.
-func TestRefresherSeed(t *testing.T) {
+func TestEngineSeed(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
@@ -414,7 +397,7 @@ func TestRefresherSeed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := newRefresherFixture(t, tt.endpointRT)
+			f := newEngineFixture(t, tt.endpointRT)
 			f.r.seedName, f.r.seedToken = "sf", "rt-seed"
 			var before []byte
 			if tt.stored != nil {
@@ -422,10 +405,10 @@ func TestRefresherSeed(t *testing.T) {
 				before = f.readDocument(t, "sf")
 			}
 			cred := f.mustCurrent(t, "sf")
-			if cred.header != tt.wantHeader {
+			if cred.Header != tt.wantHeader {
 				t.Errorf("Current(%q) = %s; want %s", "sf", credString(cred), tt.wantHeader)
 			}
-			if got := f.te.grants.Load(); got != tt.wantGrants {
+			if got := f.te.Grants.Load(); got != tt.wantGrants {
 				t.Errorf("grants = %d; want %d", got, tt.wantGrants)
 			}
 			if tt.wantGrants == 0 && !bytes.Equal(f.readDocument(t, "sf"), before) {
@@ -441,11 +424,11 @@ func TestRefresherSeed(t *testing.T) {
 	}
 }
 
-// TestRefresherNoKeySet: a key set that is neither stored nor seeded is a
+// TestEngineNoKeySet: a key set that is neither stored nor seeded is a
 // permanent no_key_set for the refresh_token grant (no request, nothing
 // stored); the client_credentials grant needs no seed and stores
 // generation 1.
-func TestRefresherNoKeySet(t *testing.T) {
+func TestEngineNoKeySet(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
@@ -453,19 +436,19 @@ func TestRefresherNoKeySet(t *testing.T) {
 		seedName string
 		wantCode string // "" for success
 	}{
-		{"refresh_token, no seed", grantRefreshToken, "", codeNoKeySet},
-		{"refresh_token, seed names another key set", grantRefreshToken, "other", codeNoKeySet},
-		{"client_credentials", grantClientCredentials, "", ""},
+		{"refresh_token, no seed", GrantRefreshToken, "", CodeNoKeySet},
+		{"refresh_token, seed names another key set", GrantRefreshToken, "other", CodeNoKeySet},
+		{"client_credentials", GrantClientCredentials, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := newRefresherFixture(t, "rt-0")
-			f.r.client.grantType = tt.grant
+			f := newEngineFixture(t, "rt-0")
+			f.r.client.Grant = tt.grant
 			f.r.seedName, f.r.seedToken = tt.seedName, "rt-0"
 			cred, err := f.r.Current(context.Background(), "sf")
 			if tt.wantCode != "" {
-				re := asRefreshError(t, err)
+				re := asError(t, err)
 				if re.Code != tt.wantCode || re.Temporary {
 					t.Errorf("Current(%q) = {Code %q, Temporary %v}; want {%q, false}", "sf", re.Code, re.Temporary, tt.wantCode)
 				}
@@ -477,7 +460,7 @@ func TestRefresherNoKeySet(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || cred.header != "Bearer at-1" || cred.ks.Generation != 1 {
+			if err != nil || cred.Header != "Bearer at-1" || cred.KeySet.Generation != 1 {
 				t.Fatalf("Current(%q) = %v, %v; want Bearer at-1 generation 1", "sf", credString(cred), err)
 			}
 			if stored := loadKeySet(t, f.other, "sf"); stored.Generation != 1 || stored.Token.AccessToken() != "at-1" {
@@ -487,18 +470,18 @@ func TestRefresherNoKeySet(t *testing.T) {
 	}
 }
 
-// TestRefresherInvalidGrantIsCached: after invalid_grant, requests get the
+// TestEngineInvalidGrantIsCached: after invalid_grant, requests get the
 // same permanent error without new grants, the stored key set is left
 // byte for byte (invariant 6), and a newer generation stored by another
 // process is adopted without a grant.
-func TestRefresherInvalidGrantIsCached(t *testing.T) {
+func TestEngineInvalidGrantIsCached(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-other") // the stored rt-0 is no longer valid
+	f := newEngineFixture(t, "rt-other") // the stored rt-0 is no longer valid
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	before := f.readDocument(t, "sf")
 
 	_, first := f.r.Current(context.Background(), "sf")
-	re := asRefreshError(t, first)
+	re := asError(t, first)
 	if re.Code != "invalid_grant" || re.Temporary {
 		t.Fatalf("Current(%q) = {Code %q, Temporary %v}; want {invalid_grant, false}", "sf", re.Code, re.Temporary)
 	}
@@ -523,7 +506,7 @@ func TestRefresherInvalidGrantIsCached(t *testing.T) {
 	// An operator or another replica stores a working generation.
 	storeNext(t, f.other, testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour)))
 	cred, err := f.r.Current(context.Background(), "sf")
-	if err != nil || cred.header != "Bearer at-other" || cred.ks.Generation != 2 {
+	if err != nil || cred.Header != "Bearer at-other" || cred.KeySet.Generation != 2 {
 		t.Errorf("Current(%q) = %v, %v; want Bearer at-other generation 2", "sf", credString(cred), err)
 	}
 	if got := f.sent.n.Load(); got != 1 {
@@ -546,12 +529,12 @@ func answerInvalidGrant(w http.ResponseWriter) {
 	json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant"})
 }
 
-// TestRefresherInvalidGrantAdoptsSuccessor: when invalid_grant comes back
+// TestEngineInvalidGrantAdoptsSuccessor: when invalid_grant comes back
 // because another process already spent the refresh token and stored its
 // successor, the successor is adopted and the request gets no error.
-func TestRefresherInvalidGrantAdoptsSuccessor(t *testing.T) {
+func TestEngineInvalidGrantAdoptsSuccessor(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	f.respond(func(w http.ResponseWriter, r *http.Request) bool {
 		// The other writer rotates first and stores its result.
@@ -563,7 +546,7 @@ func TestRefresherInvalidGrantAdoptsSuccessor(t *testing.T) {
 		return true
 	})
 	cred, err := f.r.Current(context.Background(), "sf")
-	if err != nil || cred.header != "Bearer at-other" || cred.ks.Generation != 2 {
+	if err != nil || cred.Header != "Bearer at-other" || cred.KeySet.Generation != 2 {
 		t.Fatalf("Current(%q) = %v, %v; want Bearer at-other generation 2", "sf", credString(cred), err)
 	}
 	if stored := loadKeySet(t, f.other, "sf"); stored.Generation != 2 || stored.Token.AccessToken() != "at-other" {
@@ -582,13 +565,13 @@ func answer503(down *atomic.Bool) func(http.ResponseWriter, *http.Request) bool 
 	}
 }
 
-// TestRefresherTemporaryFailureBackoff: a token endpoint that is down gives
+// TestEngineTemporaryFailureBackoff: a token endpoint that is down gives
 // a temporary error with Retry-After; no grant is attempted before the
 // backoff ends, and the backoff doubles from 1s up to 30s; a success
 // resets it.
-func TestRefresherTemporaryFailureBackoff(t *testing.T) {
+func TestEngineTemporaryFailureBackoff(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	var down atomic.Bool
 	down.Store(true)
@@ -598,10 +581,10 @@ func TestRefresherTemporaryFailureBackoff(t *testing.T) {
 	for i, backoff := range backoffs {
 		backoff *= time.Second
 		_, err := f.r.Current(context.Background(), "sf")
-		re := asRefreshError(t, err)
-		if re.Code != codeTokenEndpointUnavailable || !re.Temporary || re.RetryAfter != backoff {
+		re := asError(t, err)
+		if re.Code != CodeTokenEndpointUnavailable || !re.Temporary || re.RetryAfter != backoff {
 			t.Fatalf("Current(%q) failure %d = {Code %q, Temporary %v, RetryAfter %v}; want {%q, true, %v}",
-				"sf", i+1, re.Code, re.Temporary, re.RetryAfter, codeTokenEndpointUnavailable, backoff)
+				"sf", i+1, re.Code, re.Temporary, re.RetryAfter, CodeTokenEndpointUnavailable, backoff)
 		}
 		if got := f.sent.n.Load(); got != int64(i+1) {
 			t.Fatalf("token requests = %d after failure %d; want %d", got, i+1, i+1)
@@ -609,7 +592,7 @@ func TestRefresherTemporaryFailureBackoff(t *testing.T) {
 		// Within the backoff: no request, and the time left is reported.
 		f.clock.Advance(backoff / 2)
 		_, err = f.r.Current(context.Background(), "sf")
-		if re := asRefreshError(t, err); !re.Temporary || re.RetryAfter != backoff-backoff/2 {
+		if re := asError(t, err); !re.Temporary || re.RetryAfter != backoff-backoff/2 {
 			t.Errorf("Current(%q) within backoff = {Temporary %v, RetryAfter %v}; want {true, %v}", "sf", re.Temporary, re.RetryAfter, backoff-backoff/2)
 		}
 		if got := f.sent.n.Load(); got != int64(i+1) {
@@ -619,21 +602,21 @@ func TestRefresherTemporaryFailureBackoff(t *testing.T) {
 	}
 
 	down.Store(false)
-	if cred := f.mustCurrent(t, "sf"); cred.header != "Bearer at-1" {
+	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
 		t.Fatalf("Current(%q) after recovery = %s; want Bearer at-1", "sf", credString(cred))
 	}
 	down.Store(true)
 	_, err := f.r.Rejected(context.Background(), "sf", 2)
-	if re := asRefreshError(t, err); re.RetryAfter != time.Second {
+	if re := asError(t, err); re.RetryAfter != time.Second {
 		t.Errorf("Rejected(%q, 2) after a success RetryAfter = %v; want 1s (backoff reset)", "sf", re.RetryAfter)
 	}
 }
 
-// TestRefresherRetryAfterExtendsBackoff: the token endpoint's Retry-After
+// TestEngineRetryAfterExtendsBackoff: the token endpoint's Retry-After
 // is honoured when it is longer than the backoff.
-func TestRefresherRetryAfterExtendsBackoff(t *testing.T) {
+func TestEngineRetryAfterExtendsBackoff(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	f.respond(func(w http.ResponseWriter, _ *http.Request) bool {
 		w.Header().Set("Retry-After", "7")
@@ -641,12 +624,12 @@ func TestRefresherRetryAfterExtendsBackoff(t *testing.T) {
 		return true
 	})
 	_, err := f.r.Current(context.Background(), "sf")
-	if re := asRefreshError(t, err); !re.Temporary || re.RetryAfter != 7*time.Second {
+	if re := asError(t, err); !re.Temporary || re.RetryAfter != 7*time.Second {
 		t.Fatalf("Current(%q) = {Temporary %v, RetryAfter %v}; want {true, 7s}", "sf", re.Temporary, re.RetryAfter)
 	}
 	f.clock.Advance(2 * time.Second)
 	_, err = f.r.Current(context.Background(), "sf")
-	if re := asRefreshError(t, err); re.RetryAfter != 5*time.Second {
+	if re := asError(t, err); re.RetryAfter != 5*time.Second {
 		t.Errorf("Current(%q) 2s later RetryAfter = %v; want 5s", "sf", re.RetryAfter)
 	}
 	if got := f.sent.n.Load(); got != 1 {
@@ -654,10 +637,10 @@ func TestRefresherRetryAfterExtendsBackoff(t *testing.T) {
 	}
 }
 
-// TestRefresherExpirySkew: in proactive mode a token within expiry_skew of
+// TestEngineExpirySkew: in proactive mode a token within expiry_skew of
 // its expiry is still served at once while one background grant replaces
 // it; in reactive mode no grant happens before the expiry.
-func TestRefresherExpirySkew(t *testing.T) {
+func TestEngineExpirySkew(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
@@ -665,13 +648,13 @@ func TestRefresherExpirySkew(t *testing.T) {
 		wantGrants int64
 		wantAfter  string
 	}{
-		{"proactive", modeProactive, 1, "Bearer at-1"},
-		{"reactive", modeReactive, 0, "Bearer at-old"},
+		{"proactive", ModeProactive, 1, "Bearer at-1"},
+		{"reactive", ModeReactive, 0, "Bearer at-old"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := newRefresherFixture(t, "rt-0")
+			f := newEngineFixture(t, "rt-0")
 			f.r.mode = tt.mode
 			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 			st := f.mustState(t, "sf")
@@ -685,7 +668,7 @@ func TestRefresherExpirySkew(t *testing.T) {
 				}()
 				select {
 				case res := <-got:
-					if res.err != nil || res.cred.header != "Bearer at-old" {
+					if res.err != nil || res.cred.Header != "Bearer at-old" {
 						t.Fatalf("Current(%q) #%d = %v, %v; want Bearer at-old", "sf", i+1, credString(res.cred), res.err)
 					}
 				case <-time.After(5 * time.Second):
@@ -697,46 +680,46 @@ func TestRefresherExpirySkew(t *testing.T) {
 			}
 			release()
 			f.r.Close() // waits for the background grant
-			if got := f.te.grants.Load(); got != tt.wantGrants {
+			if got := f.te.Grants.Load(); got != tt.wantGrants {
 				t.Errorf("grants = %d; want %d", got, tt.wantGrants)
 			}
 			if got := f.sent.n.Load(); got != tt.wantGrants {
 				t.Errorf("token requests = %d; want %d", got, tt.wantGrants)
 			}
-			if cred := f.mustCurrent(t, "sf"); cred.header != tt.wantAfter {
+			if cred := f.mustCurrent(t, "sf"); cred.Header != tt.wantAfter {
 				t.Errorf("Current(%q) after the grant = %s; want %s", "sf", credString(cred), tt.wantAfter)
 			}
 		})
 	}
 }
 
-// TestRefresherExpired: once the expiry has passed, reactive mode too
+// TestEngineExpired: once the expiry has passed, reactive mode too
 // refreshes before sending (a token known dead is not sent).
-func TestRefresherExpired(t *testing.T) {
+func TestEngineExpired(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
-	f.r.mode = modeReactive
+	f := newEngineFixture(t, "rt-0")
+	f.r.mode = ModeReactive
 	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
-	if cred := f.mustCurrent(t, "sf"); cred.header != "Bearer at-old" {
+	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-old" {
 		t.Fatalf("Current(%q) = %s; want Bearer at-old", "sf", credString(cred))
 	}
 	f.clock.Advance(20 * time.Second)
-	if cred := f.mustCurrent(t, "sf"); cred.header != "Bearer at-1" {
+	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
 		t.Errorf("Current(%q) at expiry = %s; want Bearer at-1", "sf", credString(cred))
 	}
 }
 
-// TestRefresherAlwaysMode: every request makes a grant, except that
+// TestEngineAlwaysMode: every request makes a grant, except that
 // requests arriving while one is in flight share it.
-func TestRefresherAlwaysMode(t *testing.T) {
+func TestEngineAlwaysMode(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
-	f.r.mode = modeAlways
+	f := newEngineFixture(t, "rt-0")
+	f.r.mode = ModeAlways
 	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 
 	for i := 1; i <= 3; i++ {
 		want := fmt.Sprintf("Bearer at-%d", i)
-		if cred := f.mustCurrent(t, "sf"); cred.header != want || cred.ks.Generation != int64(i+1) {
+		if cred := f.mustCurrent(t, "sf"); cred.Header != want || cred.KeySet.Generation != int64(i+1) {
 			t.Fatalf("Current(%q) #%d = %s; want %s generation %d", "sf", i, credString(cred), want, i+1)
 		}
 	}
@@ -750,27 +733,27 @@ func TestRefresherAlwaysMode(t *testing.T) {
 		results <- result{cred, err}
 	}
 	go call()
-	eventually(t, "the first caller waiting", func() bool { return waiting.Load() == 1 })
+	credentialtest.Eventually(t, "the first caller waiting", func() bool { return waiting.Load() == 1 })
 	for range callers - 1 {
 		go call()
 	}
-	eventually(t, "all callers waiting", func() bool { return waiting.Load() == callers })
+	credentialtest.Eventually(t, "all callers waiting", func() bool { return waiting.Load() == callers })
 	release()
 	for range callers {
 		res := <-results
-		if res.err != nil || res.cred.header != "Bearer at-4" {
+		if res.err != nil || res.cred.Header != "Bearer at-4" {
 			t.Errorf("Current(%q) during a grant = %v, %v; want the shared Bearer at-4", "sf", credString(res.cred), res.err)
 		}
 	}
-	if got := f.te.grants.Load(); got != 4 {
+	if got := f.te.Grants.Load(); got != 4 {
 		t.Errorf("grants = %d; want 4", got)
 	}
 }
 
-// TestRefresherAlwaysModeFailures: in always mode too, a failed refresh is
+// TestEngineAlwaysModeFailures: in always mode too, a failed refresh is
 // not repeated by every request: a temporary failure backs off and a
 // permanent one is kept until the keystore changes.
-func TestRefresherAlwaysModeFailures(t *testing.T) {
+func TestEngineAlwaysModeFailures(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name          string
@@ -789,13 +772,13 @@ func TestRefresherAlwaysModeFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			f := newRefresherFixture(t, "rt-0")
-			f.r.mode = modeAlways
+			f := newEngineFixture(t, "rt-0")
+			f.r.mode = ModeAlways
 			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 			f.respond(tt.answer)
 			for i := range 5 {
 				_, err := f.r.Current(context.Background(), "sf")
-				if re := asRefreshError(t, err); re.Temporary != tt.wantTemporary {
+				if re := asError(t, err); re.Temporary != tt.wantTemporary {
 					t.Errorf("Current(%q) #%d Temporary = %v; want %v", "sf", i+1, re.Temporary, tt.wantTemporary)
 				}
 			}
@@ -806,25 +789,25 @@ func TestRefresherAlwaysModeFailures(t *testing.T) {
 	}
 }
 
-// TestRefresherStoreFailure: a granted key set the keystore refuses is not
+// TestEngineStoreFailure: a granted key set the keystore refuses is not
 // used (its refresh token may be the only valid one, and it is not
 // durable); no grant is made while it is pending, and once the keystore
 // works again the pending key set is stored and used without a new grant
 // (invariant 5).
-func TestRefresherStoreFailure(t *testing.T) {
+func TestEngineStoreFailure(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	fs := f.instrument()
 	fs.failSave.Store(true)
 
 	_, err := f.r.Current(context.Background(), "sf")
-	re := asRefreshError(t, err)
-	if re.Code != codeKeystoreUnavailable || !re.Temporary || re.RetryAfter <= 0 {
+	re := asError(t, err)
+	if re.Code != CodeKeystoreUnavailable || !re.Temporary || re.RetryAfter <= 0 {
 		t.Fatalf("Current(%q) = {Code %q, Temporary %v, RetryAfter %v}; want {%q, true, >0}",
-			"sf", re.Code, re.Temporary, re.RetryAfter, codeKeystoreUnavailable)
+			"sf", re.Code, re.Temporary, re.RetryAfter, CodeKeystoreUnavailable)
 	}
-	if got := f.te.grants.Load(); got != 1 {
+	if got := f.te.Grants.Load(); got != 1 {
 		t.Fatalf("grants = %d; want 1", got)
 	}
 
@@ -848,27 +831,27 @@ func TestRefresherStoreFailure(t *testing.T) {
 	fs.failSave.Store(false)
 	f.clock.Advance(time.Minute)
 	cred := f.mustCurrent(t, "sf")
-	if cred.header != "Bearer at-1" || cred.ks.Generation != 2 {
+	if cred.Header != "Bearer at-1" || cred.KeySet.Generation != 2 {
 		t.Errorf("Current(%q) once the keystore works = %s; want Bearer at-1 generation 2", "sf", credString(cred))
 	}
-	if got := f.te.grants.Load(); got != 1 {
+	if got := f.te.Grants.Load(); got != 1 {
 		t.Errorf("grants = %d; want 1 (the pending key set, not a new grant)", got)
 	}
 	if stored := loadKeySet(t, f.other, "sf"); stored.Generation != 2 || stored.Token.RefreshToken() != "rt-1" {
 		t.Errorf("stored = generation %d refresh %q; want 2 rt-1", stored.Generation, stored.Token.RefreshToken())
 	}
 	// The rotated refresh token works: the endpoint accepts only rt-1 now.
-	if cred, err := f.r.Rejected(context.Background(), "sf", 2); err != nil || cred.ks.Generation != 3 {
+	if cred, err := f.r.Rejected(context.Background(), "sf", 2); err != nil || cred.KeySet.Generation != 3 {
 		t.Errorf("Rejected(%q, 2) = %v, %v; want generation 3", "sf", credString(cred), err)
 	}
 }
 
-// TestRefresherSaveConflictAdoptsStored: when another writer stores the
+// TestEngineSaveConflictAdoptsStored: when another writer stores the
 // next generation during our grant, our write is fenced off by the
 // generation and theirs is adopted.
-func TestRefresherSaveConflictAdoptsStored(t *testing.T) {
+func TestEngineSaveConflictAdoptsStored(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	var once sync.Once
 	f.respond(func(w http.ResponseWriter, r *http.Request) bool {
@@ -883,10 +866,10 @@ func TestRefresherSaveConflictAdoptsStored(t *testing.T) {
 		return false // grant as usual
 	})
 	cred, err := f.r.Current(context.Background(), "sf")
-	if err != nil || cred.header != "Bearer at-other" || cred.ks.Generation != 2 {
+	if err != nil || cred.Header != "Bearer at-other" || cred.KeySet.Generation != 2 {
 		t.Fatalf("Current(%q) = %v, %v; want Bearer at-other generation 2", "sf", credString(cred), err)
 	}
-	if got := f.te.grants.Load(); got != 1 {
+	if got := f.te.Grants.Load(); got != 1 {
 		t.Errorf("grants = %d; want 1", got)
 	}
 	if stored := loadKeySet(t, f.other, "sf"); stored.Token.AccessToken() != "at-other" {
@@ -894,12 +877,12 @@ func TestRefresherSaveConflictAdoptsStored(t *testing.T) {
 	}
 }
 
-// TestRefresherClientCancelKeepsGrant: a client that goes away while its
+// TestEngineClientCancelKeepsGrant: a client that goes away while its
 // request waits for a grant does not abort the grant: it completes and is
 // stored, so the rotated refresh token is not lost.
-func TestRefresherClientCancelKeepsGrant(t *testing.T) {
+func TestEngineClientCancelKeepsGrant(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	release := f.holdGrants(t)
 
@@ -909,10 +892,10 @@ func TestRefresherClientCancelKeepsGrant(t *testing.T) {
 		_, err := f.r.Current(ctx, "sf")
 		got <- err
 	}()
-	eventually(t, "the token request", func() bool { return f.sent.n.Load() == 1 })
+	credentialtest.Eventually(t, "the token request", func() bool { return f.sent.n.Load() == 1 })
 	cancel()
 	err := <-got
-	if re := asRefreshError(t, err); !re.Temporary || !errors.Is(err, context.Canceled) {
+	if re := asError(t, err); !re.Temporary || !errors.Is(err, context.Canceled) {
 		t.Errorf("Current(%q) after cancel = %v; want a temporary error wrapping context.Canceled", "sf", err)
 	}
 	release()
@@ -922,24 +905,24 @@ func TestRefresherClientCancelKeepsGrant(t *testing.T) {
 	if stored.Generation != 2 || stored.Token.AccessToken() != "at-1" || stored.Token.RefreshToken() != "rt-1" {
 		t.Errorf("stored = generation %d %q %q; want 2 at-1 rt-1", stored.Generation, stored.Token.AccessToken(), stored.Token.RefreshToken())
 	}
-	if cred := f.mustCurrent(t, "sf"); cred.header != "Bearer at-1" {
+	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
 		t.Errorf("Current(%q) = %s; want Bearer at-1", "sf", credString(cred))
 	}
-	if got := f.te.grants.Load(); got != 1 {
+	if got := f.te.Grants.Load(); got != 1 {
 		t.Errorf("grants = %d; want 1", got)
 	}
 }
 
-// TestRefresherCloseWaitsForFlights: Close returns only after the grant in
+// TestEngineCloseWaitsForFlights: Close returns only after the grant in
 // flight is stored, whatever happens to the handler.
-func TestRefresherCloseWaitsForFlights(t *testing.T) {
+func TestEngineCloseWaitsForFlights(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 	release := f.holdGrants(t)
 
 	go f.r.Current(context.Background(), "sf")
-	eventually(t, "the token request", func() bool { return f.sent.n.Load() == 1 })
+	credentialtest.Eventually(t, "the token request", func() bool { return f.sent.n.Load() == 1 })
 	closed := make(chan struct{})
 	go func() {
 		f.r.Close()
@@ -961,11 +944,11 @@ func TestRefresherCloseWaitsForFlights(t *testing.T) {
 	}
 }
 
-// TestRefresherLogsHoldNoTokens: refresh logs name the key set and the
+// TestEngineLogsHoldNoTokens: refresh logs name the key set and the
 // outcome but never a token value or the client secret (invariant 7).
-func TestRefresherLogsHoldNoTokens(t *testing.T) {
+func TestEngineLogsHoldNoTokens(t *testing.T) {
 	t.Parallel()
-	f := newRefresherFixture(t, "rt-0")
+	f := newEngineFixture(t, "rt-0")
 	core, logs := observer.New(zap.DebugLevel)
 	f.r.logger = zap.New(core)
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
@@ -990,5 +973,22 @@ func TestRefresherLogsHoldNoTokens(t *testing.T) {
 				t.Errorf("log %q holds %q: %s", entry.Message, secret, text)
 			}
 		}
+	}
+}
+
+// Backoffs are spread over [d/2, d) so that replicas that failed together
+// do not retry together.
+func TestEqualJitter(t *testing.T) {
+	t.Parallel()
+	seen := map[time.Duration]bool{}
+	for range 200 {
+		got := equalJitter(8 * time.Second)
+		if got < 4*time.Second || got >= 8*time.Second {
+			t.Fatalf("equalJitter(8s) = %s; want within [4s, 8s)", got)
+		}
+		seen[got] = true
+	}
+	if len(seen) < 100 {
+		t.Errorf("equalJitter(8s) gave %d distinct values in 200 calls; want spread", len(seen))
 	}
 }

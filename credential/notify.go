@@ -1,4 +1,4 @@
-package oauth2upstream
+package credential
 
 import (
 	"bytes"
@@ -39,21 +39,20 @@ const (
 )
 
 // notification is the body POSTed to the notify URL after each stored
-// change: the seed page's "updateKeys" emission. Token is the provider's
-// whole token response, so it holds token values by design; it is never
-// logged.
+// change. Token is the provider's whole token response, so it holds token
+// values by design; it is never logged.
 type notification struct {
 	Name       string         `json:"name"`
 	Generation int64          `json:"generation"`
 	Token      keystore.Token `json:"token"`
 }
 
-// notifier POSTs every key set change this process stores to a URL, in
-// order per key set, without holding up the refresher: keySetStored only
+// Notifier POSTs every key set change this process stores to a URL, in
+// order per key set, without holding up the refresher: KeySetStored only
 // queues. Each key set with changes to deliver has one worker goroutine,
 // which exits when its queue is empty, so a later generation never
 // overtakes an earlier one.
-type notifier struct {
+type Notifier struct {
 	url    string
 	client *http.Client
 	logger *zap.Logger
@@ -75,10 +74,12 @@ type notifier struct {
 	closed bool
 }
 
-func newNotifier(target string, logger *zap.Logger) *notifier {
+// NewNotifier returns a Notifier that POSTs to target, an https URL or
+// http to a loopback host (see ValidateNotifyURL).
+func NewNotifier(target string, logger *zap.Logger) *Notifier {
 	ctx, cancel := context.WithCancel(context.Background())
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	return &notifier{
+	return &Notifier{
 		url: target,
 		client: &http.Client{
 			Transport: transport,
@@ -98,14 +99,14 @@ func newNotifier(target string, logger *zap.Logger) *notifier {
 	}
 }
 
-// validateNotifyURL accepts an https URL, or http to a loopback host: the
+// ValidateNotifyURL accepts an https URL, or http to a loopback host: the
 // body carries refresh tokens.
-func validateNotifyURL(raw string) error {
-	return validateSecretsURL("notify", raw, false, "the notification carries the tokens", "")
+func ValidateNotifyURL(raw string) error {
+	return CheckSecretsURL("notify", raw, false, "the notification carries the tokens", "")
 }
 
-// keySetStored queues ks for delivery; it never blocks.
-func (n *notifier) keySetStored(ks *keystore.KeySet) {
+// KeySetStored queues ks for delivery; it never blocks.
+func (n *Notifier) KeySetStored(ks *keystore.KeySet) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -126,12 +127,15 @@ func (n *notifier) keySetStored(ks *keystore.KeySet) {
 	}
 }
 
-func (n *notifier) grantDone(string, error, time.Duration) {}
-func (n *notifier) keystoreFailed(string)                  {}
+// GrantDone implements Observer; grants are not notified, stored key sets are.
+func (n *Notifier) GrantDone(string, error, time.Duration) {}
+
+// KeystoreFailed implements Observer; failures are not notified.
+func (n *Notifier) KeystoreFailed(string) {}
 
 // deliverQueued delivers the changes of key set name, oldest first, until
 // none is waiting.
-func (n *notifier) deliverQueued(name string) {
+func (n *Notifier) deliverQueued(name string) {
 	defer n.workers.Done()
 	for {
 		n.mu.Lock()
@@ -155,7 +159,7 @@ func (n *notifier) deliverQueued(name string) {
 // deliver POSTs one change, retrying with a capped exponential backoff
 // until the receiver accepts it (2xx), refuses it for good (a 4xx other
 // than 408 and 429), or the notifier stops.
-func (n *notifier) deliver(ks *keystore.KeySet) {
+func (n *Notifier) deliver(ks *keystore.KeySet) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // the provider's exact text, as the keystore keeps it
@@ -193,7 +197,7 @@ type refusedError struct{ status int }
 func (e *refusedError) Error() string { return fmt.Sprintf("receiver answered %d", e.status) }
 
 // post sends one notification body. Its errors hold no part of the body.
-func (n *notifier) post(body []byte) error {
+func (n *Notifier) post(body []byte) error {
 	req, err := http.NewRequestWithContext(n.ctx, http.MethodPost, n.url, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("building notification request: %w", err)
@@ -216,10 +220,10 @@ func (n *notifier) post(body []byte) error {
 	}
 }
 
-// close stops accepting changes, waits up to drainTime for the pending
+// Close stops accepting changes, waits up to drainTime for the pending
 // ones to be delivered, then abandons the rest and waits for the workers
 // to end.
-func (n *notifier) close() {
+func (n *Notifier) Close() {
 	n.mu.Lock()
 	n.closed = true
 	n.mu.Unlock()

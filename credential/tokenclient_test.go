@@ -1,4 +1,4 @@
-package oauth2upstream
+package credential
 
 import (
 	"context"
@@ -82,23 +82,25 @@ const okTokenJSON = `{"access_token":"at-1","token_type":"Bearer","expires_in":3
 // clock; tests change the fields they are about.
 func newTestTokenClient(tokenURL string) *tokenClient {
 	return &tokenClient{
-		tokenURL:     tokenURL,
-		clientID:     "client-1",
-		clientSecret: "secret-1",
-		authStyle:    oauth2.AuthStyleInHeader,
-		grantType:    grantRefreshToken,
-		timeout:      10 * time.Second,
-		transport:    http.DefaultTransport,
-		now:          func() time.Time { return tokenClientTestNow },
+		TokenEndpoint: TokenEndpoint{
+			URL:          tokenURL,
+			ClientID:     "client-1",
+			ClientSecret: "secret-1",
+			AuthStyle:    oauth2.AuthStyleInHeader,
+			Grant:        GrantRefreshToken,
+			Timeout:      10 * time.Second,
+			Transport:    http.DefaultTransport,
+		},
+		now: func() time.Time { return tokenClientTestNow },
 	}
 }
 
-// asRefreshError returns err as a *RefreshError or fails the test.
-func asRefreshError(t *testing.T, err error) *RefreshError {
+// asError returns err as a *Error or fails the test.
+func asError(t *testing.T, err error) *Error {
 	t.Helper()
-	var re *RefreshError
+	var re *Error
 	if !errors.As(err, &re) {
-		t.Fatalf("error %v (%T) is not a *RefreshError", err, err)
+		t.Fatalf("error %v (%T) is not a *Error", err, err)
 	}
 	return re
 }
@@ -125,7 +127,7 @@ func TestTokenClientAuthStyle(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, tt.answer)
 			c := newTestTokenClient(te.URL())
-			c.authStyle = tt.style
+			c.AuthStyle = tt.style
 			_, err := c.grant(context.Background(), "sf", "rt-0")
 			if (err != nil) != tt.wantError {
 				t.Fatalf("grant(%q) = %v; want error %v", "sf", err, tt.wantError)
@@ -199,7 +201,7 @@ func TestTokenClientRefreshForm(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, answerJSON(http.StatusOK, okTokenJSON))
 			c := newTestTokenClient(te.URL())
-			c.scopes, c.params = tt.scopes, tt.params
+			c.Scopes, c.Params = tt.scopes, tt.params
 			if _, err := c.grant(context.Background(), "sf", "rt-0"); err != nil {
 				t.Fatalf("grant(%q) = %v; want nil", "sf", err)
 			}
@@ -243,7 +245,7 @@ func TestTokenClientClientCredentialsForm(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, answerJSON(http.StatusOK, okTokenJSON))
 			c := newTestTokenClient(te.URL())
-			c.grantType, c.scopes, c.params = grantClientCredentials, tt.scopes, tt.params
+			c.Grant, c.Scopes, c.Params = GrantClientCredentials, tt.scopes, tt.params
 			res, err := c.grant(context.Background(), "cc", "")
 			if err != nil {
 				t.Fatalf("grant(%q) = %v; want nil", "cc", err)
@@ -438,7 +440,7 @@ func TestTokenClientExpiryOf(t *testing.T) {
 // TestTokenClientClassify: OAuth errors and other 4xx answers are permanent,
 // 5xx and 429 are temporary (with Retry-After), and a 200 that holds no
 // usable token is a temporary invalid_token_response; the x/oauth2 error
-// stays reachable through RefreshError.Unwrap.
+// stays reachable through Error.Unwrap.
 func TestTokenClientClassify(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -462,17 +464,17 @@ func TestTokenClientClassify(t *testing.T) {
 		{
 			name:     "403 without OAuth code",
 			answer:   answerWith(http.StatusForbidden, "text/html", "<h1>forbidden</h1>"),
-			wantCode: codeTokenEndpointError, wantStatus: http.StatusForbidden,
+			wantCode: CodeTokenEndpointError, wantStatus: http.StatusForbidden,
 		},
 		{
 			name:     "500",
 			answer:   answerWith(http.StatusInternalServerError, "text/plain", "boom"),
-			wantCode: codeTokenEndpointUnavailable, wantTemporary: true, wantStatus: http.StatusInternalServerError,
+			wantCode: CodeTokenEndpointUnavailable, wantTemporary: true, wantStatus: http.StatusInternalServerError,
 		},
 		{
 			name:     "503",
 			answer:   answerWith(http.StatusServiceUnavailable, "text/html", "<h1>down</h1>"),
-			wantCode: codeTokenEndpointUnavailable, wantTemporary: true, wantStatus: http.StatusServiceUnavailable,
+			wantCode: CodeTokenEndpointUnavailable, wantTemporary: true, wantStatus: http.StatusServiceUnavailable,
 		},
 		{
 			name:     "503 temporarily_unavailable",
@@ -485,23 +487,23 @@ func TestTokenClientClassify(t *testing.T) {
 				w.Header().Set("Retry-After", "7")
 				w.WriteHeader(http.StatusTooManyRequests)
 			},
-			wantCode: codeTokenEndpointUnavailable, wantTemporary: true, wantRetry: 7 * time.Second,
+			wantCode: CodeTokenEndpointUnavailable, wantTemporary: true, wantRetry: 7 * time.Second,
 			wantStatus: http.StatusTooManyRequests,
 		},
 		{
 			name:     "200 without access_token",
 			answer:   answerJSON(http.StatusOK, `{"token_type":"Bearer","expires_in":3600}`),
-			wantCode: codeInvalidTokenResponse, wantTemporary: true,
+			wantCode: CodeInvalidTokenResponse, wantTemporary: true,
 		},
 		{
 			name:     "200 not JSON",
 			answer:   answerWith(http.StatusOK, "text/html", "<html>login page</html>"),
-			wantCode: codeInvalidTokenResponse, wantTemporary: true,
+			wantCode: CodeInvalidTokenResponse, wantTemporary: true,
 		},
 		{
 			name:     "200 JSON null",
 			answer:   answerJSON(http.StatusOK, `null`),
-			wantCode: codeInvalidTokenResponse, wantTemporary: true,
+			wantCode: CodeInvalidTokenResponse, wantTemporary: true,
 		},
 	}
 	for _, tt := range tests {
@@ -509,7 +511,7 @@ func TestTokenClientClassify(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, tt.answer)
 			_, err := newTestTokenClient(te.URL()).grant(context.Background(), "sf", "rt-0")
-			re := asRefreshError(t, err)
+			re := asError(t, err)
 			if re.KeySet != "sf" || re.Code != tt.wantCode || re.Temporary != tt.wantTemporary || re.RetryAfter != tt.wantRetry {
 				t.Errorf("grant(%q) = {KeySet %q, Code %q, Temporary %v, RetryAfter %v}; want {sf, %q, %v, %v}",
 					"sf", re.KeySet, re.Code, re.Temporary, re.RetryAfter, tt.wantCode, tt.wantTemporary, tt.wantRetry)
@@ -540,9 +542,9 @@ func TestTokenClientConnectionRefused(t *testing.T) {
 	ln.Close()
 
 	_, err = newTestTokenClient("http://"+addr+"/token").grant(context.Background(), "sf", "rt-0")
-	re := asRefreshError(t, err)
-	if re.Code != codeTokenEndpointUnavailable || !re.Temporary {
-		t.Errorf("grant(%q) = {Code %q, Temporary %v}; want {%q, true}", "sf", re.Code, re.Temporary, codeTokenEndpointUnavailable)
+	re := asError(t, err)
+	if re.Code != CodeTokenEndpointUnavailable || !re.Temporary {
+		t.Errorf("grant(%q) = {Code %q, Temporary %v}; want {%q, true}", "sf", re.Code, re.Temporary, CodeTokenEndpointUnavailable)
 	}
 }
 
@@ -561,13 +563,13 @@ func TestTokenClientTimeout(t *testing.T) {
 	t.Cleanup(func() { close(release) }) // runs before srv.Close
 
 	c := newTestTokenClient(srv.URL + "/token")
-	c.timeout = 100 * time.Millisecond
+	c.Timeout = 100 * time.Millisecond
 	start := time.Now()
 	_, err := c.grant(context.Background(), "sf", "rt-0")
 	elapsed := time.Since(start)
-	re := asRefreshError(t, err)
-	if re.Code != codeTokenEndpointUnavailable || !re.Temporary {
-		t.Errorf("grant(%q) = {Code %q, Temporary %v}; want {%q, true}", "sf", re.Code, re.Temporary, codeTokenEndpointUnavailable)
+	re := asError(t, err)
+	if re.Code != CodeTokenEndpointUnavailable || !re.Temporary {
+		t.Errorf("grant(%q) = {Code %q, Temporary %v}; want {%q, true}", "sf", re.Code, re.Temporary, CodeTokenEndpointUnavailable)
 	}
 	if !strings.Contains(re.Description, "did not answer within 100ms") {
 		t.Errorf("grant(%q) description = %q; want it to name the 100ms timeout", "sf", re.Description)
@@ -598,7 +600,7 @@ func TestTokenClientRefusesRedirect(t *testing.T) {
 			if n := len(target.seen()); n != 0 {
 				t.Errorf("redirect target got %d requests; want 0", n)
 			}
-			if re := asRefreshError(t, err); re.Temporary {
+			if re := asError(t, err); re.Temporary {
 				t.Errorf("grant(%q) Temporary = true; want false for a redirect", "sf")
 			}
 		})
@@ -607,7 +609,7 @@ func TestTokenClientRefusesRedirect(t *testing.T) {
 
 // TestTokenClientErrorsHoldNoSecrets: an error description echoing the
 // refresh token or client secret is redacted, and the response body never
-// appears in RefreshError.Error() (invariant 7).
+// appears in Error.Error() (invariant 7).
 func TestTokenClientErrorsHoldNoSecrets(t *testing.T) {
 	t.Parallel()
 	const refreshToken, marker = "rt-very-secret-0", "BODY-MARKER"
@@ -643,7 +645,7 @@ func TestTokenClientErrorsHoldNoSecrets(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, tt.answer)
 			c := newTestTokenClient(te.URL())
-			c.authStyle = tt.style
+			c.AuthStyle = tt.style
 			_, err := c.grant(context.Background(), "sf", refreshToken)
 			if err == nil {
 				t.Fatalf("grant(%q) = nil; want an error", "sf")

@@ -1,4 +1,4 @@
-package oauth2upstream
+package credential
 
 import (
 	"fmt"
@@ -8,19 +8,19 @@ import (
 // Error codes of our own, used where the token endpoint gave no OAuth error
 // code (RFC 6749 section 5.2 defines invalid_grant, invalid_client, ...).
 const (
-	codeNoKeySet                 = "no_key_set"
-	codeInvalidKeySetName        = "invalid_key_set_name"
-	codeTokenEndpointUnavailable = "token_endpoint_unavailable"
-	codeTokenEndpointError       = "token_endpoint_error"
-	codeInvalidTokenResponse     = "invalid_token_response"
-	codeKeystoreUnavailable      = "keystore_unavailable"
-	codeKeystoreCorrupt          = "keystore_corrupt"
+	CodeNoKeySet                 = "no_key_set"
+	CodeInvalidKeySetName        = "invalid_key_set_name"
+	CodeTokenEndpointUnavailable = "token_endpoint_unavailable"
+	CodeTokenEndpointError       = "token_endpoint_error"
+	CodeInvalidTokenResponse     = "invalid_token_response"
+	CodeKeystoreUnavailable      = "keystore_unavailable"
+	CodeKeystoreCorrupt          = "keystore_corrupt"
 )
 
-// RefreshError says why a key set cannot give a usable token. Its message
-// names the key set and the OAuth error code and never holds a token value:
+// Error says why a key set cannot give a usable token. Its message names the
+// key set and the OAuth error code and never holds a token value:
 // descriptions from the token endpoint are redacted before they get here.
-type RefreshError struct {
+type Error struct {
 	// KeySet is the name of the key set that failed.
 	KeySet string
 	// Code is the OAuth error code (invalid_grant, invalid_client, ...)
@@ -41,7 +41,7 @@ type RefreshError struct {
 	Err error
 }
 
-func (e *RefreshError) Error() string {
+func (e *Error) Error() string {
 	msg := fmt.Sprintf("key set %q: %s", e.KeySet, e.Code)
 	if e.Description != "" {
 		msg += ": " + e.Description
@@ -49,4 +49,4 @@ func (e *RefreshError) Error() string {
 	return msg
 }
 
-func (e *RefreshError) Unwrap() error { return e.Err }
+func (e *Error) Unwrap() error { return e.Err }

@@ -1,0 +1,161 @@
+package credentialtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Notification is the body a notify receiver gets, as the receiver decodes
+// it.
+type Notification struct {
+	Name       string         `json:"name"`
+	Generation int64          `json:"generation"`
+	Token      keystore.Token `json:"token"`
+}
+
+// Receiver is a notification receiver: it records what it accepts and can
+// fail, refuse or hold deliveries.
+type Receiver struct {
+	Server *httptest.Server
+	// Arrived gets the key set name of every POST as it arrives.
+	Arrived chan string
+
+	Mu       sync.Mutex // guards the fields below
+	FailNext int        // answer 503 to this many more POSTs
+	Refuse   map[int64]bool
+	Hold     string // POSTs for this key set wait until Unblock
+	Attempts int
+	Bad      []string // requests that were not a proper notification
+	got      []Notification
+	raw      []string
+	release  chan struct{}
+}
+
+// NewReceiver starts a receiver that accepts every notification.
+func NewReceiver(t testing.TB) *Receiver {
+	rcv := &Receiver{Arrived: make(chan string, 1024), Refuse: map[int64]bool{}, release: make(chan struct{})}
+	rcv.Server = httptest.NewServer(http.HandlerFunc(rcv.serve))
+	t.Cleanup(rcv.Server.Close)
+	t.Cleanup(rcv.Unblock) // before the server closes: Close waits for handlers
+	return rcv
+}
+
+// Unblock releases the deliveries that Hold holds, and every later one.
+func (rcv *Receiver) Unblock() {
+	rcv.Mu.Lock()
+	defer rcv.Mu.Unlock()
+	select {
+	case <-rcv.release:
+	default:
+		close(rcv.release)
+	}
+}
+
+func (rcv *Receiver) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var n Notification
+	err := json.Unmarshal(body, &n)
+	rcv.Arrived <- n.Name
+	rcv.Mu.Lock()
+	rcv.Attempts++
+	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" || err != nil {
+		rcv.Bad = append(rcv.Bad, fmt.Sprintf("%s %s %q", r.Method, r.Header.Get("Content-Type"), body))
+	}
+	hold, release := rcv.Hold == n.Name, rcv.release
+	rcv.Mu.Unlock()
+	if hold {
+		<-release
+	}
+	rcv.Mu.Lock()
+	defer rcv.Mu.Unlock()
+	switch {
+	case rcv.FailNext > 0:
+		rcv.FailNext--
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	case rcv.Refuse[n.Generation]:
+		http.Error(w, "no", http.StatusBadRequest)
+	default:
+		rcv.got = append(rcv.got, n)
+		rcv.raw = append(rcv.raw, string(body))
+	}
+}
+
+// Notifications returns the accepted notifications, in arrival order.
+func (rcv *Receiver) Notifications() []Notification {
+	rcv.Mu.Lock()
+	defer rcv.Mu.Unlock()
+	return append([]Notification(nil), rcv.got...)
+}
+
+// Bodies returns the accepted notifications' bodies, verbatim.
+func (rcv *Receiver) Bodies() []string {
+	rcv.Mu.Lock()
+	defer rcv.Mu.Unlock()
+	return append([]string(nil), rcv.raw...)
+}
+
+// WaitFor waits until the receiver accepted n notifications.
+func (rcv *Receiver) WaitFor(t testing.TB, n int) {
+	t.Helper()
+	Eventually(t, fmt.Sprintf("%d notifications", n), func() bool { return len(rcv.Notifications()) >= n })
+}
+
+// Generations lists the generations of key set name in got.
+func Generations(got []Notification, name string) []int64 {
+	var out []int64
+	for _, n := range got {
+		if n.Name == name {
+			out = append(out, n.Generation)
+		}
+	}
+	return out
+}
+
+// TokenOf decodes a token response written as JSON.
+func TokenOf(t testing.TB, s string) keystore.Token {
+	t.Helper()
+	var tok keystore.Token
+	if err := json.Unmarshal([]byte(s), &tok); err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// SameJSON reports whether two tokens hold the same JSON values.
+func SameJSON(a, b keystore.Token) bool {
+	decode := func(t keystore.Token) map[string]any {
+		out := make(map[string]any, len(t))
+		for k, v := range t {
+			var x any
+			json.Unmarshal(v, &x)
+			out[k] = x
+		}
+		return out
+	}
+	return reflect.DeepEqual(decode(a), decode(b))
+}
+
+// Eventually polls cond until it holds or a deadline passes. It is for
+// conditions that nothing signals (another goroutine's progress seen
+// through a public method).
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}

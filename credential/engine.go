@@ -1,0 +1,297 @@
+// Package credential keeps OAuth2 credentials usable: it loads key sets from
+// a keystore, hands out the access token to send, refreshes it once however
+// many requests wait (and, through the keystore's lock, once per cluster),
+// stores every new key set durably before its refresh token can be spent
+// again, and reports what it does to observers. It knows nothing of Caddy:
+// the root package adapts it to a Caddy handler, and Transport adapts it to
+// an http.RoundTripper for Go programs.
+package credential
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Refresh modes (Config.Mode).
+const (
+	// ModeProactive refreshes ahead of a known expiry, without holding up
+	// requests while the current token is valid, and on a rejection.
+	ModeProactive = "proactive"
+	// ModeReactive refreshes only when the upstream rejects the token:
+	// the classic "wait for the 401".
+	ModeReactive = "reactive"
+	// ModeAlways makes a grant before every request, as some providers
+	// want; requests that arrive during a grant share it.
+	ModeAlways = "always"
+)
+
+// Defaults of Config.
+const (
+	DefaultSkew         = 30 * time.Second
+	DefaultTokenTimeout = 10 * time.Second
+)
+
+// Config is what an Engine needs besides its keystore.
+type Config struct {
+	// Endpoint is where and how grants are made.
+	Endpoint TokenEndpoint
+	// Mode is ModeProactive (the default), ModeReactive or ModeAlways.
+	Mode string
+	// Skew is how long before the expiry a proactive refresh starts.
+	// Zero refreshes at the expiry itself.
+	Skew time.Duration
+	// SeedName names the key set that SeedToken (a refresh token) seeds
+	// when the keystore has no key set of that name.
+	SeedName  string
+	SeedToken string
+	// MaxWait bounds how long a request waits for a refresh another
+	// request started; zero: only the request's context bounds it.
+	MaxWait time.Duration
+	// Header renders an access token as the value of the header that
+	// carries it. Default: "Bearer <token>".
+	Header func(accessToken string) string
+	// Logger receives the engine's logs, which hold no token value.
+	// Default: none.
+	Logger *zap.Logger
+	// Observer learns of grants, stored key sets and keystore failures.
+	Observer Observer
+	// Now is the engine's clock. Default: time.Now.
+	Now func() time.Time
+}
+
+// Credential is a key set ready for requests: the document, and what every
+// request reads from it, worked out once (the access token is raw JSON in
+// the document; decoding it per request costs six allocations, measured by
+// BenchmarkHandlerFastPath).
+type Credential struct {
+	// KeySet is the key set document. It must not be modified.
+	KeySet *keystore.KeySet
+	// Header is the value of the header that carries the access token.
+	Header string
+
+	hasAccessToken bool // KeySet.Token.AccessToken() != ""
+}
+
+// usable reports whether the credential's access token can be sent at now.
+func (c *Credential) usable(now time.Time) bool { return !c.expiring(now, 0) }
+
+// expiring is KeySet.Expiring(now, skew) without decoding the token.
+func (c *Credential) expiring(now time.Time, skew time.Duration) bool {
+	return !c.hasAccessToken || c.KeySet.ExpiresWithin(now, skew)
+}
+
+// Engine keeps the tokens of every key set it is asked for: it loads them
+// from the keystore, makes at most one grant at a time per key set (and,
+// through the keystore's lock, per cluster), and stores each new key set
+// before anything uses it.
+type Engine struct {
+	store     keystore.Store
+	client    *tokenClient
+	mode      string
+	skew      time.Duration
+	seedName  string
+	seedToken string
+	headerFor func(accessToken string) string
+	maxWait   time.Duration
+	// jitter spreads a backoff so that replicas that failed together do
+	// not retry together; nil keeps backoffs exact (tests).
+	jitter     func(time.Duration) time.Duration
+	now        func() time.Time
+	logger     *zap.Logger
+	observer   Observer
+	flightsRun sync.WaitGroup // flights still running, waited for by Close
+
+	mu     sync.Mutex // guards states
+	states map[string]*keySetState
+}
+
+// New returns an Engine over store.
+func New(store keystore.Store, cfg Config) *Engine {
+	endpoint := cfg.Endpoint
+	if endpoint.Grant == "" {
+		endpoint.Grant = GrantRefreshToken
+	}
+	if endpoint.AuthStyle == oauth2.AuthStyleAutoDetect {
+		endpoint.AuthStyle = oauth2.AuthStyleInHeader
+	}
+	if endpoint.Timeout <= 0 {
+		endpoint.Timeout = DefaultTokenTimeout
+	}
+	if endpoint.Transport == nil {
+		endpoint.Transport = http.DefaultTransport
+	}
+	e := &Engine{
+		store:     store,
+		client:    &tokenClient{TokenEndpoint: endpoint, now: time.Now},
+		mode:      cfg.Mode,
+		skew:      cfg.Skew,
+		seedName:  cfg.SeedName,
+		seedToken: cfg.SeedToken,
+		headerFor: cfg.Header,
+		maxWait:   cfg.MaxWait,
+		jitter:    equalJitter,
+		now:       time.Now,
+		logger:    cfg.Logger,
+		observer:  cfg.Observer,
+		states:    make(map[string]*keySetState),
+	}
+	if e.mode == "" {
+		e.mode = ModeProactive
+	}
+	if e.headerFor == nil {
+		e.headerFor = func(accessToken string) string { return "Bearer " + accessToken }
+	}
+	if e.logger == nil {
+		e.logger = zap.NewNop()
+	}
+	if e.observer == nil {
+		e.observer = Observers(nil)
+	}
+	if cfg.Now != nil {
+		e.now, e.client.now = cfg.Now, cfg.Now
+	}
+	return e
+}
+
+// Store returns the engine's keystore.
+func (e *Engine) Store() keystore.Store { return e.store }
+
+// Current returns the credential to send for key set name now, refreshing
+// first when the mode or the token's expiry demands it.
+func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) {
+	st, err := e.state(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	now := e.now()
+	cred := st.cred
+	switch {
+	case e.mode == ModeAlways || !cred.usable(now):
+		// A grant is due: unless a recent failure says it would fail again.
+		if err := e.blockedLocked(ctx, st, name, now); err != nil {
+			st.mu.Unlock()
+			return nil, err
+		}
+	case e.mode == ModeProactive && cred.expiring(now, e.skew):
+		// Still valid: refresh in the background and keep serving it.
+		if st.flight == nil && e.blockedLocked(ctx, st, name, now) == nil {
+			e.startFlightLocked(st, name, cred.KeySet.Generation)
+		}
+		fallthrough
+	default:
+		st.mu.Unlock()
+		return cred, nil
+	}
+	st.mu.Unlock()
+	return e.await(ctx, st, name, cred.KeySet.Generation)
+}
+
+// Rejected is called when the upstream rejected a request that carried
+// generation gen of key set name. It returns a newer credential: the current
+// one if it is already newer (no grant), else a refreshed one.
+func (e *Engine) Rejected(ctx context.Context, name string, gen int64) (*Credential, error) {
+	st, err := e.state(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	if cred := st.cred; newer(cred.KeySet, gen) {
+		st.mu.Unlock()
+		return cred, nil
+	}
+	if err := e.blockedLocked(ctx, st, name, e.now()); err != nil {
+		st.mu.Unlock()
+		return nil, err
+	}
+	st.mu.Unlock()
+	return e.await(ctx, st, name, gen)
+}
+
+// Close waits for refreshes in flight: a grant that succeeded must be stored,
+// whatever happens to the caller, or a rotated refresh token is lost.
+func (e *Engine) Close() { e.flightsRun.Wait() }
+
+// state returns the state of key set name, loading (and seeding) it from the
+// keystore the first time. Names that are not stored get no state, so
+// names chosen by clients cannot grow the map.
+func (e *Engine) state(ctx context.Context, name string) (*keySetState, error) {
+	e.mu.Lock()
+	st := e.states[name]
+	e.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	ks, err := e.load(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if st = e.states[name]; st == nil {
+		st = &keySetState{cred: e.credentialFor(ks)}
+		e.states[name] = st
+	}
+	return st, nil
+}
+
+// load reads key set name from the keystore. A missing key set is seeded
+// from SeedToken when SeedName names it, and starts empty for the
+// client_credentials grant, which needs no seed.
+func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error) {
+	ks, err := e.store.Load(ctx, name)
+	switch {
+	case err == nil:
+		return ks, nil
+	case !errors.Is(err, keystore.ErrNotFound):
+		return nil, e.keystoreError(name, "load", "loading", err)
+	case name == e.seedName && e.seedToken != "":
+		seed := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: e.now().UTC(), Token: keystore.Token{}}
+		seed.Token.SetString(keystore.FieldRefreshToken, e.seedToken)
+		err := e.store.Save(ctx, seed)
+		if errors.Is(err, keystore.ErrConflict) {
+			return e.load(ctx, name) // seeded concurrently; use what won
+		}
+		if err != nil {
+			return nil, e.keystoreError(name, "save", "storing the seed", err)
+		}
+		e.observer.KeySetStored(seed)
+		e.logger.Info("seeded key set from the refresh_token option", zap.String("key_set", name))
+		return seed, nil
+	case e.client.Grant == GrantClientCredentials:
+		return &keystore.KeySet{Name: name, Token: keystore.Token{}}, nil
+	default:
+		return nil, &Error{KeySet: name, Code: CodeNoKeySet, Err: err,
+			Description: "no such key set in the keystore; seed it with the refresh_token option or store a key set document"}
+	}
+}
+
+func (e *Engine) credentialFor(ks *keystore.KeySet) *Credential {
+	accessToken := ks.Token.AccessToken()
+	return &Credential{KeySet: ks, Header: e.headerFor(accessToken), hasAccessToken: accessToken != ""}
+}
+
+// newer reports whether candidate supersedes the key set of generation
+// have. Generations only grow, so every decision to adopt a key set (from a
+// flight, the keystore, an operator) is this comparison.
+func newer(candidate *keystore.KeySet, have int64) bool {
+	return candidate != nil && candidate.Generation > have
+}
+
+// equalJitter returns a duration in [d/2, d): half the backoff is kept, the
+// other half is random, so replicas that failed together spread out.
+func equalJitter(d time.Duration) time.Duration {
+	if d < 2 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
+}

@@ -1,0 +1,160 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Backoff after a temporary refresh failure: no new grant is attempted
+// before it ends, so a dead token endpoint is not hammered by every request.
+const (
+	minFailureBackoff = time.Second
+	maxFailureBackoff = 30 * time.Second
+)
+
+// storeTimeout bounds one refresh's keystore work: waiting for the lock,
+// reading, and writing the new key set.
+const storeTimeout = 30 * time.Second
+
+// flight is one refresh in progress for a key set; requests that need it
+// wait on done and share its result.
+type flight struct {
+	done chan struct{}
+	cred *Credential
+	err  error
+}
+
+// keySetState is the in-process state of one key set.
+type keySetState struct {
+	mu sync.Mutex // guards every field below
+
+	cred    *Credential      // the key set in use; never nil
+	flight  *flight          // the refresh in progress, or nil
+	failure *Error           // the last refresh failure, nil after a success
+	retryAt time.Time        // after a temporary failure: no grant before this
+	backoff time.Duration    // the current temporary-failure backoff
+	unsaved *keystore.KeySet // granted, but not yet accepted by the keystore
+
+	lastRefresh time.Time // when the last refresh ended, zero before one
+}
+
+// adoptLocked makes cred the credential in use when it is newer. st.mu must
+// be held.
+func (st *keySetState) adoptLocked(cred *Credential) {
+	if newer(cred.KeySet, st.cred.KeySet.Generation) {
+		st.cred = cred
+	}
+}
+
+// blockedLocked returns the error a request gets instead of a new grant:
+// the permanent failure of the current generation (unless the keystore now
+// holds a newer one, which it adopts), or a temporary failure whose backoff
+// has not ended. st.mu must be held.
+func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string, now time.Time) error {
+	if st.failure == nil || st.flight != nil {
+		return nil
+	}
+	if st.failure.Temporary {
+		if wait := st.retryAt.Sub(now); wait > 0 {
+			blocked := *st.failure
+			blocked.RetryAfter = wait
+			return &blocked
+		}
+		return nil
+	}
+	// Permanent: only a new key set (another replica's rotation, an
+	// operator's reseed) can help, and that shows in the keystore.
+	if stored := e.storedNewer(ctx, name, st.cred.KeySet.Generation); stored != nil {
+		st.adoptLocked(e.credentialFor(stored))
+		st.failure = nil
+		return nil
+	}
+	return st.failure
+}
+
+// await joins the refresh in flight for the key set, or starts one, and
+// waits for its result or for ctx to end.
+func (e *Engine) await(ctx context.Context, st *keySetState, name string, stale int64) (*Credential, error) {
+	st.mu.Lock()
+	f := st.flight
+	if f == nil {
+		f = e.startFlightLocked(st, name, stale)
+	}
+	st.mu.Unlock()
+	var timeout <-chan time.Time
+	if e.maxWait > 0 {
+		timer := time.NewTimer(e.maxWait)
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	select {
+	case <-f.done:
+		return f.cred, f.err
+	case <-ctx.Done():
+		return nil, &Error{KeySet: name, Code: CodeTokenEndpointUnavailable, Temporary: true,
+			Description: "request ended while waiting for the token refresh", Err: ctx.Err()}
+	case <-timeout:
+		// The refresh goes on and will be stored; this request stops waiting.
+		return nil, &Error{KeySet: name, Code: CodeTokenEndpointUnavailable, Temporary: true,
+			RetryAfter: time.Second, Description: fmt.Sprintf("token refresh took longer than max_wait (%s)", e.maxWait)}
+	}
+}
+
+// startFlightLocked starts a refresh of a key set whose generation stale was
+// found wanting. The refresh runs on its own goroutine and context: a client
+// that goes away must not abort a grant between the token endpoint's answer
+// and the keystore write. st.mu must be held.
+func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64) *flight {
+	f := &flight{done: make(chan struct{})}
+	st.flight = f
+	e.flightsRun.Add(1)
+	go func() {
+		defer e.flightsRun.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*storeTimeout+e.client.Timeout)
+		defer cancel()
+		cred, err := e.refresh(ctx, st, name, stale)
+
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		now := e.now()
+		st.lastRefresh = now
+		if err == nil {
+			// An operator's PUT may have stored a newer generation meanwhile.
+			st.adoptLocked(cred)
+			st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
+		} else {
+			err = e.recordFailureLocked(st, name, err, now)
+		}
+		f.cred, f.err = cred, err
+		st.flight = nil
+		close(f.done)
+	}()
+	return f
+}
+
+// recordFailureLocked keeps a refresh failure so that further requests do
+// not repeat the grant: permanent ones until the keystore changes, temporary
+// ones for a doubling backoff. st.mu must be held.
+func (e *Engine) recordFailureLocked(st *keySetState, name string, err error, now time.Time) error {
+	var re *Error
+	if !errors.As(err, &re) {
+		re = &Error{KeySet: name, Code: CodeKeystoreUnavailable, Description: err.Error(), Temporary: true, Err: err}
+	}
+	if re.Temporary {
+		st.backoff = min(max(2*st.backoff, minFailureBackoff), maxFailureBackoff)
+		wait := st.backoff
+		if e.jitter != nil {
+			wait = e.jitter(wait)
+		}
+		wait = max(wait, re.RetryAfter)
+		st.retryAt = now.Add(wait)
+		re.RetryAfter = wait
+	}
+	st.failure = re
+	return re
+}

@@ -1,0 +1,83 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Put stores token as the next generation of key set name, seeding it if
+// missing, and takes it into use at once. token must hold a refresh_token
+// or an access_token.
+func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*keystore.KeySet, error) {
+	if err := keystore.ValidateName(name); err != nil {
+		return nil, err
+	}
+	if token.AccessToken() == "" && token.RefreshToken() == "" {
+		return nil, errors.New("the token holds neither an access_token nor a refresh_token")
+	}
+	unlock, err := e.store.Lock(ctx, name)
+	if err != nil {
+		return nil, e.keystoreError(name, "lock", "taking the refresh lock", err)
+	}
+	defer unlock()
+	current, err := e.store.Load(ctx, name)
+	switch {
+	case errors.Is(err, keystore.ErrNotFound):
+		current = &keystore.KeySet{Name: name}
+	case err != nil && !errors.Is(err, keystore.ErrCorrupt):
+		return nil, e.keystoreError(name, "load", "loading", err)
+	case err != nil:
+		// Replacing a corrupt document is what an operator's PUT is for;
+		// its generation is unknown, so the write must be unconditional.
+		return nil, fmt.Errorf("key set %q: the stored document is corrupt; remove it from the keystore first: %w", name, err)
+	}
+	now := e.now()
+	// Next keeps the old refresh token when the new token has none; an
+	// operator who sends only an access token wants exactly that.
+	next := current.Next(token, expiryOf(token, now), now)
+	if err := e.store.Save(ctx, next); err != nil {
+		return nil, e.keystoreError(name, "save", "storing the key set", err)
+	}
+	e.observer.KeySetStored(next)
+	e.Adopt(name, next)
+	return next, nil
+}
+
+// Adopt makes ks the key set in use for name when it is newer than the one
+// in use, and clears any failure: a new key set deserves a fresh start. It
+// is for key sets another engine over the same keystore just stored.
+func (e *Engine) Adopt(name string, ks *keystore.KeySet) {
+	cred := e.credentialFor(ks)
+	e.mu.Lock()
+	st := e.states[name]
+	if st == nil {
+		st = &keySetState{cred: cred}
+		e.states[name] = st
+	}
+	e.mu.Unlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.adoptLocked(cred)
+	st.failure, st.backoff, st.retryAt, st.unsaved = nil, 0, time.Time{}, nil
+}
+
+// ForceRefresh makes a grant for key set name now, ignoring any backoff.
+func (e *Engine) ForceRefresh(ctx context.Context, name string) (*keystore.KeySet, error) {
+	st, err := e.state(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	gen := st.cred.KeySet.Generation
+	st.failure, st.retryAt = nil, time.Time{}
+	st.mu.Unlock()
+	cred, err := e.await(ctx, st, name, gen)
+	if err != nil {
+		return nil, err
+	}
+	return cred.KeySet, nil
+}

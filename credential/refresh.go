@@ -1,0 +1,177 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// refresh runs under the keystore's lock: re-read the key set, adopt it if
+// another process already replaced generation stale, else store any key set
+// granted earlier but not yet stored, else grant and store the result.
+func (e *Engine) refresh(ctx context.Context, st *keySetState, name string, stale int64) (*Credential, error) {
+	unlock, err := e.store.Lock(ctx, name)
+	if err != nil {
+		return nil, e.keystoreError(name, "lock", "taking the refresh lock", err)
+	}
+	defer func() {
+		if err := unlock(); err != nil {
+			e.logger.Warn("releasing key set lock", zap.String("key_set", name), zap.Error(err))
+		}
+	}()
+	stored, err := e.load(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if newer(stored, stale) && !stored.Expiring(e.now(), 0) {
+		e.logger.Debug("adopted key set stored by another refresher",
+			zap.String("key_set", name), zap.Int64("generation", stored.Generation))
+		return e.credentialFor(stored), nil
+	}
+	if cred, done, err := e.storeUnsaved(ctx, st, stored); done {
+		return cred, err
+	}
+	return e.grant(ctx, st, stored)
+}
+
+// storedNewer re-reads key set name and returns it when the keystore holds
+// a generation newer than have (another replica's rotation, an operator's
+// reseed), else nil. A failed read counts as nothing newer.
+func (e *Engine) storedNewer(ctx context.Context, name string, have int64) *keystore.KeySet {
+	stored, err := e.store.Load(ctx, name)
+	if err != nil || !newer(stored, have) {
+		return nil
+	}
+	return stored
+}
+
+// storeUnsaved retries the keystore write of a key set granted by an earlier
+// refresh. While one is pending no grant is made: its predecessor's refresh
+// token may already be spent. done reports whether the refresh ends here.
+func (e *Engine) storeUnsaved(ctx context.Context, st *keySetState, stored *keystore.KeySet) (*Credential, bool, error) {
+	st.mu.Lock()
+	pending := st.unsaved
+	st.mu.Unlock()
+	if pending == nil {
+		return nil, false, nil
+	}
+	if pending.Generation != stored.Generation+1 {
+		// The keystore moved on without it; what is stored wins.
+		e.setUnsaved(st, nil)
+		return nil, false, nil
+	}
+	if err := e.store.Save(ctx, pending); err != nil {
+		return nil, true, e.keystoreError(stored.Name, "save", "storing the key set granted earlier", err)
+	}
+	e.setUnsaved(st, nil)
+	e.observer.KeySetStored(pending)
+	e.logger.Info("stored key set granted earlier", zap.String("key_set", pending.Name), zap.Int64("generation", pending.Generation))
+	return e.credentialFor(pending), true, nil
+}
+
+func (e *Engine) setUnsaved(st *keySetState, ks *keystore.KeySet) {
+	st.mu.Lock()
+	st.unsaved = ks
+	st.mu.Unlock()
+}
+
+// grant spends stored's refresh token (or the client credentials) and stores
+// the whole response as the next generation before returning it.
+func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.KeySet) (*Credential, error) {
+	name := stored.Name
+	start := e.now()
+	e.logger.Info("refreshing key set", zap.String("key_set", name), zap.Int64("generation", stored.Generation), zap.String("grant", e.client.Grant))
+	res, err := e.client.grant(ctx, name, stored.Token.RefreshToken())
+	e.observer.GrantDone(name, err, e.now().Sub(start))
+	if err != nil {
+		var re *Error
+		if errors.As(err, &re) && re.Code == "invalid_grant" {
+			// Another process may have spent this refresh token and stored
+			// its successor (a writer that did not take the lock).
+			if again := e.storedNewer(ctx, name, stored.Generation); again != nil {
+				e.logger.Info("refresh token was spent elsewhere; adopted the stored successor",
+					zap.String("key_set", name), zap.Int64("generation", again.Generation))
+				return e.adoptOrGrant(ctx, st, again)
+			}
+		}
+		e.logRefreshFailure(name, stored.Generation, start, err)
+		return nil, err
+	}
+	next := stored.Next(res.token, res.expiry, e.now())
+	if err := e.store.Save(ctx, next); err != nil {
+		if errors.Is(err, keystore.ErrConflict) {
+			// Our lock lapsed and another holder stored a newer generation:
+			// the generation fenced our write, theirs is authoritative.
+			if again := e.storedNewer(ctx, name, stored.Generation); again != nil {
+				e.logger.Warn("a newer key set was stored during our grant; adopted it",
+					zap.String("key_set", name), zap.Int64("generation", again.Generation))
+				return e.adoptOrGrant(ctx, st, again)
+			}
+		}
+		e.setUnsaved(st, next)
+		err = e.keystoreError(name, "save", "storing the new key set (kept in memory; no grant until it is stored)", err)
+		e.logRefreshFailure(name, stored.Generation, start, err)
+		return nil, err
+	}
+	e.observer.KeySetStored(next)
+	e.logger.Info("refreshed key set",
+		zap.String("key_set", name),
+		zap.Int64("generation", next.Generation),
+		zap.Duration("duration", e.now().Sub(start)),
+		zap.String("result", "ok"),
+		zap.Bool("refresh_token_rotated", next.Token.RefreshToken() != stored.Token.RefreshToken()),
+		zap.Timep("expiry", optionalTime(next.Expiry)))
+	return e.credentialFor(next), nil
+}
+
+// adoptOrGrant takes a newer stored key set: as it is when its access token
+// is usable, else (an operator's seed) by granting with its refresh token.
+// Generations only grow, so this ends.
+func (e *Engine) adoptOrGrant(ctx context.Context, st *keySetState, successor *keystore.KeySet) (*Credential, error) {
+	if !successor.Expiring(e.now(), 0) {
+		return e.credentialFor(successor), nil
+	}
+	return e.grant(ctx, st, successor)
+}
+
+func (e *Engine) logRefreshFailure(name string, gen int64, start time.Time, err error) {
+	fields := []zap.Field{
+		zap.String("key_set", name),
+		zap.Int64("generation", gen),
+		zap.Duration("duration", e.now().Sub(start)),
+		zap.String("result", "error"),
+	}
+	var re *Error
+	if errors.As(err, &re) {
+		fields = append(fields, zap.String("error_code", re.Code), zap.Bool("temporary", re.Temporary))
+	}
+	// Error's message holds no token values (see its doc).
+	e.logger.Error("refreshing key set failed", append(fields, zap.String("error", err.Error()))...)
+}
+
+// keystoreError classifies a keystore failure, counted by operation (lock,
+// load, save): a corrupt document needs a person (permanent), anything else
+// may pass (temporary).
+func (e *Engine) keystoreError(name, operation, doing string, err error) *Error {
+	e.observer.KeystoreFailed(operation)
+	re := &Error{KeySet: name, Code: CodeKeystoreUnavailable, Temporary: true, Err: err,
+		Description: fmt.Sprintf("keystore failed %s: %v", doing, err)}
+	if errors.Is(err, keystore.ErrCorrupt) || errors.Is(err, keystore.ErrInvalidName) {
+		re.Code, re.Temporary = CodeKeystoreCorrupt, false
+	}
+	return re
+}
+
+// optionalTime is t, or nil for the zero time (an unknown expiry), for zap
+// and JSON.
+func optionalTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

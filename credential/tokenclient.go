@@ -1,0 +1,226 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// maxTokenResponse caps how much of a token response is read; x/oauth2
+// applies the same limit (1 MiB) to what it parses.
+const maxTokenResponse = 1 << 20
+
+var errTokenResponseTooLarge = fmt.Errorf("token response is larger than %d bytes", maxTokenResponse)
+
+// Grants (TokenEndpoint.Grant).
+const (
+	// GrantRefreshToken spends the key set's refresh token (RFC 6749
+	// section 6).
+	GrantRefreshToken = "refresh_token"
+	// GrantClientCredentials needs no seed (RFC 6749 section 4.4).
+	GrantClientCredentials = "client_credentials"
+)
+
+// TokenEndpoint is where and how an Engine obtains tokens.
+type TokenEndpoint struct {
+	// URL is the provider's token endpoint.
+	URL string
+	// ClientID and ClientSecret authenticate the client; the secret is
+	// empty for public clients.
+	ClientID     string
+	ClientSecret string
+	// AuthStyle is how the client authenticates: oauth2.AuthStyleInHeader
+	// or oauth2.AuthStyleInParams. Never AuthStyleAutoDetect: it resends
+	// a failed grant with the other style, which spends a rotating
+	// refresh token twice; New turns it into AuthStyleInHeader.
+	AuthStyle oauth2.AuthStyle
+	// Grant is GrantRefreshToken (the default) or GrantClientCredentials.
+	Grant string
+	// Scopes are sent with every grant.
+	Scopes []string
+	// Params are extra form fields of every token request.
+	Params url.Values
+	// Timeout bounds one token request. Default: 10s.
+	Timeout time.Duration
+	// Transport sends token requests. Default: http.DefaultTransport.
+	Transport http.RoundTripper
+}
+
+// tokenClient performs grants at the token endpoint with x/oauth2 and keeps
+// the provider's whole response, which x/oauth2 exposes only field by field.
+type tokenClient struct {
+	TokenEndpoint
+	now func() time.Time
+}
+
+// grantResult is a successful token response: verbatim, and its expiry by
+// our clock (zero when the response has no expires_in).
+type grantResult struct {
+	token  keystore.Token
+	expiry time.Time
+}
+
+// grant asks the token endpoint for a new token, spending refreshToken for
+// the refresh_token grant. Errors are *Error, classified temporary or
+// permanent, with no token value in their message.
+func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (grantResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+
+	capture := &capturingTransport{base: c.Transport, params: c.extraParams()}
+	httpClient := &http.Client{
+		Transport: capture,
+		// A redirected token request would carry the client secret and the
+		// refresh token to another address; refuse instead.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, httpClient)
+	requested := c.now()
+
+	var err error
+	switch c.Grant {
+	case GrantClientCredentials:
+		cc := clientcredentials.Config{
+			ClientID: c.ClientID, ClientSecret: c.ClientSecret, TokenURL: c.URL,
+			Scopes: c.Scopes, EndpointParams: c.Params, AuthStyle: c.AuthStyle,
+		}
+		_, err = cc.Token(ctx)
+	default:
+		if refreshToken == "" {
+			return grantResult{}, &Error{KeySet: keySet, Code: CodeNoKeySet,
+				Description: "the key set has no refresh_token; seed one with the refresh_token option or the keystore"}
+		}
+		cfg := oauth2.Config{
+			ClientID: c.ClientID, ClientSecret: c.ClientSecret, Scopes: c.Scopes,
+			Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: c.AuthStyle},
+		}
+		// An expired token with only a refresh token makes x/oauth2 refresh.
+		_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
+	}
+	if err != nil {
+		if res, ok := salvage(capture, requested); ok {
+			// x/oauth2 refused a 200 that holds an access token (it wants
+			// expires_in to be a whole number). The provider has already
+			// spent the old refresh token: throwing this away would lose
+			// the credential.
+			return res, nil
+		}
+		return grantResult{}, c.classify(keySet, err, refreshToken)
+	}
+	token, err := parseTokenResponse(capture.header, capture.body)
+	if err != nil {
+		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
+			Description: err.Error(), Temporary: true, Err: err}
+	}
+	if token.AccessToken() == "" {
+		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
+			Description: "token response has no access_token", Temporary: true}
+	}
+	return grantResult{token: token, expiry: expiryOf(token, requested)}, nil
+}
+
+// salvage keeps a successful token response that x/oauth2 rejected.
+func salvage(capture *capturingTransport, requested time.Time) (grantResult, bool) {
+	if capture.status < 200 || capture.status > 299 {
+		return grantResult{}, false
+	}
+	token, err := parseTokenResponse(capture.header, capture.body)
+	if err != nil || token.AccessToken() == "" {
+		return grantResult{}, false
+	}
+	return grantResult{token: token, expiry: expiryOf(token, requested)}, true
+}
+
+// extraParams are form fields added to every token request: the configured
+// params, and the scopes for a refresh (x/oauth2 sends none then, but
+// RFC 6749 section 6 allows them and Microsoft's v2 endpoint needs them).
+func (c *tokenClient) extraParams() url.Values {
+	if c.Grant == GrantClientCredentials || len(c.Scopes) == 0 {
+		return c.Params // clientcredentials sends both itself
+	}
+	p := url.Values{"scope": {strings.Join(c.Scopes, " ")}}
+	for k, v := range c.Params {
+		p[k] = v
+	}
+	return p
+}
+
+// classify turns a failed grant into an *Error: 5xx, 429, network
+// errors and timeouts are temporary; OAuth errors (invalid_grant,
+// invalid_client, ...) and other 4xx answers are permanent.
+func (c *tokenClient) classify(keySet string, err error, refreshToken string) *Error {
+	re := &Error{KeySet: keySet, Err: err}
+	var rerr *oauth2.RetrieveError
+	if errors.As(err, &rerr) {
+		status := 0
+		if rerr.Response != nil {
+			status = rerr.Response.StatusCode
+			re.RetryAfter = parseRetryAfter(rerr.Response.Header.Get("Retry-After"))
+		}
+		re.Code = rerr.ErrorCode
+		re.Description = fmt.Sprintf("token endpoint answered %d", status)
+		if rerr.ErrorDescription != "" {
+			re.Description += ": " + redact(rerr.ErrorDescription, refreshToken, c.ClientSecret)
+		}
+		re.Temporary = status >= 500 || status == http.StatusTooManyRequests
+		if re.Code == "" {
+			re.Code = CodeTokenEndpointError
+			if re.Temporary {
+				re.Code = CodeTokenEndpointUnavailable
+			}
+		}
+		return re
+	}
+	var netErr net.Error
+	re.Temporary = true
+	re.Code = CodeTokenEndpointUnavailable
+	switch {
+	case errors.Is(err, errTokenResponseTooLarge):
+		re.Code, re.Description = CodeInvalidTokenResponse, errTokenResponseTooLarge.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		re.Description = fmt.Sprintf("token endpoint did not answer within %s", c.Timeout)
+	case errors.As(err, &netErr):
+		re.Description = "token endpoint unreachable: " + redact(netErr.Error(), refreshToken, c.ClientSecret)
+	default:
+		// x/oauth2's own errors (a 200 without access_token, a body that
+		// does not parse) quote no values.
+		re.Code = CodeInvalidTokenResponse
+		re.Description = redact(err.Error(), refreshToken, c.ClientSecret)
+	}
+	return re
+}
+
+// redact removes secrets that a provider might echo in an error description.
+func redact(s string, secrets ...string) string {
+	for _, secret := range secrets {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
+	}
+	const maxLen = 300
+	if len(s) > maxLen {
+		s = s[:maxLen] + "..."
+	}
+	return s
+}
+
+// parseRetryAfter reads a Retry-After header given in seconds (RFC 9110
+// section 10.2.3); the HTTP-date form is rare from token endpoints.
+func parseRetryAfter(v string) time.Duration {
+	secs, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || secs < 0 {
+		return 0
+	}
+	return time.Duration(secs) * time.Second
+}

@@ -1,0 +1,119 @@
+package credential
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// parseTokenResponse keeps every field of a token response: a JSON object
+// (RFC 6749 section 5.1) or, as some providers send, a form-encoded body.
+func parseTokenResponse(header http.Header, body []byte) (keystore.Token, error) {
+	mediaType, _, _ := mime.ParseMediaType(header.Get("Content-Type"))
+	if mediaType == "application/x-www-form-urlencoded" || mediaType == "text/plain" {
+		values, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, fmt.Errorf("token response is not form-encoded: %w", err)
+		}
+		token := make(keystore.Token, len(values))
+		for k := range values {
+			token.SetString(k, values.Get(k))
+		}
+		return token, nil
+	}
+	var token keystore.Token
+	if err := json.Unmarshal(body, &token); err != nil {
+		// json's message names a character and an offset, no values.
+		return nil, fmt.Errorf("token response is not a JSON object: %v", err)
+	}
+	if token == nil {
+		return nil, errors.New("token response is JSON null")
+	}
+	return token, nil
+}
+
+// maxExpiresIn is the longest expires_in taken at its word. Beyond it the
+// expiry is as good as unknown (and the arithmetic would overflow), so the
+// key set is treated as one without expires_in: refreshed on a trigger.
+const maxExpiresIn = 10 * 365 * 24 * 60 * 60
+
+// expiryOf computes the expiry from expires_in (a number or, as some
+// providers send it, a string), counted from when the request was sent.
+func expiryOf(token keystore.Token, requested time.Time) time.Time {
+	secs, err := strconv.ParseFloat(token.String(keystore.FieldExpiresIn), 64)
+	if err != nil || !(secs > 0 && secs <= maxExpiresIn) {
+		return time.Time{}
+	}
+	return requested.Add(time.Duration(secs * float64(time.Second)))
+}
+
+// capturingTransport adds the extra form fields to the token request and
+// keeps a copy of the response, so the key set can hold all of it. One is
+// made per grant, so its fields need no lock.
+type capturingTransport struct {
+	base   http.RoundTripper
+	params url.Values
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (t *capturingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if len(t.params) > 0 && req.Body != nil {
+		var err error
+		if req, err = withFormParams(req, t.params); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := t.base.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
+	resp.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reading token response: %w", err)
+	}
+	if len(body) > maxTokenResponse {
+		return nil, errTokenResponseTooLarge
+	}
+	t.status, t.header, t.body = resp.StatusCode, resp.Header, body
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	return resp, nil
+}
+
+// withFormParams returns a copy of the form-encoded token request with params
+// added, leaving fields x/oauth2 already set (grant_type, refresh_token)
+// alone. A RoundTripper must not modify the request it is given.
+func withFormParams(orig *http.Request, params url.Values) (*http.Request, error) {
+	raw, err := io.ReadAll(orig.Body)
+	orig.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reading token request: %w", err)
+	}
+	form, err := url.ParseQuery(string(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parsing token request: %w", err)
+	}
+	for k, v := range params {
+		if _, set := form[k]; !set {
+			form[k] = v
+		}
+	}
+	encoded := form.Encode()
+	req := orig.Clone(orig.Context())
+	req.Body = io.NopCloser(strings.NewReader(encoded))
+	req.ContentLength = int64(len(encoded))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(encoded)), nil }
+	return req, nil
+}

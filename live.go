@@ -1,0 +1,139 @@
+package oauth2upstream
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+)
+
+// liveHandlers is every oauth2_upstream handler of the process between its
+// Provision and its Cleanup, in the order they were provisioned: the admin
+// API, the health route and the expiry gauge find key sets through it.
+// Caddy provisions a new config before it cleans up the old one, so during a
+// reload the handlers of both configs are here.
+var liveHandlers struct {
+	mu       sync.Mutex // guards handlers
+	handlers []*Handler
+}
+
+func registerHandler(h *Handler) {
+	liveHandlers.mu.Lock()
+	defer liveHandlers.mu.Unlock()
+	if !slices.Contains(liveHandlers.handlers, h) {
+		liveHandlers.handlers = append(liveHandlers.handlers, h)
+	}
+}
+
+func unregisterHandler(h *Handler) {
+	liveHandlers.mu.Lock()
+	defer liveHandlers.mu.Unlock()
+	liveHandlers.handlers = slices.DeleteFunc(liveHandlers.handlers, func(x *Handler) bool { return x == h })
+}
+
+// registeredHandlers returns a snapshot of the live handlers.
+func registeredHandlers() []*Handler {
+	liveHandlers.mu.Lock()
+	defer liveHandlers.mu.Unlock()
+	return slices.Clone(liveHandlers.handlers)
+}
+
+// handlersOfConfig returns the live handlers provisioned in the Caddy config
+// whose metrics registry is config. Caddy gives every loaded config its own
+// context, and every context its own registry, so the registry tells which
+// config a handler belongs to.
+func handlersOfConfig(config *prometheus.Registry) []*Handler {
+	return slices.DeleteFunc(registeredHandlers(), func(h *Handler) bool { return h.ops.config != config })
+}
+
+// operations is what a handler sets up so that it can be operated: its
+// metrics and its change notifications. It is built in Provision and
+// read-only afterwards.
+type operations struct {
+	// config is the metrics registry of the handler's Caddy config, which
+	// also identifies the config (see handlersOfConfig).
+	config   *prometheus.Registry
+	metrics  *upstreamMetrics
+	notifier *credential.Notifier // nil without the notify option
+	stopOnce sync.Once
+}
+
+// newOperations registers the handler's metrics and starts its change
+// notifier when notify is set.
+func newOperations(ctx caddy.Context, notify string, logger *zap.Logger) (*operations, error) {
+	registry := ctx.GetMetricsRegistry()
+	if registry == nil {
+		registry = prometheus.NewRegistry() // a context built without one: metrics go nowhere
+	}
+	m, err := newUpstreamMetrics(registry)
+	if err != nil {
+		return nil, err
+	}
+	ops := &operations{config: registry, metrics: m}
+	if notify != "" {
+		ops.notifier = credential.NewNotifier(notify, logger)
+	}
+	return ops, nil
+}
+
+// observer is what the credential engine reports to.
+func (o *operations) observer() credential.Observer {
+	if o.notifier == nil {
+		return o.metrics
+	}
+	return credential.Observers{o.metrics, o.notifier}
+}
+
+// stop stops the notifier, after the delivery of pending changes or a
+// bounded drain time. It runs in Cleanup after the engine has stored what
+// its refreshes in flight granted, so that their changes are delivered too.
+// Calling it again does nothing.
+func (o *operations) stop() {
+	if o == nil {
+		return
+	}
+	o.stopOnce.Do(func() {
+		if o.notifier != nil {
+			o.notifier.Close()
+		}
+	})
+}
+
+// countReplay counts the outcome of a trigger status: the request was
+// replayed, could not be (its body was not kept), or the refresh failed.
+func (o *operations) countReplay(keySet, outcome string) {
+	if o != nil {
+		o.metrics.replays.WithLabelValues(keySet, outcome).Inc()
+	}
+}
+
+// serves reports whether the handler can use key set name: its key_set is
+// that name, or has placeholders and so may select any name.
+func (h *Handler) serves(name string) bool {
+	return h.keySetIsTemplate || h.KeySet == name
+}
+
+// handlerStatuses returns the status of every key set the handler knows:
+// its configured key set (loaded now if no request loaded it yet) and every
+// key set it has loaded, one per name.
+func (h *Handler) handlerStatuses(ctx context.Context) []credential.Status {
+	var out []credential.Status
+	if !h.keySetIsTemplate {
+		s, err := h.engine.Status(ctx, h.KeySet)
+		if err != nil {
+			s = credential.FailedStatus(h.KeySet, err)
+		}
+		out = append(out, s)
+	}
+	for _, s := range h.engine.Statuses() {
+		if h.keySetIsTemplate || s.Name != h.KeySet {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,235 @@
+package oauth2upstream
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/oauth2"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Client authentication styles (the auth_style option).
+const (
+	authStyleBasic = "basic"
+	authStylePost  = "post"
+)
+
+// Defaults of the options documented on Handler.
+const (
+	defaultKeySet        = "default"
+	defaultHeaderName    = "Authorization"
+	defaultHeaderScheme  = "Bearer"
+	rawHeaderScheme      = "raw"
+	defaultReplayMemory  = 1 << 20
+	defaultMaxReplayBody = 64 << 20
+	defaultMaxWait       = 15 * time.Second
+	defaultBodyTimeout   = 60 * time.Second
+)
+
+func (h *Handler) setDefaults() {
+	if h.AuthStyle == "" {
+		h.AuthStyle = authStyleBasic
+	}
+	if h.Grant == "" {
+		h.Grant = credential.GrantRefreshToken
+	}
+	if h.KeySet == "" {
+		h.KeySet = defaultKeySet
+	}
+	if h.Refresh == "" {
+		h.Refresh = credential.ModeProactive
+	}
+	if len(h.RefreshOn) == 0 {
+		h.RefreshOn = []int{http.StatusUnauthorized}
+	}
+	if h.ExpirySkew == 0 {
+		h.ExpirySkew = caddy.Duration(credential.DefaultSkew)
+	}
+	if h.TokenTimeout == 0 {
+		h.TokenTimeout = caddy.Duration(credential.DefaultTokenTimeout)
+	}
+	if h.HeaderName == "" {
+		h.HeaderName = defaultHeaderName
+	}
+	if h.HeaderScheme == "" {
+		h.HeaderScheme = defaultHeaderScheme
+	}
+	if h.ReplayMemory == 0 {
+		h.ReplayMemory = defaultReplayMemory
+	}
+	if h.MaxReplayBody == 0 {
+		h.MaxReplayBody = defaultMaxReplayBody
+	}
+	if h.MaxWait == 0 {
+		h.MaxWait = caddy.Duration(defaultMaxWait)
+	}
+	if h.BodyTimeout == 0 {
+		h.BodyTimeout = caddy.Duration(defaultBodyTimeout)
+	}
+}
+
+// reservedParams are token request fields the grant sets; a param may not
+// replace them (x/oauth2 would refuse some, and silently take others).
+var reservedParams = map[string]bool{
+	"grant_type": true, "refresh_token": true, "scope": true,
+	"client_id": true, "client_secret": true, "code": true,
+}
+
+// validateOptions checks the options that Validate does not check itself.
+func (h *Handler) validateOptions() error {
+	if h.AuthStyle != authStyleBasic && h.AuthStyle != authStylePost {
+		return fmt.Errorf("auth_style %q: must be %q or %q", h.AuthStyle, authStyleBasic, authStylePost)
+	}
+	if h.Grant != credential.GrantRefreshToken && h.Grant != credential.GrantClientCredentials {
+		return fmt.Errorf("grant %q: must be %q or %q", h.Grant, credential.GrantRefreshToken, credential.GrantClientCredentials)
+	}
+	switch h.Refresh {
+	case credential.ModeProactive, credential.ModeReactive, credential.ModeAlways:
+	default:
+		return fmt.Errorf("refresh %q: must be %q, %q or %q", h.Refresh, credential.ModeProactive, credential.ModeReactive, credential.ModeAlways)
+	}
+	if err := h.validateKeySet(); err != nil {
+		return err
+	}
+	for name := range h.Params {
+		if reservedParams[name] {
+			return fmt.Errorf("param %s: set by the grant itself (use scopes, client_id, client_secret, auth_style)", name)
+		}
+	}
+	for _, status := range h.RefreshOn {
+		if status < 400 || status > 599 {
+			return fmt.Errorf("refresh_on %d: must be a 4xx or 5xx status", status)
+		}
+	}
+	if !httpguts.ValidHeaderFieldName(h.HeaderName) {
+		return fmt.Errorf("header_name %q: not a valid header field name", h.HeaderName)
+	}
+	if strings.ContainsAny(h.HeaderScheme, " \t\r\n") {
+		return fmt.Errorf("header_scheme %q: must be one word", h.HeaderScheme)
+	}
+	if h.Notify != "" {
+		if err := credential.ValidateNotifyURL(h.Notify); err != nil {
+			return err
+		}
+	}
+	return h.validateLimits()
+}
+
+// validateKeySet checks key_set and the seed that goes with it.
+func (h *Handler) validateKeySet() error {
+	switch {
+	case !h.keySetIsTemplate:
+		if err := keystore.ValidateName(h.KeySet); err != nil {
+			return fmt.Errorf("key_set: %w", err)
+		}
+	case h.RefreshToken != "":
+		return fmt.Errorf("refresh_token seeds one key set, but key_set %q has placeholders; seed each key set in the keystore", h.KeySet)
+	case h.Grant == credential.GrantClientCredentials:
+		// One client's credentials give one token: key sets selected per
+		// request would all hold the same, under names clients invent.
+		return fmt.Errorf("key_set %q has placeholders, which the client_credentials grant cannot use: it has no per-key-set seed", h.KeySet)
+	}
+	if h.RefreshToken != "" && h.Grant == credential.GrantClientCredentials {
+		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the client_credentials grant needs none")
+	}
+	return nil
+}
+
+// validateLimits checks durations and sizes.
+func (h *Handler) validateLimits() error {
+	if h.ExpirySkew < 0 {
+		return fmt.Errorf("expiry_skew %s: must not be negative", time.Duration(h.ExpirySkew))
+	}
+	if h.BodyTimeout < -1 {
+		return fmt.Errorf("body_timeout %s: must be positive, or -1 to disable", time.Duration(h.BodyTimeout))
+	}
+	if h.MaxWait < 0 {
+		return fmt.Errorf("max_wait %s: must be positive", time.Duration(h.MaxWait))
+	}
+	if h.TokenTimeout < 0 {
+		return fmt.Errorf("token_timeout %s: must be positive", time.Duration(h.TokenTimeout))
+	}
+	if h.ReplayMemory < 0 {
+		return fmt.Errorf("replay_memory %d: must not be negative", h.ReplayMemory)
+	}
+	if h.MaxReplayBody < -1 {
+		return fmt.Errorf("max_replay_body %d: must be a size in bytes, or -1 to disable body replay", h.MaxReplayBody)
+	}
+	return nil
+}
+
+// newEngine is the credential engine the options describe, over store,
+// reading the clock now.
+func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credential.Engine {
+	authStyle := oauth2.AuthStyleInHeader
+	if h.AuthStyle == authStylePost {
+		authStyle = oauth2.AuthStyleInParams
+	}
+	seedName := ""
+	if !h.keySetIsTemplate {
+		seedName = h.KeySet
+	}
+	return credential.New(store, credential.Config{
+		Endpoint: credential.TokenEndpoint{
+			URL: h.TokenURL, ClientID: h.ClientID, ClientSecret: h.ClientSecret,
+			AuthStyle: authStyle, Grant: h.Grant, Scopes: h.Scopes, Params: h.Params,
+			Timeout: time.Duration(h.TokenTimeout),
+		},
+		Mode:      h.Refresh,
+		Skew:      time.Duration(h.ExpirySkew),
+		SeedName:  seedName,
+		SeedToken: h.RefreshToken,
+		MaxWait:   time.Duration(h.MaxWait),
+		Header:    h.headerValue,
+		Logger:    h.logger,
+		Observer:  h.ops.observer(),
+		Now:       now,
+	})
+}
+
+// headerValue is the header value that carries accessToken.
+func (h *Handler) headerValue(accessToken string) string {
+	if h.HeaderScheme == rawHeaderScheme {
+		return accessToken
+	}
+	return h.HeaderScheme + " " + accessToken
+}
+
+// loadKeystore loads the keystore module (the file keystore in Caddy's data
+// directory unless configured), encrypting when keys are set.
+func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystore.Store, error) {
+	if h.KeystoreRaw == nil {
+		h.KeystoreRaw = []byte(`{"backend":"file"}`)
+	}
+	mod, err := ctx.LoadModule(h, "KeystoreRaw")
+	if err != nil {
+		return nil, fmt.Errorf("loading keystore: %w", err)
+	}
+	store, ok := mod.(keystore.Store)
+	if !ok {
+		return nil, fmt.Errorf("keystore module %T is not a keystore.Store", mod)
+	}
+	if len(h.EncryptionKeys) == 0 {
+		return store, nil
+	}
+	keys := make([]string, len(h.EncryptionKeys))
+	for i, k := range h.EncryptionKeys {
+		keys[i] = repl.ReplaceKnown(k, "")
+	}
+	codec, err := keystore.NewEncryptingCodec(keys...)
+	if err != nil {
+		return nil, fmt.Errorf("encryption_key: %w", err)
+	}
+	encrypting, ok := store.(interface{ UseCodec(keystore.Codec) })
+	if !ok {
+		return nil, fmt.Errorf("encryption_key: keystore %T cannot encrypt", store)
+	}
+	encrypting.UseCodec(codec)
+	return store, nil
+}
