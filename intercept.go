@@ -100,7 +100,8 @@ func (aw *attemptWriter) free() {
 }
 
 // exchange is what ServeHTTP keeps for one request, in one allocation: the
-// first attempt's writer and the placeholders.
+// first attempt's writer and the placeholders (BenchmarkMiddleware: one
+// allocation fewer per request than two separate ones).
 type exchange struct {
 	attempt attemptWriter
 	vars    requestPlaceholders

@@ -70,8 +70,8 @@ type Config struct {
 
 // Credential is a key set ready for requests: the document, and what every
 // request reads from it, worked out once (the access token is raw JSON in
-// the document; decoding it per request costs six allocations, measured by
-// BenchmarkHandlerFastPath).
+// the document; decoding it per request cost 6 allocations per GET in the
+// root package's BenchmarkMiddleware, and 1-3.6 % of Caddy's CPU).
 type Credential struct {
 	// KeySet is the key set document. It must not be modified.
 	KeySet *keystore.KeySet
