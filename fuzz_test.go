@@ -22,7 +22,7 @@ func FuzzExtraPlaceholders(f *testing.F) {
 		}
 		vars := &requestPlaceholders{keySet: "k", cred: &credential.Credential{KeySet: &keystore.KeySet{Name: "k", Generation: 1, Token: token}}}
 		for field := range token {
-			if v, ok := vars.lookup(placeholderPrefix + "extra." + field); ok && secretField(field) {
+			if v, ok := vars.lookup(placeholderPrefix + "extra." + field); ok && keystore.SecretField(field) {
 				t.Fatalf("placeholder resolved secret field %q to %v", field, v)
 			}
 		}

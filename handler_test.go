@@ -370,7 +370,8 @@ func TestPlaceholders(t *testing.T) {
 	t.Parallel()
 	api := newAPIServer(t, "Bearer at-1")
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
-	te.Extra = map[string]any{"instance_url": api.server.URL, "id_token": "id-secret", "scope": "api"}
+	te.Extra = map[string]any{"instance_url": api.server.URL, "id_token": "id-secret", "scope": "api",
+		"authed_user": map[string]any{"id": "U1", "access_token": "xoxp-nested"}, "scopes": []string{"a"}, "team_ok": true}
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"},
 		"{http.oauth2_upstream.extra.instance_url.hostport}")
 	if resp, body := s.get(t, "/x"); resp.StatusCode != http.StatusOK {
@@ -401,6 +402,12 @@ func TestPlaceholders(t *testing.T) {
 		{key: "http.oauth2_upstream.extra.id_token"},
 		{key: "http.oauth2_upstream.extra.access_token.host"},
 		{key: "http.oauth2_upstream.extra.missing"},
+		// Only top-level scalars resolve: Slack's authed_user nests an
+		// access_token, and an array may hold anything.
+		{key: "http.oauth2_upstream.extra.authed_user"},
+		{key: "http.oauth2_upstream.extra.authed_user.host"},
+		{key: "http.oauth2_upstream.extra.scopes"},
+		{key: "http.oauth2_upstream.extra.team_ok", want: "true", wantOK: true},
 		{key: "http.other"},
 	}
 	for _, tt := range tests {

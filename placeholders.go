@@ -24,8 +24,9 @@ const placeholderPrefix = "http.oauth2_upstream."
 //	                     (reverse_proxy refuses placeholders in an upstream
 //	                     address that carries a scheme)
 //
-// Fields that hold secrets (names ending in "token", or naming a secret)
-// are never resolved: token values must not reach placeholders.
+// Only the token response's extras resolve (keystore.Token.Extra): top-level
+// strings, numbers and booleans whose names do not mark a secret. Token
+// values must not reach placeholders, nested ones included.
 type requestPlaceholders struct {
 	keySet string
 	cred   *credential.Credential // replaced before a replay
@@ -52,28 +53,22 @@ func (p *requestPlaceholders) lookup(key string) (any, bool) {
 		return nil, false
 	}
 	token := p.cred.KeySet.Token
-	if _, ok := token[field]; ok {
-		if secretField(field) {
-			return nil, false
-		}
-		return token.String(field), true
+	if _, present := token[field]; present {
+		v, ok := token.Extra(field)
+		return v, ok
 	}
 	for _, part := range [...]string{"scheme", "hostport", "host"} {
 		base, ok := strings.CutSuffix(field, "."+part)
 		if !ok {
 			continue
 		}
-		if _, ok := token[base]; !ok || secretField(base) {
+		v, ok := token.Extra(base)
+		if !ok {
 			return nil, false
 		}
-		return urlPart(token.String(base), part), true
+		return urlPart(v, part), true
 	}
 	return nil, false
-}
-
-func secretField(name string) bool {
-	name = strings.ToLower(name)
-	return strings.HasSuffix(name, "token") || strings.Contains(name, "secret") || strings.Contains(name, "password")
 }
 
 // urlPart returns one part of a URL; "" when the value is not a URL.
