@@ -2,6 +2,7 @@ package oauth2upstream
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -57,11 +58,13 @@ func (f *FileKeystore) Provision(caddy.Context) error {
 // them, and lets one replica of the cluster refresh a key set at a time.
 // Keys and their layout are described on keystore.Redis.
 //
-// The refresh lock expires after LockTTL, so a crashed replica cannot block
-// the others for long; a holder that stalls past it may find another holder
-// in, and the generation check keeps its late write from replacing the
-// newer key set. Durability is Redis's: enable AOF (appendfsync everysec or
-// always) so that a rotated refresh token survives a Redis restart.
+// The refresh lock is a lease that its holder renews while it holds it, so
+// a slow grant keeps it; a replica that dies or loses Redis stops renewing,
+// and its lock expires after LockTTL, so it cannot block the others for
+// long. If such a holder was alive after all, the generation check keeps
+// its late write from replacing the newer key set. Durability is Redis's:
+// enable AOF (appendfsync everysec or always) so that a rotated refresh
+// token survives a Redis restart.
 type RedisKeystore struct {
 	// Addresses are the host:port addresses of Redis. One address is a
 	// single server; several are the seed nodes of a Redis Cluster; with
@@ -101,10 +104,11 @@ type RedisKeystore struct {
 	// TLS. Default: the host of each address.
 	TLSServerName string `json:"tls_server_name,omitempty"`
 
-	// LockTTL is how long a refresh lock lasts when its holder neither
-	// releases it nor dies cleanly. It must be longer than a token
-	// request can take (its timeout), or a slow refresh loses its lock to
-	// another replica, which then also refreshes. Default: 30s.
+	// LockTTL is how long a refresh lock lasts once its holder stops
+	// renewing it; while it holds the lock, the holder renews it every
+	// LockTTL/3. It must be at least the handler's token_timeout plus 5s,
+	// so that a holder that cannot reach Redis to renew still finishes its
+	// token request before another replica can start one. Default: 30s.
 	LockTTL caddy.Duration `json:"lock_ttl,omitempty"`
 
 	// LockWait is the longest a replica waits for another replica's
@@ -180,6 +184,33 @@ func (r *RedisKeystore) Cleanup() error {
 	return r.Redis.Close()
 }
 
+// lockLeaseMargin is how much longer than token_timeout a refresh lock must
+// last without renewal. Besides the token request, its holder re-reads the
+// key set before it and saves the result after it: one keystore round trip
+// each, milliseconds normally, with room here for a slow Redis.
+const lockLeaseMargin = 5 * time.Second
+
+// LockLease is how long a refresh lock lasts when its holder cannot renew
+// it: LockTTL, with its default applied by Provision.
+func (r *RedisKeystore) LockLease() time.Duration { return time.Duration(r.LockTTL) }
+
+// checkLockLease refuses a keystore whose refresh locks, left unrenewed,
+// could expire during one token request of at most tokenTimeout: a holder
+// cut off from Redis would still be granting when another replica takes
+// the lock and grants too, spending a rotating refresh token twice
+// (invariant 4). Keystores whose locks do not expire pass.
+func checkLockLease(store keystore.Store, tokenTimeout time.Duration) error {
+	lease, ok := store.(interface{ LockLease() time.Duration })
+	if !ok {
+		return nil
+	}
+	if ttl, need := lease.LockLease(), tokenTimeout+lockLeaseMargin; ttl < need {
+		return fmt.Errorf("keystore lock_ttl %v: must be at least token_timeout %v plus %v, so that a refresh lock that cannot be renewed outlasts a token request",
+			ttl, tokenTimeout, lockLeaseMargin)
+	}
+	return nil
+}
+
 // CaddyStorageKeystore keeps key set documents in the storage Caddy is
 // configured with (the global "storage" option: the file system by default,
 // or a shared backend such as Redis, Consul or S3 that a cluster of Caddy
@@ -217,16 +248,17 @@ func (s *CaddyStorageKeystore) Provision(ctx caddy.Context) error {
 }
 
 // Interface guards: the handler asserts keystore.Store on the loaded module,
-// and UseCodec for encryption_key.
+// UseCodec for encryption_key, and LockLease to check token_timeout.
 var (
 	_ keystore.Store                        = (*FileKeystore)(nil)
 	_ interface{ UseCodec(keystore.Codec) } = (*FileKeystore)(nil)
 	_ caddy.Provisioner                     = (*FileKeystore)(nil)
 
-	_ keystore.Store                        = (*RedisKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*RedisKeystore)(nil)
-	_ caddy.Provisioner                     = (*RedisKeystore)(nil)
-	_ caddy.CleanerUpper                    = (*RedisKeystore)(nil)
+	_ keystore.Store                         = (*RedisKeystore)(nil)
+	_ interface{ UseCodec(keystore.Codec) }  = (*RedisKeystore)(nil)
+	_ caddy.Provisioner                      = (*RedisKeystore)(nil)
+	_ caddy.CleanerUpper                     = (*RedisKeystore)(nil)
+	_ interface{ LockLease() time.Duration } = (*RedisKeystore)(nil)
 
 	_ keystore.Store                        = (*CaddyStorageKeystore)(nil)
 	_ interface{ UseCodec(keystore.Codec) } = (*CaddyStorageKeystore)(nil)

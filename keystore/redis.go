@@ -3,12 +3,10 @@ package keystore
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,13 +21,6 @@ const (
 	defaultRedisLockWait    = 10 * time.Second
 	defaultRedisDialTimeout = 5 * time.Second
 	defaultRedisReadTimeout = 3 * time.Second
-)
-
-// Bounds of the pause between two tries of a held lock. Refreshes take a
-// token request's round trip, so polling faster only loads Redis.
-const (
-	lockRetryMin = 5 * time.Millisecond
-	lockRetryMax = 100 * time.Millisecond
 )
 
 // RedisOptions configures a Redis store. Every value is used as it is:
@@ -69,10 +60,12 @@ type RedisOptions struct {
 	// TLS. Default: the host of each address.
 	TLSServerName string
 
-	// LockTTL is how long a refresh lock lasts when its holder neither
-	// releases it nor dies cleanly. It must be longer than a token request
-	// can take, or a slow refresh loses its lock to another replica, which
-	// then also refreshes. Default: 30s.
+	// LockTTL is how long a refresh lock lasts once its holder stops
+	// renewing it: the holder renews it every LockTTL/3 while it holds it,
+	// so a replica that dies or cannot reach Redis blocks the others for at
+	// most LockTTL. It must be longer than a token request can take, so
+	// that a holder that cannot renew still finishes its grant before
+	// another replica can start one. Default: 30s.
 	LockTTL time.Duration
 
 	// LockWait is the longest Lock waits for another replica's refresh
@@ -107,6 +100,10 @@ func (o RedisOptions) check() error {
 	if o.LockTTL < 0 || o.LockWait < 0 || o.DialTimeout < 0 || o.ReadTimeout < 0 {
 		return errors.New("redis keystore: lock_ttl, lock_wait, dial_timeout and read_timeout must not be negative")
 	}
+	// Redis counts a lock's TTL in whole milliseconds (PX, PEXPIRE).
+	if o.LockTTL > 0 && o.LockTTL < time.Millisecond {
+		return fmt.Errorf("redis keystore: lock_ttl %v must be at least 1ms", o.LockTTL)
+	}
 	if o.DB < 0 {
 		return fmt.Errorf("redis keystore: db %d must not be negative", o.DB)
 	}
@@ -123,18 +120,23 @@ func (o RedisOptions) check() error {
 // "generation" (in clear, for the compare-and-swap) and "document" (what the
 // codec made, perhaps encrypted). Save is a Lua script that writes only when
 // the stored generation is the one the new document follows. The refresh
-// lock is <key_prefix>lock:<name>, taken with SET NX PX and a random value,
-// released by a script that deletes it only while it still holds that value.
+// lock is <key_prefix>lock:<name> holding its holder's random value: a lease
+// that the holder renews while it holds it (see Lock).
 //
-// The lock expires after LockTTL, so a crashed replica cannot block the
-// others for long; a holder that stalls past it may find another holder in,
-// and the generation check keeps its late write from replacing the newer
-// key set. Durability is Redis's: enable AOF (appendfsync everysec or always)
-// so that a rotated refresh token survives a Redis restart.
+// A lock whose holder died or lost Redis expires after LockTTL, so such a
+// replica cannot block the others for long; if the holder was alive after
+// all, the generation check keeps its late write from replacing the newer
+// key set. Durability is Redis's: enable AOF (appendfsync everysec or
+// always) so that a rotated refresh token survives a Redis restart.
 type Redis struct {
 	opts   RedisOptions // with defaults applied
 	codec  Codec
 	client redis.UniversalClient
+
+	// closing ends when Close is called: every lease stops renewing, as
+	// the client it renews with is going away.
+	closing   context.Context
+	endLeases context.CancelFunc
 }
 
 // NewRedis returns a Redis store configured by opts, with defaults for the
@@ -167,14 +169,19 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	if opts.TLS || opts.TLSServerName != "" {
 		clientOpts.TLSConfig = &tls.Config{ServerName: opts.TLSServerName, MinVersion: tls.VersionTLS12}
 	}
-	return &Redis{opts: opts, codec: JSONCodec{}, client: redis.NewUniversalClient(clientOpts)}, nil
+	closing, endLeases := context.WithCancel(context.Background())
+	return &Redis{opts: opts, codec: JSONCodec{}, client: redis.NewUniversalClient(clientOpts),
+		closing: closing, endLeases: endLeases}, nil
 }
 
 // UseCodec sets how documents are encoded at rest (plain JSON by default).
 func (r *Redis) UseCodec(c Codec) { r.codec = c }
 
-// Close closes the store's connections to Redis.
+// Close stops renewing the locks still held and closes the store's
+// connections to Redis. Those locks then expire after LockTTL, unless their
+// holders release them first (which fails once the connections are closed).
 func (r *Redis) Close() error {
+	r.endLeases()
 	if err := r.client.Close(); err != nil {
 		return fmt.Errorf("closing the redis keystore: %w", err)
 	}
@@ -256,85 +263,6 @@ func (r *Redis) Save(ctx context.Context, ks *KeySet) error {
 		return fmt.Errorf("saving key set %q generation %d over stored generation %v: %w", ks.Name, ks.Generation, reply[1], ErrConflict)
 	}
 	return nil
-}
-
-// unlockScript deletes the lock only while it holds the caller's value: a
-// holder whose lock expired must not release its successor's.
-var unlockScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-	return redis.call("DEL", KEYS[1])
-end
-return 0
-`)
-
-// Lock implements Store. It tries SET NX PX, pausing between tries from
-// lockRetryMin doubling up to lockRetryMax, until it gets the lock, ctx
-// ends, or LockWait has passed.
-func (r *Redis) Lock(ctx context.Context, name string) (func() error, error) {
-	if err := ValidateName(name); err != nil {
-		return nil, err
-	}
-	key, value := r.lockKey(name), rand.Text()
-	wait, cancel := context.WithTimeout(ctx, r.opts.LockWait)
-	defer cancel()
-	pause := lockRetryMin
-	for {
-		ok, err := r.client.SetNX(wait, key, value, r.opts.LockTTL).Result()
-		if ok && err == nil {
-			return r.unlocker(ctx, name, key, value), nil
-		}
-		if err != nil && wait.Err() == nil {
-			return nil, fmt.Errorf("locking key set %q in redis: %w", name, err)
-		}
-		if err != nil {
-			// The SET may have landed before the deadline cut the
-			// reply off: release it, or it blocks everyone for LockTTL.
-			r.release(ctx, key, value)
-		}
-		timer := time.NewTimer(pause)
-		select {
-		case <-wait.Done():
-			timer.Stop()
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("waiting for the refresh lock of key set %q: %w", name, ctx.Err())
-			}
-			return nil, fmt.Errorf("waiting for the refresh lock of key set %q: another replica held it longer than lock_wait %v: %w", name, r.opts.LockWait, wait.Err())
-		case <-timer.C:
-		}
-		pause = min(2*pause, lockRetryMax)
-	}
-}
-
-// unlocker returns the unlock function of a lock holding value. Calling it
-// more than once releases once and repeats the first answer.
-func (r *Redis) unlocker(ctx context.Context, name, key, value string) func() error {
-	var (
-		once sync.Once
-		err  error
-	)
-	return func() error {
-		once.Do(func() {
-			var released bool
-			released, err = r.release(ctx, key, value)
-			switch {
-			case err != nil:
-				err = fmt.Errorf("releasing the refresh lock of key set %q: %w", name, err)
-			case !released:
-				err = fmt.Errorf("releasing the refresh lock of key set %q: it had expired (lock_ttl %v) and may have passed to another holder", name, r.opts.LockTTL)
-			}
-		})
-		return err
-	}
-}
-
-// release deletes the lock if it still holds value. It runs even when the
-// lock's context has ended (the request finished or was cancelled), for at
-// most ReadTimeout.
-func (r *Redis) release(ctx context.Context, key, value string) (bool, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.ReadTimeout)
-	defer cancel()
-	n, err := unlockScript.Run(ctx, r.client, []string{key}, value).Int64()
-	return n == 1, err
 }
 
 // Interface guard

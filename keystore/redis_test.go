@@ -57,20 +57,23 @@ func TestRedisConformance(t *testing.T) {
 		}))
 }
 
-// TestRedisLockTTLExpiry: a holder that never unlocks (a replica that died
-// mid-refresh) blocks the others for lock_ttl, not forever; its late unlock
-// reports the loss and leaves the new holder's lock alone.
+// TestRedisLockTTLExpiry: a holder that stops renewing its lock without
+// unlocking (its work abandoned when its context ended, as a replica that
+// died mid-refresh stops) blocks the others for lock_ttl, not forever; its
+// late unlock reports the loss and leaves the new holder's lock alone.
 func TestRedisLockTTLExpiry(t *testing.T) {
 	t.Parallel()
 	const ttl = 300 * time.Millisecond
 	server := keystoretest.StartRedis(t)
 	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockTTL = ttl })
 
+	holderCtx, abandon := context.WithCancel(t.Context())
 	took := time.Now()
-	staleUnlock, err := st.Lock(t.Context(), "ttl")
+	staleUnlock, err := st.Lock(holderCtx, "ttl")
 	if err != nil {
 		t.Fatalf("Lock(%q) = %v; want nil", "ttl", err)
 	}
+	abandon()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	unlock, err := st.Lock(ctx, "ttl")
@@ -81,8 +84,8 @@ func TestRedisLockTTLExpiry(t *testing.T) {
 	if waited := time.Since(took); waited < ttl-10*time.Millisecond {
 		t.Errorf("Lock(%q) got in after %v; want no sooner than the TTL %v", "ttl", waited, ttl)
 	}
-	if err := staleUnlock(); err == nil || !strings.Contains(err.Error(), "expired") {
-		t.Errorf("unlock(%q) by the expired holder = %v; want an error saying the lock expired", "ttl", err)
+	if err := staleUnlock(); !errors.Is(err, keystore.ErrLockLost) || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("unlock(%q) by the expired holder = %v; want ErrLockLost saying the lock expired", "ttl", err)
 	}
 	assertRedisLockHeld(t, st, "ttl")
 	if err := unlock(); err != nil {
@@ -350,6 +353,7 @@ func TestNewRedisRefuses(t *testing.T) {
 	}{
 		{name: "negative ttl", opts: keystore.RedisOptions{LockTTL: -1}, wantErr: "negative"},
 		{name: "negative read timeout", opts: keystore.RedisOptions{ReadTimeout: -1}, wantErr: "negative"},
+		{name: "ttl under the millisecond Redis counts in", opts: keystore.RedisOptions{LockTTL: time.Microsecond}, wantErr: "1ms"},
 		{name: "negative db", opts: keystore.RedisOptions{DB: -1}, wantErr: "db"},
 		{name: "db on a cluster", opts: keystore.RedisOptions{Addresses: []string{"a:1", "b:2"}, DB: 2}, wantErr: "Cluster"},
 	}
