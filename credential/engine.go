@@ -244,18 +244,21 @@ func (e *Engine) state(ctx context.Context, name string) (*keySetState, error) {
 	return st, nil
 }
 
-// load reads key set name from the keystore. A missing key set is seeded
-// from SeedToken when SeedName names it, and starts empty for the
-// client_credentials grant, which needs no seed.
+// load reads key set name from the keystore, refusing one bound to another
+// client. A missing key set is seeded from SeedToken when SeedName names it,
+// and starts empty for the client_credentials grant, which needs no seed.
 func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error) {
 	ks, err := e.store.Load(ctx, name)
 	switch {
 	case err == nil:
+		if err := e.owns(ks); err != nil {
+			return nil, err
+		}
 		return ks, nil
 	case !errors.Is(err, keystore.ErrNotFound):
 		return nil, e.keystoreError(name, "load", "loading", err)
 	case name == e.seedName && e.seedToken != "":
-		seed := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: e.now().UTC(), Token: keystore.Token{}}
+		seed := e.bind(&keystore.KeySet{Name: name, Generation: 1, UpdatedAt: e.now().UTC(), Token: keystore.Token{}})
 		seed.Token.SetString(keystore.FieldRefreshToken, e.seedToken)
 		err := e.store.Save(ctx, seed)
 		if errors.Is(err, keystore.ErrConflict) {
@@ -268,7 +271,7 @@ func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error
 		e.logger.Info("seeded key set from the refresh_token option", zap.String("key_set", name))
 		return seed, nil
 	case e.client.Grant == GrantClientCredentials:
-		return &keystore.KeySet{Name: name, Token: keystore.Token{}}, nil
+		return e.bind(&keystore.KeySet{Name: name, Token: keystore.Token{}}), nil
 	default:
 		return nil, &Error{KeySet: name, Code: CodeNoKeySet, Err: err,
 			Description: "no such key set in the keystore; seed it with the refresh_token option or store a key set document"}

@@ -15,6 +15,14 @@ const (
 	CodeInvalidTokenResponse     = "invalid_token_response"
 	CodeKeystoreUnavailable      = "keystore_unavailable"
 	CodeKeystoreCorrupt          = "keystore_corrupt"
+	// CodeKeySetForeign: the stored key set was granted for another
+	// client (token URL or client id), so this engine neither uses,
+	// refreshes nor overwrites it.
+	CodeKeySetForeign = "key_set_foreign"
+	// CodeInvalidResponse replaces an error code from the token endpoint
+	// that RFC 6749 section 5.2 does not allow, or that is too long or
+	// holds a secret: a provider's code reaches answers, statuses and logs.
+	CodeInvalidResponse = "invalid_response"
 )
 
 // Error says why a key set cannot give a usable token. Its message names the

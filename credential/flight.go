@@ -69,7 +69,12 @@ func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string
 	}
 	// Permanent: only a new key set (another replica's rotation, an
 	// operator's reseed) can help, and that shows in the keystore.
-	if stored := e.storedNewer(ctx, name, st.cred.KeySet.Generation); stored != nil {
+	stored, refused := e.storedNewer(ctx, name, st.cred.KeySet.Generation)
+	switch {
+	case refused != nil:
+		// Another client's key set now holds the name: that is the failure.
+		return e.recordFailureLocked(st, name, refused, now)
+	case stored != nil:
 		st.adoptLocked(e.credentialFor(stored))
 		st.failure = nil
 		return nil

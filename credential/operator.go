@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // Put stores token as the next generation of key set name, seeding it if
 // missing, and takes it into use at once. token must hold a refresh_token
-// or an access_token.
+// or an access_token. The key set is bound to the engine's client; one
+// bound to another client is not written over (a permanent *Error of code
+// CodeKeySetForeign).
 func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*keystore.KeySet, error) {
 	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
@@ -34,11 +38,15 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 		// Replacing a corrupt document is what an operator's PUT is for;
 		// its generation is unknown, so the write must be unconditional.
 		return nil, fmt.Errorf("key set %q: the stored document is corrupt; remove it from the keystore first: %w", name, err)
+	default:
+		if err := e.owns(current); err != nil {
+			return nil, err
+		}
 	}
 	now := e.now()
 	// Next keeps the old refresh token when the new token has none; an
 	// operator who sends only an access token wants exactly that.
-	next := current.Next(token, expiryOf(token, now), now)
+	next := e.bind(current.Next(token, expiryOf(token, now), now))
 	if err := e.store.Save(ctx, next); err != nil {
 		return nil, e.keystoreError(name, "save", "storing the key set", err)
 	}
@@ -49,8 +57,14 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 
 // Adopt makes ks the key set in use for name when it is newer than the one
 // in use, and clears any failure: a new key set deserves a fresh start. It
-// is for key sets another engine over the same keystore just stored.
+// is for key sets another engine over the same keystore just stored. A key
+// set bound to another client is not adopted: if name is loaded, the
+// refusal becomes its failure, since the keystore now holds that key set.
 func (e *Engine) Adopt(name string, ks *keystore.KeySet) {
+	if refused := e.owns(ks); refused != nil {
+		e.refuseAdoption(name, refused)
+		return
+	}
 	cred := e.credentialFor(ks)
 	e.mu.Lock()
 	st := e.states[name]
@@ -63,6 +77,21 @@ func (e *Engine) Adopt(name string, ks *keystore.KeySet) {
 	defer st.mu.Unlock()
 	st.adoptLocked(cred)
 	st.failure, st.backoff, st.retryAt, st.unsaved = nil, 0, time.Time{}, nil
+}
+
+// refuseAdoption records refused as the failure of key set name, when it
+// is loaded.
+func (e *Engine) refuseAdoption(name string, refused error) {
+	e.logger.Warn("not adopting a key set bound to another client", zap.String("key_set", name), zap.Error(refused))
+	e.mu.Lock()
+	st := e.states[name]
+	e.mu.Unlock()
+	if st == nil {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e.recordFailureLocked(st, name, refused, e.now())
 }
 
 // ForceRefresh makes a grant for key set name now, ignoring any backoff.

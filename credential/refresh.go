@@ -41,13 +41,17 @@ func (e *Engine) refresh(ctx context.Context, st *keySetState, name string, stal
 
 // storedNewer re-reads key set name and returns it when the keystore holds
 // a generation newer than have (another replica's rotation, an operator's
-// reseed), else nil. A failed read counts as nothing newer.
-func (e *Engine) storedNewer(ctx context.Context, name string, have int64) *keystore.KeySet {
+// reseed), else nil. A failed read counts as nothing newer. A newer key set
+// bound to another client is not returned: the error is its refusal.
+func (e *Engine) storedNewer(ctx context.Context, name string, have int64) (*keystore.KeySet, error) {
 	stored, err := e.store.Load(ctx, name)
 	if err != nil || !newer(stored, have) {
-		return nil
+		return nil, nil
 	}
-	return stored
+	if err := e.owns(stored); err != nil {
+		return nil, err
+	}
+	return stored, nil
 }
 
 // storeUnsaved retries the keystore write of a key set granted by an earlier
@@ -93,7 +97,11 @@ func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.Ke
 		if errors.As(err, &re) && re.Code == "invalid_grant" {
 			// Another process may have spent this refresh token and stored
 			// its successor (a writer that did not take the lock).
-			if again := e.storedNewer(ctx, name, stored.Generation); again != nil {
+			again, refused := e.storedNewer(ctx, name, stored.Generation)
+			switch {
+			case refused != nil:
+				err = refused
+			case again != nil:
 				e.logger.Info("refresh token was spent elsewhere; adopted the stored successor",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
 				return e.adoptOrGrant(ctx, st, again)
@@ -102,12 +110,18 @@ func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.Ke
 		e.logRefreshFailure(name, stored.Generation, start, err)
 		return nil, err
 	}
-	next := stored.Next(res.token, res.expiry, e.now())
+	next := e.bind(stored.Next(res.token, res.expiry, e.now()))
 	if err := e.store.Save(ctx, next); err != nil {
 		if errors.Is(err, keystore.ErrConflict) {
 			// Our lock lapsed and another holder stored a newer generation:
-			// the generation fenced our write, theirs is authoritative.
-			if again := e.storedNewer(ctx, name, stored.Generation); again != nil {
+			// the generation fenced our write, theirs is authoritative. If
+			// it is another client's, ours must not be written over it.
+			again, refused := e.storedNewer(ctx, name, stored.Generation)
+			switch {
+			case refused != nil:
+				e.logRefreshFailure(name, stored.Generation, start, refused)
+				return nil, refused
+			case again != nil:
 				e.logger.Warn("a newer key set was stored during our grant; adopted it",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
 				return e.adoptOrGrant(ctx, st, again)

@@ -168,8 +168,11 @@ func (c *tokenClient) classify(keySet string, err error, refreshToken string) *E
 			status = rerr.Response.StatusCode
 			re.RetryAfter = parseRetryAfter(rerr.Response.Header.Get("Retry-After"))
 		}
-		re.Code = rerr.ErrorCode
+		re.Code = errorCode(rerr.ErrorCode, refreshToken, c.ClientSecret)
 		re.Description = fmt.Sprintf("token endpoint answered %d", status)
+		if re.Code == CodeInvalidResponse {
+			re.Description += " with an error code that is not passed on (not of RFC 6749's form, too long, or holding a secret)"
+		}
 		if rerr.ErrorDescription != "" {
 			re.Description += ": " + redact(rerr.ErrorDescription, refreshToken, c.ClientSecret)
 		}
@@ -199,6 +202,33 @@ func (c *tokenClient) classify(keySet string, err error, refreshToken string) *E
 		re.Description = redact(err.Error(), refreshToken, c.ClientSecret)
 	}
 	return re
+}
+
+// maxErrorCode bounds the length of a provider's error code that is
+// passed on; RFC 6749's own codes have at most 25 characters.
+const maxErrorCode = 64
+
+// errorCode is the token endpoint's error code as it may be passed on (in
+// Error.Code, to problem answers, statuses and logs): "" stays "", and a
+// code longer than maxErrorCode, with a character outside RFC 6749 section
+// 5.2's set for error (%x20-21 / %x23-5B / %x5D-7E: printable ASCII
+// without '"' and '\'), or holding one of secrets, becomes
+// CodeInvalidResponse.
+func errorCode(code string, secrets ...string) string {
+	if len(code) > maxErrorCode {
+		return CodeInvalidResponse
+	}
+	for i := range len(code) {
+		if c := code[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return CodeInvalidResponse
+		}
+	}
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(code, secret) {
+			return CodeInvalidResponse
+		}
+	}
+	return code
 }
 
 // redact removes secrets that a provider might echo in an error description.

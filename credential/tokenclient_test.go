@@ -2,6 +2,7 @@ package credential
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -525,6 +526,65 @@ func TestTokenClientClassify(t *testing.T) {
 			}
 			if n := len(te.seen()); n != 1 {
 				t.Errorf("token endpoint got %d requests; want 1", n)
+			}
+		})
+	}
+}
+
+// TestTokenClientErrorCode: a token endpoint's error code is passed on
+// only when RFC 6749 section 5.2 allows its characters and it is at most 64
+// characters long and holds no secret; any other becomes invalid_response,
+// which keeps the answer's temporariness, and the code itself appears
+// nowhere in the error's message.
+func TestTokenClientErrorCode(t *testing.T) {
+	t.Parallel()
+	const refreshToken = "rt-very-secret-0"
+	longest := strings.Repeat("x", 64)
+	tests := []struct {
+		name          string
+		status        int
+		code          string
+		wantCode      string
+		wantTemporary bool
+	}{
+		{"RFC code", http.StatusBadRequest, "invalid_grant", "invalid_grant", false},
+		{"extension code of 64 characters", http.StatusBadRequest, longest, longest, false},
+		{"space and punctuation are RFC's", http.StatusBadRequest, "bad grant!#[]~", "bad grant!#[]~", false},
+		{"65 characters", http.StatusBadRequest, longest + "x", CodeInvalidResponse, false},
+		{"very long", http.StatusBadRequest, strings.Repeat("invalid_grant", 1000), CodeInvalidResponse, false},
+		{"quote", http.StatusBadRequest, `invalid"grant`, CodeInvalidResponse, false},
+		{"backslash", http.StatusBadRequest, `invalid\grant`, CodeInvalidResponse, false},
+		{"newline", http.StatusBadRequest, "invalid_grant\nlevel=error msg=forged", CodeInvalidResponse, false},
+		{"NUL", http.StatusBadRequest, "invalid\x00grant", CodeInvalidResponse, false},
+		{"DEL", http.StatusBadRequest, "invalid\x7fgrant", CodeInvalidResponse, false},
+		{"non-ASCII", http.StatusBadRequest, "invalid_gr\u00e4nt", CodeInvalidResponse, false},
+		{"echoes the refresh token", http.StatusBadRequest, refreshToken, CodeInvalidResponse, false},
+		{"holds the refresh token", http.StatusBadRequest, "revoked:" + refreshToken, CodeInvalidResponse, false},
+		{"holds the client secret", http.StatusUnauthorized, "bad_secret-1", CodeInvalidResponse, false},
+		{"invalid on a 503 stays temporary", http.StatusServiceUnavailable, "down\tnow", CodeInvalidResponse, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			body, err := json.Marshal(map[string]string{"error": tt.code})
+			if err != nil {
+				t.Fatal(err)
+			}
+			te := newRecordingTokenEndpoint(t, answerJSON(tt.status, string(body)))
+			_, err = newTestTokenClient(te.URL()).grant(context.Background(), "sf", refreshToken)
+			re := asError(t, err)
+			if re.Code != tt.wantCode || re.Temporary != tt.wantTemporary {
+				t.Errorf("grant(%q) with error %q = {Code %q, Temporary %v}; want {%q, %v}",
+					"sf", tt.code, re.Code, re.Temporary, tt.wantCode, tt.wantTemporary)
+			}
+			msg := err.Error()
+			for _, secret := range []string{refreshToken, "secret-1"} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("grant(%q) error %q contains %q", "sf", msg, secret)
+				}
+			}
+			if tt.wantCode == CodeInvalidResponse && strings.Contains(msg, tt.code) {
+				t.Errorf("grant(%q) error %q contains the refused code %q", "sf", msg, tt.code)
 			}
 		})
 	}

@@ -34,6 +34,25 @@ type KeySet struct {
 	// Token is exactly what the provider sent, merged with the previous
 	// refresh token when the response carried none.
 	Token Token `json:"token"`
+
+	// Client is the client the key set was granted for. Its tokens are
+	// that client's: an engine configured for another client must not
+	// send them upstream, spend the refresh token at its own token
+	// endpoint, or write over the document. Nil in documents written
+	// before key sets were bound; an engine adopts those and binds them
+	// on its next write.
+	Client *Binding `json:"client,omitempty"`
+}
+
+// Binding names the OAuth2 client a key set belongs to.
+type Binding struct {
+	// TokenURL is the token endpoint the tokens came from, exactly as
+	// configured (after placeholder replacement): no normalization, so
+	// two spellings of one endpoint are two clients, which errs on the
+	// side of refusing a key set rather than leaking it.
+	TokenURL string `json:"token_url"`
+	// ClientID is the client_id the tokens were issued to.
+	ClientID string `json:"client_id"`
 }
 
 // Token is a token endpoint response, field by field, each value kept as
@@ -101,8 +120,9 @@ func (ks *KeySet) ExpiresWithin(now time.Time, skew time.Duration) bool {
 }
 
 // Next returns the key set that follows ks after a grant answered with
-// response: the next generation, the response verbatim, and ks's refresh
-// token kept when the response has none (as Salesforce and Google do).
+// response: the next generation, the response verbatim, ks's refresh token
+// kept when the response has none (as Salesforce and Google do), and ks's
+// client binding.
 func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 	token := response.Clone()
 	if token.RefreshToken() == "" {
@@ -110,12 +130,18 @@ func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 			token[FieldRefreshToken] = rt
 		}
 	}
+	var client *Binding
+	if ks.Client != nil {
+		b := *ks.Client
+		client = &b
+	}
 	return &KeySet{
 		Name:       ks.Name,
 		Generation: ks.Generation + 1,
 		UpdatedAt:  now.UTC(),
 		Expiry:     expiry.UTC(),
 		Token:      token,
+		Client:     client,
 	}
 }
 

@@ -124,6 +124,13 @@ func testRoundTrip(t *testing.T, st keystore.Store) {
 			Token: token(`{"access_token":"at","expires_in":3600,"ext_expires_in":3.60e3,
 				"big":12345678901234567890,"ratio":1.50,"negative":-0,"flag":true,"none":null}`),
 		}},
+		{"bound to a client", &keystore.KeySet{
+			Name:       "bound",
+			Generation: 1,
+			UpdatedAt:  time.Date(2026, 11, 27, 7, 0, 0, 0, time.UTC),
+			Token:      token(`{"access_token":"at","refresh_token":"rt"}`),
+			Client:     &keystore.Binding{TokenURL: "https://login.example/oauth2/token?tenant=a&x=<1>", ClientID: "client \"a\""},
+		}},
 		{"structured fields", &keystore.KeySet{
 			Name:       "graph",
 			Generation: 1,
@@ -519,10 +526,11 @@ func token(response string) keystore.Token {
 }
 
 // Diff describes how got differs from want, or returns "" when they hold the
-// same key set: same name and generation, equal instants, and the same token
-// fields with the same JSON values. Numbers must keep the text the provider
-// wrote (3.60e3 is not 3600); whitespace and the escaping of a string's
-// characters may differ, as they do not change what the string holds.
+// same key set: same name, generation and client binding, equal instants,
+// and the same token fields with the same JSON values. Numbers must keep the
+// text the provider wrote (3.60e3 is not 3600); whitespace and the escaping
+// of a string's characters may differ, as they do not change what the
+// string holds.
 func Diff(got, want *keystore.KeySet) string {
 	var diffs []string
 	if got.Name != want.Name {
@@ -536,6 +544,9 @@ func Diff(got, want *keystore.KeySet) string {
 	}
 	if !got.Expiry.Equal(want.Expiry) {
 		diffs = append(diffs, fmt.Sprintf("Expiry = %v; want %v", got.Expiry, want.Expiry))
+	}
+	if !reflect.DeepEqual(got.Client, want.Client) {
+		diffs = append(diffs, fmt.Sprintf("Client = %+v; want %+v", got.Client, want.Client))
 	}
 	fields := make([]string, 0, len(got.Token)+len(want.Token))
 	for f := range got.Token {
