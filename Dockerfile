@@ -15,9 +15,13 @@ COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/caddy ./cmd/caddy
 # Distroless has no shell to create directories: /data (Caddy's data directory and the file
 # keystore) is made here, owned by the runtime user, so a volume mounted there inherits it.
-# It is copied as an entry of rootfs/, which keeps its owner and mode (copying the directory
+# So is /run/oauth2-upstream, where the Caddyfile puts the admin API's unix socket (Kubernetes
+# mounts an emptyDir there that only the sidecar container sees).
+# They are copied as entries of rootfs/, which keeps their owner and mode (copying a directory
 # itself would copy only its contents).
-RUN mkdir -p /out/rootfs/data && chown 65532:65532 /out/rootfs/data && chmod 0700 /out/rootfs/data
+RUN mkdir -p /out/rootfs/data /out/rootfs/run/oauth2-upstream && \
+    chown 65532:65532 /out/rootfs/data /out/rootfs/run/oauth2-upstream && \
+    chmod 0700 /out/rootfs/data /out/rootfs/run/oauth2-upstream
 
 FROM gcr.io/distroless/static-debian12:nonroot
 # CA certificates for the token endpoint and the upstream API come with the base image.

@@ -187,7 +187,7 @@ func (a *AdminAPI) put(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return adminProblem(w, http.StatusNotFound, "Unknown key set", fmt.Sprintf("no live oauth2_upstream handler can use key set %q", name), name)
 	}
 	ks, err := oncePerKeystore(ctx, name, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
-		return e.Put(ctx, name, token)
+		return skipForeign(e.Put(ctx, name, token))
 	})
 	if err != nil {
 		a.log().Error("storing key set from the admin API failed", zap.String("key_set", name), zap.Error(err))
@@ -195,6 +195,10 @@ func (a *AdminAPI) put(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			return adminProblem(w, http.StatusConflict, "Stored key set is corrupt", err.Error(), name)
 		}
 		return writeAdminRefreshProblem(w, err)
+	}
+	if ks == nil {
+		return adminProblem(w, http.StatusConflict, "Key set bound to another client",
+			fmt.Sprintf("key set %q is bound to a client that no live oauth2_upstream handler uses; remove it from the keystore to seed it anew", name), name)
 	}
 	a.log().Info("stored key set from the admin API",
 		zap.String("key_set", name), zap.Int64("generation", ks.Generation),
@@ -213,7 +217,7 @@ func (a *AdminAPI) refresh(ctx context.Context, w http.ResponseWriter, _ *http.R
 		if errors.Is(err, keystore.ErrNotFound) {
 			return nil, nil // a keystore without it: nothing to refresh there
 		}
-		return ks, err
+		return skipForeign(ks, err)
 	})
 	if err != nil {
 		return writeAdminRefreshProblem(w, err)
@@ -270,6 +274,16 @@ func oncePerKeystore(ctx context.Context, name string, handlers []*Handler, writ
 		}
 	}
 	return first, nil
+}
+
+// skipForeign makes an engine's refusal of a key set bound to another client
+// a skip: another live handler, of that client, may own it.
+func skipForeign(ks *keystore.KeySet, err error) (*keystore.KeySet, error) {
+	var ce *credential.Error
+	if errors.As(err, &ce) && ce.Code == credential.CodeKeySetForeign {
+		return nil, nil
+	}
+	return ks, err
 }
 
 // readTokenResponse reads a PUT body: a JSON object, a token endpoint

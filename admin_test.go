@@ -113,7 +113,7 @@ func TestAdminListKeySets(t *testing.T) {
 	static := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "list-static", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	te2 := credentialtest.NewTokenEndpoint(t, "rt-a")
 	api2 := newAPIServer(t, "Bearer at-1")
-	selected := newSidecar(t, &Handler{TokenURL: te2.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api2.server.URL))
+	selected := newSidecar(t, &Handler{TokenURL: te2.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api2.server.URL))
 	selected.seedStore(t, "list-a", "rt-a")
 	a, _ := adminFor(static.handler, selected.handler)
 
@@ -186,7 +186,7 @@ func TestAdminGetKeySet(t *testing.T) {
 	api := newAPIServer(t, "Bearer at-1")
 	seeded := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-seeded", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-missing"}, hostPort(t, api.server.URL))
-	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
+	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
 	selected.seedStore(t, "get-stored", "rt-x")
 	a, _ := adminFor(seeded.handler, missing.handler, selected.handler)
 	seeded.get(t, "/x")
@@ -390,7 +390,7 @@ func TestAdminRefresh(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "refresh-me", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
+	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler, selected.handler)
 	const path = "/oauth2_upstream/key_sets/refresh-me/refresh"
 
@@ -443,7 +443,8 @@ func TestAdminRefresh(t *testing.T) {
 
 // Invariant 7: no token value appears in the admin API's answers, the
 // metrics, the health route or the logs, while the notification receiver
-// (which gets them by design) shows the values were there to leak.
+// (which gets them, with notify_include_tokens) shows the values were there
+// to leak. The notify secret and header values never appear either.
 func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	t.Parallel()
 	const marker = "-q7z" // every token value of this test ends with it
@@ -466,7 +467,8 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	api := newAPIServer(t, "Bearer LEAK-AT-1"+marker)
 	rcv := credentialtest.NewReceiver(t)
 	h := &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "LEAK-SECRET" + marker, KeySet: "leak-scan",
-		RefreshToken: "LEAK-SEED" + marker, Notify: rcv.Server.URL}
+		RefreshToken: "LEAK-SEED" + marker, Notify: rcv.Server.URL, NotifySecret: "LEAK-NOTIFY-SECRET" + marker,
+		NotifyIncludeTokens: true, NotifyHeaders: http.Header{"Authorization": {"Bearer LEAK-NOTIFY-KEY" + marker}}}
 	s := newSidecar(t, h, hostPort(t, api.server.URL))
 	a, adminLogs := adminFor(s.handler)
 	health := &Health{config: s.handler.ops.config}
@@ -506,5 +508,37 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "invalid_grant") || !strings.Contains(out.String(), "caddy_oauth2_upstream_grants_total") {
 		t.Errorf("the scanned output lacks the failure and the metrics; the scan proves nothing:\n%s", out.String())
+	}
+}
+
+// A PUT or a forced refresh of a key set reaches the handler of the client
+// it is bound to, even when a placeholder handler of another client that
+// shares the keystore is asked first; that one refuses it (key_set_foreign)
+// and is skipped.
+func TestAdminSkipsHandlersOfOtherClients(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	dir := t.TempDir()
+	raw, _ := json.Marshal(map[string]string{"backend": "file", "path": dir})
+	other := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "other-client", KeySet: "{http.request.header.X-Account}",
+		KeySetAllow: "[a-z-]+", KeystoreRaw: raw}, hostPort(t, api.server.URL))
+	owner := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "owner", KeySet: "shared-ks", RefreshToken: "rt-0", KeystoreRaw: raw},
+		hostPort(t, api.server.URL))
+	if resp, _ := owner.get(t, "/"); resp.StatusCode != http.StatusOK { // seeds and binds the key set to "owner"
+		t.Fatalf("owner's first request = %d; want 200", resp.StatusCode)
+	}
+	a, _ := adminFor(other.handler, owner.handler)
+
+	rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/shared-ks", `{"access_token":"put-at","expires_in":3600}`)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("PUT = %d (%s); want 200 from the owner's handler", rec.Code, rec.Body)
+	}
+	if rec := adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/shared-ks/refresh", ""); rec.Code != http.StatusOK {
+		t.Fatalf("POST refresh = %d (%s); want 200 from the owner's handler", rec.Code, rec.Body)
+	}
+	ks := owner.storedKeySet(t, "shared-ks")
+	if ks.Generation != 4 || ks.Client == nil || ks.Client.ClientID != "owner" {
+		t.Errorf("stored generation %d bound to %+v; want generation 4 (seed, grant, PUT, refresh) bound to owner", ks.Generation, ks.Client)
 	}
 }

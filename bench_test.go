@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
@@ -70,7 +72,7 @@ func (w *benchWriter) SetReadDeadline(time.Time) error { return nil }
 // newBenchHandler provisions a Handler whose file keystore holds a valid,
 // long-lived access token, so that ServeHTTP takes the fast path. The token
 // endpoint is never asked.
-func newBenchHandler(b *testing.B) *Handler {
+func newBenchHandler(b *testing.B, configure ...func(*Handler)) *Handler {
 	b.Helper()
 	dir := b.TempDir()
 	store, err := keystore.NewFile(dir)
@@ -86,6 +88,9 @@ func newBenchHandler(b *testing.B) *Handler {
 	}
 	raw, _ := json.Marshal(map[string]string{"backend": "file", "path": dir})
 	h := &Handler{TokenURL: "http://127.0.0.1:9/token", ClientID: "bench", KeystoreRaw: raw}
+	for _, c := range configure {
+		c(h)
+	}
 
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
@@ -242,7 +247,7 @@ func BenchmarkProxy(b *testing.B) {
 	}
 }
 
-func newBenchProxy(b *testing.B, upstream string) *reverseproxy.Handler {
+func newBenchProxy(b *testing.B, upstream string, transport ...*reverseproxy.HTTPTransport) *reverseproxy.Handler {
 	b.Helper()
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
@@ -251,11 +256,53 @@ func newBenchProxy(b *testing.B, upstream string) *reverseproxy.Handler {
 		b.Fatalf("ProvisionContext() = %v", err)
 	}
 	proxy := &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: upstream}}}
+	if len(transport) > 0 {
+		proxy.TransportRaw = caddyconfig.JSONModuleObject(transport[0], "protocol", "http", nil)
+	}
 	if err := proxy.Provision(ctx); err != nil {
 		b.Fatalf("provisioning reverse_proxy: %v", err)
 	}
 	b.Cleanup(func() { proxy.Cleanup() })
 	return proxy
+}
+
+// BenchmarkUpstreamExpect is the price of upstream_expect: POSTs through
+// oauth2_upstream and reverse_proxy (expect_continue_timeout 1s, as the
+// shipped configurations set it) to a loopback upstream that reads bodies
+// whole, with "Expect: 100-continue" sent upstream (on) and without (off);
+// auto, the default, is "on" for requests whose client sent Expect. Each on/off pair runs side by side in one process.
+//
+//	go test -run '^$' -bench BenchmarkUpstreamExpect -count 6
+func BenchmarkUpstreamExpect(b *testing.B) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Length", strconv.Itoa(len(benchAnswer)))
+		w.Write(benchAnswer)
+	}))
+	b.Cleanup(upstream.Close)
+	proxy := newBenchProxy(b, upstream.Listener.Addr().String(),
+		&reverseproxy.HTTPTransport{ExpectContinueTimeout: caddy.Duration(time.Second)})
+	viaProxy := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return proxy.ServeHTTP(w, r, answer1KiB)
+	})
+	handlers := map[string]*Handler{
+		"on":  newBenchHandler(b, func(h *Handler) { h.UpstreamExpect = "on" }),
+		"off": newBenchHandler(b, func(h *Handler) { h.UpstreamExpect = "off" }),
+	}
+	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
+		for _, mode := range []string{"off", "on"} {
+			b.Run(fmt.Sprintf("POST_%dKiB/upstream_expect_%s", size>>10, mode), func(b *testing.B) {
+				w := newBenchWriter()
+				req := newBenchRequest(http.MethodPost, "http://127.0.0.1/api", size)
+				for b.Loop() {
+					w.reset()
+					if err := handlers[mode].ServeHTTP(w, req.next(w), viaProxy); err != nil || w.status != http.StatusOK {
+						b.Fatalf("ServeHTTP() = %v, status %d; want 200", err, w.status)
+					}
+				}
+			})
+		}
+	}
 }
 
 // BenchmarkReplayBody is the cost of keeping a body for a replay while it
@@ -305,7 +352,7 @@ func BenchmarkReplayBody(b *testing.B) {
 
 func newBenchReplayBody(body []byte) *replayBody {
 	r := &http.Request{Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body))}
-	return newReplayBody(r, defaultReplayMemory, defaultMaxReplayBody)
+	return newReplayBody(r, defaultReplayMemory, defaultMaxReplayBody, "Authorization")
 }
 
 // drain reads r to its end in len(buf) reads, as io.Copy would without the

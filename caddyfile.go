@@ -1,6 +1,7 @@
 package oauth2upstream
 
 import (
+	"net/http"
 	"strconv"
 	"strings"
 
@@ -44,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		scopes          <scope...>
 //		param           <name> <value...>
 //		key_set         <name>
+//		key_set_allow   <regexp>
 //		refresh_token   <seed>
 //		refresh         proactive|reactive|always
 //		refresh_on      <status...>
@@ -54,9 +56,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_replay_body <size>|off
 //		keystore        <backend> [<args...>] [{ ... }]
 //		notify          <url>
+//		notify_secret   <secret>
+//		notify_include_tokens
+//		notify_header   <name> <value>
 //		encryption_key  <key> [<older key>...]
 //		max_wait        <duration>
 //		body_timeout    <duration>|off
+//		upstream_expect auto|on|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -72,7 +78,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		}
 		if target, ok := h.durationOptions()[option]; ok {
-			if err := parseDuration(d, target, false); err != nil {
+			// Zero would silently mean the default: refused.
+			if err := parseDuration(d, target, true); err != nil {
 				return err
 			}
 			continue
@@ -88,8 +95,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (h *Handler) stringOptions() map[string]*string {
 	return map[string]*string{
 		"token_url": &h.TokenURL, "client_id": &h.ClientID, "client_secret": &h.ClientSecret,
-		"auth_style": &h.AuthStyle, "grant": &h.Grant, "key_set": &h.KeySet,
-		"refresh_token": &h.RefreshToken, "refresh": &h.Refresh, "notify": &h.Notify,
+		"auth_style": &h.AuthStyle, "grant": &h.Grant, "key_set": &h.KeySet, "key_set_allow": &h.KeySetAllow,
+		"refresh_token": &h.RefreshToken, "refresh": &h.Refresh, "upstream_expect": &h.UpstreamExpect, "notify": &h.Notify,
+		"notify_secret": &h.NotifySecret,
 	}
 }
 
@@ -139,6 +147,20 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		return parseSize(d, &h.MaxReplayBody, "off", -1)
 	case "keystore":
 		return h.parseKeystore(d)
+	case "notify_include_tokens":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.NotifyIncludeTokens = true
+	case "notify_header":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("notify_header: want <name> <value>, got %d arguments", len(args))
+		}
+		if h.NotifyHeaders == nil {
+			h.NotifyHeaders = make(http.Header)
+		}
+		h.NotifyHeaders[args[0]] = append(h.NotifyHeaders[args[0]], args[1])
 	case "encryption_key":
 		h.EncryptionKeys = d.RemainingArgs()
 		if len(h.EncryptionKeys) == 0 {
@@ -152,7 +174,7 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			}
 			d.Prev() // back to the option's name, for parseDuration
 		}
-		return parseDuration(d, &h.BodyTimeout, false)
+		return parseDuration(d, &h.BodyTimeout, true)
 	default:
 		return d.Errf("unrecognized oauth2_upstream option %q", option)
 	}
@@ -221,6 +243,13 @@ func parseSize(d *caddyfile.Dispenser, dst *int64, keyword string, keywordValue 
 	size, err := humanize.ParseBytes(s)
 	if err != nil || size > 1<<62 {
 		return d.Errf("%s: %q is not a size (like 64MiB or 1048576)", option, strings.TrimSpace(s))
+	}
+	if size == 0 {
+		// Zero would silently mean the default.
+		if keyword != "" {
+			return d.Errf("%s: must be a positive size, or %s", option, keyword)
+		}
+		return d.Errf("%s: must be a positive size", option)
 	}
 	*dst = int64(size)
 	return nil

@@ -179,6 +179,8 @@ func TestValidateErrors(t *testing.T) {
 		{name: "seed with placeholder key_set", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}"; h.RefreshToken = "rt" }, want: "refresh_token seeds one key set"},
 		{name: "seed with client_credentials", modify: func(h *Handler) { h.Grant = credential.GrantClientCredentials; h.RefreshToken = "rt" }, want: "client_credentials grant needs none"},
 		{name: "placeholder key_set with client_credentials", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}"; h.Grant = credential.GrantClientCredentials }, want: "client_credentials grant cannot use"},
+		{name: "placeholder key_set without key_set_allow", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}" }, want: "key_set_allow <regexp> must say which names"},
+		{name: "key_set_allow without placeholders", modify: func(h *Handler) { h.KeySetAllow = "a.*" }, want: "key_set_allow is for a key_set with placeholders"},
 		{name: "reserved param", modify: func(h *Handler) { h.Params = map[string][]string{"grant_type": {"password"}} }, want: "param grant_type: set by the grant itself"},
 		{name: "scope as param", modify: func(h *Handler) { h.Params = map[string][]string{"scope": {"x"}} }, want: "param scope"},
 		{name: "negative body_timeout", modify: func(h *Handler) { h.BodyTimeout = -5 }, want: "body_timeout"},

@@ -13,10 +13,12 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
@@ -331,12 +333,16 @@ func TestKeySetSelection(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
-	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
-	seed := &keystore.KeySet{Name: "acme", Generation: 1, Token: keystore.Token{}}
-	seed.Token.SetString("refresh_token", "rt-0")
-	if err := s.store.Save(context.Background(), seed); err != nil {
-		t.Fatal(err)
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
+	for _, name := range []string{"acme", "Salesforce"} {
+		seed := &keystore.KeySet{Name: name, Generation: 1, Token: keystore.Token{}}
+		seed.Token.SetString("refresh_token", "rt-0")
+		if err := s.store.Save(context.Background(), seed); err != nil {
+			t.Fatal(err)
+		}
 	}
+	loads := &loadCounter{Store: s.handler.engine.Store()}
+	s.replaceEngine(loads, time.Now)
 	tests := []struct {
 		account    string
 		wantStatus int
@@ -346,6 +352,8 @@ func TestKeySetSelection(t *testing.T) {
 		{account: "unknown", wantStatus: http.StatusBadGateway, wantCode: credential.CodeNoKeySet},
 		{account: "../etc/passwd", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
 		{account: "", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
+		// Stored, but outside key_set_allow: another client's key set.
+		{account: "Salesforce", wantStatus: http.StatusForbidden, wantCode: codeKeySetNotAllowed},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest(http.MethodGet, s.server.URL+"/x", nil)
@@ -362,6 +370,32 @@ func TestKeySetSelection(t *testing.T) {
 			}
 		}
 	}
+	if got := loads.names(); slices.Contains(got, "Salesforce") {
+		t.Errorf("keystore loads %v; a name outside key_set_allow must touch no keystore", got)
+	}
+	if got := len(api.seen()); got != 1 {
+		t.Errorf("upstream saw %d requests; want 1 (acme's)", got)
+	}
+}
+
+// loadCounter records the names a keystore is asked to load.
+type loadCounter struct {
+	keystore.Store
+	mu     sync.Mutex // guards loaded
+	loaded []string
+}
+
+func (l *loadCounter) Load(ctx context.Context, name string) (*keystore.KeySet, error) {
+	l.mu.Lock()
+	l.loaded = append(l.loaded, name)
+	l.mu.Unlock()
+	return l.Store.Load(ctx, name)
+}
+
+func (l *loadCounter) names() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.loaded)
 }
 
 // Extra fields of the token response, such as Salesforce's instance_url,

@@ -79,7 +79,7 @@ func TestHealthFailingKeySets(t *testing.T) {
 		t.Errorf("missing key set: %d %+v; want 503 %+v", code, answer, want)
 	}
 
-	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}"}, hostPort(t, api.server.URL))
+	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
 	health := &Health{config: selected.handler.ops.config}
 	if code, answer := probe(t, health); code != http.StatusOK {
 		t.Errorf("placeholder key_set, nothing selected: %d %+v; want 200", code, answer)

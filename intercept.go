@@ -10,9 +10,22 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
+// maxHeldBody is the most of a trigger answer's body that is held back for
+// a possible replay. A 401's body is an error message; a larger answer
+// goes to the client as it is, unreplayed, so that no upstream can make the
+// sidecar hold an unbounded amount of memory.
+const maxHeldBody = 64 << 10
+
 var heldBodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// attemptWriter is the response writer of a first attempt. A response whose
+// attemptWriter is the response writer of every attempt. It never passes on
+// an upstream's "100 Continue": the client gets its one 100 from Go's
+// server when the handler first reads the body, and the upstream's (one
+// per attempt, when Expect goes upstream) would be a second and a third
+// (RFC 9110 section 10.1.1 allows a client one). Other 1xx answers, such as
+// 103 Early Hints, go through.
+//
+// On a first attempt, a response whose
 // status is a trigger (401 by default) is held back, not sent: its status
 // and body here, its headers in the real writer's header map. The handler
 // then either replays the request, after restoring the headers it had
@@ -22,11 +35,15 @@ type attemptWriter struct {
 	triggers                        []int
 	wroteHeader                     bool
 	held                            bool
-	status                          int
-	body                            *bytes.Buffer
+	// tooLarge: the trigger answer's body outgrew maxHeldBody and went to
+	// the client unreplayed.
+	tooLarge bool
+	status   int
+	body     *bytes.Buffer
 }
 
-// reset makes aw the writer of a first attempt on w.
+// reset makes aw the writer of an attempt on w; triggers lists the statuses
+// to hold back (none for a replay).
 func (aw *attemptWriter) reset(w http.ResponseWriter, triggers []int) {
 	*aw = attemptWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, triggers: triggers}
 }
@@ -35,9 +52,10 @@ func (aw *attemptWriter) WriteHeader(status int) {
 	if aw.wroteHeader {
 		return
 	}
-	if status >= 100 && status < 200 {
-		// Informational responses (103 Early Hints) go through; the
-		// final status follows.
+	if status == http.StatusContinue {
+		return
+	}
+	if status > 100 && status < 200 {
 		aw.ResponseWriter.WriteHeader(status)
 		return
 	}
@@ -55,9 +73,24 @@ func (aw *attemptWriter) Write(p []byte) (int, error) {
 		aw.WriteHeader(http.StatusOK)
 	}
 	if aw.held {
-		return aw.body.Write(p)
+		if aw.body.Len()+len(p) <= maxHeldBody {
+			return aw.body.Write(p)
+		}
+		if err := aw.giveUpHolding(); err != nil {
+			return 0, err
+		}
 	}
 	return aw.ResponseWriter.Write(p)
+}
+
+// giveUpHolding sends the held part of a trigger answer that is too large
+// to hold, so that the rest streams to the client as it comes.
+func (aw *attemptWriter) giveUpHolding() error {
+	aw.held, aw.tooLarge = false, true
+	aw.ResponseWriter.WriteHeader(aw.status)
+	_, err := aw.ResponseWriter.Write(aw.body.Bytes())
+	aw.free()
+	return err
 }
 
 func (aw *attemptWriter) ReadFrom(r io.Reader) (int64, error) {
@@ -65,10 +98,14 @@ func (aw *attemptWriter) ReadFrom(r io.Reader) (int64, error) {
 		aw.WriteHeader(http.StatusOK)
 	}
 	if aw.held {
-		return aw.body.ReadFrom(r)
+		// Through Write, in pieces, so that the bound applies.
+		return io.Copy(writerOnly{aw}, r)
 	}
 	return aw.ResponseWriterWrapper.ReadFrom(r)
 }
+
+// writerOnly hides a writer's ReadFrom, so that io.Copy writes in pieces.
+type writerOnly struct{ io.Writer }
 
 // FlushError keeps a held response held. Without it,
 // http.ResponseController would unwrap to the real writer and flush, which
@@ -90,11 +127,14 @@ func (aw *attemptWriter) sendHeld() error {
 	return err
 }
 
-// free returns the held body's buffer to its pool.
+// free returns the held body's buffer to its pool, unless it grew past
+// what the pool should keep.
 func (aw *attemptWriter) free() {
 	if aw.body != nil {
-		aw.body.Reset()
-		heldBodyPool.Put(aw.body)
+		if aw.body.Cap() <= 2*maxHeldBody {
+			aw.body.Reset()
+			heldBodyPool.Put(aw.body)
+		}
 		aw.body = nil
 	}
 }

@@ -2,6 +2,7 @@ package oauth2upstream
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 
@@ -64,8 +65,8 @@ type operations struct {
 }
 
 // newOperations registers the handler's metrics and starts its change
-// notifier when notify is set.
-func newOperations(ctx caddy.Context, notify string, logger *zap.Logger) (*operations, error) {
+// notifier when notify.URL is set.
+func newOperations(ctx caddy.Context, notify credential.NotifyConfig, logger *zap.Logger) (*operations, error) {
 	registry := ctx.GetMetricsRegistry()
 	if registry == nil {
 		registry = prometheus.NewRegistry() // a context built without one: metrics go nowhere
@@ -75,8 +76,10 @@ func newOperations(ctx caddy.Context, notify string, logger *zap.Logger) (*opera
 		return nil, err
 	}
 	ops := &operations{config: registry, metrics: m}
-	if notify != "" {
-		ops.notifier = credential.NewNotifier(notify, logger)
+	if notify.URL != "" {
+		if ops.notifier, err = credential.NewNotifier(notify, logger); err != nil {
+			return nil, fmt.Errorf("starting the change notifier: %w", err)
+		}
 	}
 	return ops, nil
 }
@@ -113,9 +116,12 @@ func (o *operations) countReplay(keySet, outcome string) {
 }
 
 // serves reports whether the handler can use key set name: its key_set is
-// that name, or has placeholders and so may select any name.
+// that name, or has placeholders and key_set_allow admits the name.
 func (h *Handler) serves(name string) bool {
-	return h.keySetIsTemplate || h.KeySet == name
+	if h.keySetIsTemplate {
+		return h.allowKeySet(name) == nil
+	}
+	return h.KeySet == name
 }
 
 // handlerStatuses returns the status of every key set the handler knows:

@@ -23,7 +23,7 @@ const (
 // Outcomes of a trigger status (the replays_total outcome label).
 const (
 	replayReplayed      = "replayed"
-	replayNotReplayable = "not_replayable" // the body was too large to keep
+	replayNotReplayable = "not_replayable" // the request body, or the trigger answer's, was too large to keep
 	replayRefreshFailed = "refresh_failed"
 )
 

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -19,7 +20,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 func init() {
@@ -74,6 +74,13 @@ type Handler struct {
 	// or '-'. Default: "default".
 	KeySet string `json:"key_set,omitempty"`
 
+	// KeySetAllow is a regular expression (RE2, anchored at both ends)
+	// that a key_set with placeholders must match once resolved; a name
+	// that does not match gets 403 key_set_not_allowed and touches no
+	// keystore. Required when key_set has placeholders: a client must not
+	// pick any key set the keystore holds.
+	KeySetAllow string `json:"key_set_allow,omitempty"`
+
 	// RefreshToken seeds the key set when the keystore has none of that
 	// name; once a key set is stored it is ignored. Only for a key_set
 	// without placeholders. Placeholders (usually {env.*}) are replaced
@@ -93,10 +100,11 @@ type Handler struct {
 	RefreshOn []int `json:"refresh_on,omitempty"`
 
 	// ExpirySkew is how long before the expiry a proactive refresh
-	// starts. Default: 30s.
+	// starts. Zero or absent: the default, 30s (the Caddyfile refuses 0).
 	ExpirySkew caddy.Duration `json:"expiry_skew,omitempty"`
 
-	// TokenTimeout bounds one token request. Default: 10s.
+	// TokenTimeout bounds one token request. Zero or absent: the default,
+	// 10s (the Caddyfile refuses 0).
 	TokenTimeout caddy.Duration `json:"token_timeout,omitempty"`
 
 	// HeaderName is the request header that carries the token; whatever
@@ -108,21 +116,24 @@ type Handler struct {
 	HeaderScheme string `json:"header_scheme,omitempty"`
 
 	// ReplayMemory is how many bytes of a request body are kept in memory
-	// for a replay; the rest goes to a temporary file. Default: 1048576.
+	// for a replay; the rest goes to a temporary file. Zero or absent: the
+	// default, 1048576 (the Caddyfile refuses 0).
 	ReplayMemory int64 `json:"replay_memory,omitempty"`
 
 	// MaxReplayBody is the largest request body, in bytes, that can be
 	// replayed. A larger body streams to the upstream once, and a trigger
 	// status then goes back to the client (the token is still refreshed
 	// for the next request). -1 disables replaying requests with a body.
-	// Default: 67108864 (64 MiB).
+	// Zero or absent: the default, 67108864 (64 MiB); the Caddyfile takes
+	// "off" for -1 and refuses 0.
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 
 	// BodyTimeout is the longest the handler waits for the next bytes of
 	// a request body from the client (an idle timeout, not a bound on the
 	// whole upload, which may be slowed by the upstream); a stalled client
-	// is cut off and its kept body freed. 0 uses the default; -1 disables.
-	// Default: 60s.
+	// is cut off and its kept body freed. It never extends the server's
+	// own read timeout. Zero or absent: the default, 60s; -1 disables
+	// (the Caddyfile takes "off" and refuses 0).
 	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
 
 	// EncryptionKeys encrypt key set documents at rest with AES-256-GCM:
@@ -135,23 +146,61 @@ type Handler struct {
 
 	// MaxWait bounds how long a request waits for a refresh another
 	// request started; past it the request gets 503 with Retry-After
-	// while the refresh goes on. Default: 15s.
+	// while the refresh goes on. Zero or absent: the default, 15s (the
+	// Caddyfile refuses 0).
 	MaxWait caddy.Duration `json:"max_wait,omitempty"`
 
 	// KeystoreRaw configures where key sets are stored. Default: the file
 	// keystore in Caddy's data directory.
 	KeystoreRaw json.RawMessage `json:"keystore,omitempty" caddy:"namespace=oauth2_upstream.keystores inline_key=backend"`
 
+	// UpstreamExpect is when a request with a body goes upstream with
+	// "Expect: 100-continue": "auto" (when the client sent it), "on"
+	// (always) or "off" (never). The client's own handshake is with this
+	// server, whatever this says. With Expect, and reverse_proxy's
+	// transport option expect_continue_timeout (without it Go sends the
+	// body at once, and an upstream that rejects unread closes the
+	// connection under the upload), an upstream that rejects the token
+	// answers before the body leaves: nothing is uploaded in vain, and
+	// nothing races the upload; without Expect, an upstream that answers
+	// 401 to a chunked upload unread and resets the connection turns the
+	// 401 into a 502. The price is one round trip per request with a body
+	// (BenchmarkUpstreamExpect: +8 % for 4 KiB POSTs and +30 % for 64 KiB
+	// ones on loopback). Default: auto.
+	UpstreamExpect string `json:"upstream_expect,omitempty"`
+
 	// Notify is a URL that receives every key set change this handler
-	// stores, as a POSTed JSON {"name", "generation", "token"} (the whole
-	// token response), in order per key set, retried with backoff. It
-	// must be https unless its host is loopback. Placeholders such as
-	// {env.NOTIFY_URL} are replaced when the handler starts.
+	// stores, as a POSTed JSON {"name", "generation", "updated_at",
+	// "expiry", "extra"} holding no token value (unless
+	// NotifyIncludeTokens), signed with NotifySecret, in order per key
+	// set, retried with backoff. It must be https unless its host is
+	// loopback. Placeholders such as {env.NOTIFY_URL} are replaced when
+	// the handler starts.
 	Notify string `json:"notify,omitempty"`
+
+	// NotifySecret keys the HMAC-SHA256 signature of every notification
+	// (the Oauth2-Upstream-Signature header); required with Notify. Give
+	// it as a placeholder, usually {env.NOTIFY_SECRET}, replaced when the
+	// handler starts: a literal value shows in Caddy's config, /config/ of
+	// the admin API included.
+	NotifySecret string `json:"notify_secret,omitempty"`
+
+	// NotifyIncludeTokens adds the whole token response, token values
+	// included, under "token" in every notification, for platforms that
+	// persist the keys themselves. Default: false, no token value is sent.
+	NotifyIncludeTokens bool `json:"notify_include_tokens,omitempty"`
+
+	// NotifyHeaders are added to every notification request (an
+	// Authorization the receiver checks, say). Content-Type,
+	// Content-Length, Host, Transfer-Encoding, Trailer, Connection and
+	// the signature header cannot be set. Placeholders in the values
+	// (usually {env.*}) are replaced when the handler starts.
+	NotifyHeaders http.Header `json:"notify_headers,omitempty"`
 
 	engine           *credential.Engine
 	keySetIsTemplate bool
-	headerKey        string // HeaderName, canonical: its key in http.Header
+	keySetAllow      *regexp.Regexp // KeySetAllow, anchored; nil without one
+	headerKey        string         // HeaderName, canonical: its key in http.Header
 	logger           *zap.Logger
 	ops              *operations // metrics and notifications (live.go)
 }
@@ -169,18 +218,33 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken, &h.Notify} {
+	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken, &h.Notify, &h.NotifySecret} {
 		*field = repl.ReplaceKnown(*field, "")
+	}
+	for _, values := range h.NotifyHeaders {
+		for i := range values {
+			values[i] = repl.ReplaceKnown(values[i], "")
+		}
 	}
 	h.setDefaults()
 	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
 	h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
+	if h.KeySetAllow != "" {
+		allow, err := regexp.Compile(`^(?:` + h.KeySetAllow + `)$`)
+		if err != nil {
+			return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
+		}
+		h.keySetAllow = allow
+	}
 
+	if err := h.checkHeaderIsNotLogged(ctx); err != nil {
+		return err
+	}
 	store, err := h.loadKeystore(ctx, repl)
 	if err != nil {
 		return err
 	}
-	if h.ops, err = newOperations(ctx, h.Notify, h.logger); err != nil {
+	if h.ops, err = newOperations(ctx, h.notifyConfig(), h.logger); err != nil {
 		return err
 	}
 	h.engine = h.newEngine(store, time.Now)
@@ -221,8 +285,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	name := h.KeySet
 	if h.keySetIsTemplate {
 		name = repl.ReplaceAll(h.KeySet, "")
-		if err := keystore.ValidateName(name); err != nil {
-			return writeProblem(w, &credential.Error{KeySet: name, Code: credential.CodeInvalidKeySetName, Description: err.Error(), Err: err})
+		if err := h.allowKeySet(name); err != nil {
+			return writeProblem(w, err)
 		}
 	}
 	cred, err := h.engine.Current(r.Context(), name)
@@ -232,10 +296,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	x := &exchange{vars: requestPlaceholders{keySet: name, cred: cred}}
 	repl.Map(x.vars.lookup)
 
-	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody)
+	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody, h.headerKey)
 	if body != nil {
 		defer body.release()
-		body.idleTimeout(w, time.Duration(h.BodyTimeout))
+		body.idleTimeout(w, r, time.Duration(h.BodyTimeout))
 		r.Body = body
 	}
 	// The held answer's headers (WWW-Authenticate, ...) go into the real
@@ -243,11 +307,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	before := w.Header().Clone()
 	// Set, not Add: whatever the client sent in this header is replaced.
 	r.Header.Set(h.HeaderName, cred.Header)
+	if body != nil {
+		h.setUpstreamExpect(r)
+	}
 
 	attempt := &x.attempt
 	attempt.reset(w, h.RefreshOn)
 	defer attempt.free()
-	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
+	err = next.ServeHTTP(attempt, r)
+	if attempt.tooLarge {
+		h.ops.countReplay(name, replayNotReplayable)
+		h.logger.Debug("not replaying: the trigger answer's body is larger than is held",
+			zap.String("key_set", name), zap.Int("max_held_body", maxHeldBody))
+	}
+	if err != nil || !attempt.held {
 		return err
 	}
 
@@ -277,7 +350,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		zap.Int64("rejected_generation", cred.KeySet.Generation),
 		zap.Int64("generation", fresh.KeySet.Generation))
 	h.ops.countReplay(name, replayReplayed)
-	return next.ServeHTTP(w, r)
+	attempt.free()
+	attempt.reset(w, nil)
+	return next.ServeHTTP(attempt, r)
 }
 
 // Interface guards

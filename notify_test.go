@@ -14,17 +14,18 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 )
 
-// Every stored change is POSTed once, in order, with the whole token
-// response: the seed, a grant, a refresh after a
-// 401, and an admin PUT; Cleanup delivers what is still pending.
+// With notify_include_tokens, every stored change is POSTed once, in
+// order, signed, with the whole token response: the seed, a grant, a
+// refresh after a 401, and an admin PUT; Cleanup delivers what is still
+// pending.
 func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
-	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0", Notify: rcv.Server.URL},
-		hostPort(t, api.server.URL))
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0", Notify: rcv.Server.URL,
+		NotifySecret: "order-secret", NotifyIncludeTokens: true}, hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler)
 
 	s.get(t, "/first") // seed (1), grant (2)
@@ -57,6 +58,11 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 	if raw := rcv.Bodies(); len(raw) == 4 && !strings.Contains(raw[3], `"put<&>"`) {
 		t.Errorf("PUT notification body %s; want the token's exact text (no HTML escaping)", raw[3])
 	}
+	for i, d := range rcv.Deliveries() {
+		if _, err := credentialtest.VerifySignature(d.Header.Get(credential.SignatureHeader), d.Body, "order-secret"); err != nil {
+			t.Errorf("delivery %d: %v", i+1, err)
+		}
+	}
 	rcv.Mu.Lock()
 	defer rcv.Mu.Unlock()
 	if len(rcv.Bad) != 0 {
@@ -75,7 +81,7 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Hold = "notify-slow"
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-slow", RefreshToken: "rt-0", Refresh: credential.ModeAlways,
-		Notify: rcv.Server.URL}, hostPort(t, api.URL))
+		Notify: rcv.Server.URL, NotifySecret: "s"}, hostPort(t, api.URL))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i := range 5 {
@@ -101,50 +107,142 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 	}
 }
 
-// notify must be https, or http to a loopback host: the body carries the
-// tokens.
-func TestNotifyValidate(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		url     string
-		wantErr bool
-	}{
-		{url: "https://platform.example.com/oauth2/keys"},
-		{url: "http://127.0.0.1:9000/keys"},
-		{url: "http://localhost/keys"},
-		{url: "http://[::1]:8080/keys"},
-		{url: "http://platform.example.com/keys", wantErr: true},
-		{url: "ftp://127.0.0.1/keys", wantErr: true},
-		{url: "/keys", wantErr: true},
-		{url: "https://user:pass@platform.example.com/keys", wantErr: true},
+// Without notify_include_tokens a notification holds no token value, even
+// for a refresh an operator forces: a receiver that a connector could
+// configure learns that the key set changed (generation, expiry, extras),
+// never its credentials. Each delivery is signed with notify_secret and
+// carries the notify_header values, placeholders replaced.
+func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
+	// Not parallel: t.Setenv.
+	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_SECRET", "env-notify-secret")
+	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_KEY", "env-receiver-key")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
+	api := newAPIServer(t, "Bearer at-1")
+	rcv := credentialtest.NewReceiver(t)
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-plain", RefreshToken: "rt-0", Notify: rcv.Server.URL,
+		NotifySecret:  "{env.OAUTH2UPSTREAM_TEST_NOTIFY_SECRET}",
+		NotifyHeaders: http.Header{"Authorization": {"Bearer {env.OAUTH2UPSTREAM_TEST_NOTIFY_KEY}"}}},
+		hostPort(t, api.server.URL))
+	a, _ := adminFor(s.handler)
+
+	s.get(t, "/first")                                                                                                            // seed (1), grant (2)
+	if rec := adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/notify-plain/refresh", ""); rec.Code != http.StatusOK { // (3)
+		t.Fatalf("forced refresh = %d (%s)", rec.Code, rec.Body)
 	}
-	for _, tt := range tests {
-		h := &Handler{TokenURL: "https://login.example.com/token", ClientID: "c", Notify: tt.url}
-		h.setDefaults()
-		if err := h.Validate(); (err != nil) != tt.wantErr {
-			t.Errorf("Validate() with notify %q = %v; want error %v", tt.url, err, tt.wantErr)
+	s.handler.Cleanup()
+
+	got := rcv.Notifications()
+	if gens := credentialtest.Generations(got, "notify-plain"); !reflect.DeepEqual(gens, []int64{1, 2, 3}) {
+		t.Fatalf("received generations %v; want [1 2 3]", gens)
+	}
+	for i, body := range rcv.Bodies() {
+		for _, value := range []string{"rt-0", "at-1", "rt-1", "at-2", "rt-2"} {
+			if strings.Contains(body, value) {
+				t.Errorf("notification %d %s holds the token value %s", i+1, body, value)
+			}
+		}
+	}
+	wantExtra := map[string]string{"instance_url": "https://eu1.example.com", "token_type": "Bearer", "expires_in": "3600"}
+	for i, n := range got[1:] { // the grants; the seed has no extras and no expiry
+		if !reflect.DeepEqual(n.Extra, wantExtra) || n.Expiry.IsZero() || n.UpdatedAt.IsZero() || n.Token != nil {
+			t.Errorf("notification %d = extra %v expiry %v updated_at %v token %v; want extra %v, both times, no token",
+				i+2, n.Extra, n.Expiry, n.UpdatedAt, n.Token, wantExtra)
+		}
+	}
+	for i, d := range rcv.Deliveries() {
+		if _, err := credentialtest.VerifySignature(d.Header.Get(credential.SignatureHeader), d.Body, "env-notify-secret"); err != nil {
+			t.Errorf("delivery %d: %v", i+1, err)
+		}
+		if got := d.Header.Get("Authorization"); got != "Bearer env-receiver-key" {
+			t.Errorf("delivery %d Authorization = %q; want %q", i+1, got, "Bearer env-receiver-key")
 		}
 	}
 }
 
-// `notify <url>` takes exactly one argument.
+// notify must be https, or http to a loopback host, and needs
+// notify_secret; the notify options are refused without notify, and
+// notify_header refuses invalid names and the headers the notifier sets.
+func TestNotifyValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		modify  func(h *Handler)
+		wantErr string // "" when valid
+	}{
+		{name: "https", modify: func(h *Handler) { h.Notify = "https://platform.example.com/oauth2/keys" }},
+		{name: "loopback ip", modify: func(h *Handler) { h.Notify = "http://127.0.0.1:9000/keys" }},
+		{name: "localhost", modify: func(h *Handler) { h.Notify = "http://localhost/keys" }},
+		{name: "loopback ipv6", modify: func(h *Handler) { h.Notify = "http://[::1]:8080/keys" }},
+		{name: "plain http elsewhere", modify: func(h *Handler) { h.Notify = "http://platform.example.com/keys" }, wantErr: "must be https"},
+		{name: "ftp", modify: func(h *Handler) { h.Notify = "ftp://127.0.0.1/keys" }, wantErr: "must be an absolute http(s) URL"},
+		{name: "relative", modify: func(h *Handler) { h.Notify = "/keys" }, wantErr: "must be an absolute http(s) URL"},
+		{name: "credentials in url", modify: func(h *Handler) { h.Notify = "https://user:pass@platform.example.com/keys" }, wantErr: "must not carry credentials"},
+		{name: "no notify_secret", modify: func(h *Handler) { h.NotifySecret = "" }, wantErr: "notify_secret is required with notify"},
+		{name: "include_tokens", modify: func(h *Handler) { h.NotifyIncludeTokens = true }},
+		{name: "notify_header", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Authorization": {"Bearer k"}} }},
+		{name: "bad notify_header name", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Bad Header": {"k"}} }, wantErr: `notify_header "Bad Header": not a valid header field name`},
+		{name: "notify_header Content-Type", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Content-Type": {"text/plain"}} }, wantErr: "notify_header Content-Type: set by the notifier"},
+		{name: "notify_header Host", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"host": {"evil.example.com"}} }, wantErr: "notify_header host: set by the notifier"},
+		{name: "notify_header signature", modify: func(h *Handler) { h.NotifyHeaders = http.Header{credential.SignatureHeader: {"t=1,v1=00"}} }, wantErr: "set by the notifier"},
+		{name: "notify_secret without notify", modify: func(h *Handler) { h.Notify = "" }, wantErr: "notify, which is not set"},
+		{name: "include_tokens without notify", modify: func(h *Handler) { h.Notify, h.NotifySecret, h.NotifyIncludeTokens = "", "", true }, wantErr: "notify, which is not set"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := &Handler{TokenURL: "https://login.example.com/token", ClientID: "c",
+				Notify: "https://platform.example.com/keys", NotifySecret: "s"}
+			tt.modify(h)
+			h.setDefaults()
+			err := h.Validate()
+			if (err != nil) != (tt.wantErr != "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("Validate() = %v; want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// The notify options: `notify <url>` and `notify_secret <secret>` take
+// one argument, `notify_include_tokens` none, and `notify_header <name>
+// <value>` two, repeatable.
 func TestNotifyCaddyfile(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
+		name    string
 		input   string
-		want    string
-		wantErr bool
+		want    Handler
+		wantErr string
 	}{
-		{input: "oauth2_upstream {\n notify https://p.example.com/keys\n}", want: "https://p.example.com/keys"},
-		{input: "oauth2_upstream {\n notify {env.NOTIFY_URL}\n}", want: "{env.NOTIFY_URL}"},
-		{input: "oauth2_upstream {\n notify\n}", wantErr: true},
-		{input: "oauth2_upstream {\n notify https://a.example.com https://b.example.com\n}", wantErr: true},
+		{name: "notify", input: "notify https://p.example.com/keys", want: Handler{Notify: "https://p.example.com/keys"}},
+		{name: "notify placeholder", input: "notify {env.NOTIFY_URL}", want: Handler{Notify: "{env.NOTIFY_URL}"}},
+		{name: "notify without url", input: "notify", wantErr: "notify: want one argument, got 0"},
+		{name: "two urls", input: "notify https://a.example.com https://b.example.com", wantErr: "notify: want one argument, got 2"},
+		{name: "notify_secret", input: "notify_secret {env.NOTIFY_SECRET}", want: Handler{NotifySecret: "{env.NOTIFY_SECRET}"}},
+		{name: "notify_secret without value", input: "notify_secret", wantErr: "notify_secret: want one argument, got 0"},
+		{name: "notify_include_tokens", input: "notify_include_tokens", want: Handler{NotifyIncludeTokens: true}},
+		{name: "notify_include_tokens with argument", input: "notify_include_tokens yes", wantErr: "wrong argument count"},
+		{name: "notify_header", input: "notify_header Authorization \"Bearer {env.NOTIFY_KEY}\"\n notify_header X-Tenant a\n notify_header X-Tenant b",
+			want: Handler{NotifyHeaders: http.Header{"Authorization": {"Bearer {env.NOTIFY_KEY}"}, "X-Tenant": {"a", "b"}}}},
+		{name: "notify_header without value", input: "notify_header Authorization", wantErr: "notify_header: want <name> <value>, got 1 arguments"},
+		{name: "notify_header with two values", input: "notify_header X-A b c", wantErr: "notify_header: want <name> <value>, got 3 arguments"},
 	}
 	for _, tt := range tests {
-		var h Handler
-		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
-		if (err != nil) != tt.wantErr || (!tt.wantErr && h.Notify != tt.want) {
-			t.Errorf("UnmarshalCaddyfile(%q) = notify %q, %v; want %q, error %v", tt.input, h.Notify, err, tt.want, tt.wantErr)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			input := "oauth2_upstream {\n " + tt.input + "\n}"
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("UnmarshalCaddyfile(%q) = %v; want an error containing %q", input, err, tt.wantErr)
+				}
+				return
+			}
+			got := h.notifyConfig()
+			if want := tt.want.notifyConfig(); err != nil || !reflect.DeepEqual(got, want) {
+				t.Errorf("UnmarshalCaddyfile(%q) = %+v, %v; want %+v", input, got, err, want)
+			}
+		})
 	}
 }

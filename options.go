@@ -3,10 +3,13 @@ package oauth2upstream
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/oauth2"
 
@@ -69,6 +72,9 @@ func (h *Handler) setDefaults() {
 	if h.MaxWait == 0 {
 		h.MaxWait = caddy.Duration(defaultMaxWait)
 	}
+	if h.UpstreamExpect == "" {
+		h.UpstreamExpect = "auto"
+	}
 	if h.BodyTimeout == 0 {
 		h.BodyTimeout = caddy.Duration(defaultBodyTimeout)
 	}
@@ -107,18 +113,37 @@ func (h *Handler) validateOptions() error {
 			return fmt.Errorf("refresh_on %d: must be a 4xx or 5xx status", status)
 		}
 	}
+	if h.UpstreamExpect != "auto" && h.UpstreamExpect != "on" && h.UpstreamExpect != "off" {
+		return fmt.Errorf("upstream_expect %q: must be auto, on or off", h.UpstreamExpect)
+	}
 	if !httpguts.ValidHeaderFieldName(h.HeaderName) {
 		return fmt.Errorf("header_name %q: not a valid header field name", h.HeaderName)
 	}
 	if strings.ContainsAny(h.HeaderScheme, " \t\r\n") {
 		return fmt.Errorf("header_scheme %q: must be one word", h.HeaderScheme)
 	}
-	if h.Notify != "" {
-		if err := credential.ValidateNotifyURL(h.Notify); err != nil {
-			return err
-		}
+	if err := h.validateNotify(); err != nil {
+		return err
 	}
 	return h.validateLimits()
+}
+
+// validateNotify checks notify and the options that only mean something
+// with it.
+func (h *Handler) validateNotify() error {
+	if h.Notify != "" {
+		return h.notifyConfig().Validate()
+	}
+	if h.NotifySecret != "" || h.NotifyIncludeTokens || len(h.NotifyHeaders) > 0 {
+		return fmt.Errorf("notify_secret, notify_include_tokens and notify_header configure notify, which is not set")
+	}
+	return nil
+}
+
+// notifyConfig is the change notifier the options describe; its URL is
+// empty without notify.
+func (h *Handler) notifyConfig() credential.NotifyConfig {
+	return credential.NotifyConfig{URL: h.Notify, Secret: h.NotifySecret, IncludeTokens: h.NotifyIncludeTokens, Header: h.NotifyHeaders}
 }
 
 // validateKeySet checks key_set and the seed that goes with it.
@@ -134,6 +159,11 @@ func (h *Handler) validateKeySet() error {
 		// One client's credentials give one token: key sets selected per
 		// request would all hold the same, under names clients invent.
 		return fmt.Errorf("key_set %q has placeholders, which the client_credentials grant cannot use: it has no per-key-set seed", h.KeySet)
+	case h.KeySetAllow == "":
+		return fmt.Errorf("key_set %q has placeholders, so clients choose the key set: key_set_allow <regexp> must say which names they may choose", h.KeySet)
+	}
+	if h.KeySetAllow != "" && !h.keySetIsTemplate {
+		return fmt.Errorf("key_set_allow is for a key_set with placeholders; key_set %q names one key set", h.KeySet)
 	}
 	if h.RefreshToken != "" && h.Grant == credential.GrantClientCredentials {
 		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the client_credentials grant needs none")
@@ -154,6 +184,12 @@ func (h *Handler) validateLimits() error {
 	}
 	if h.TokenTimeout < 0 {
 		return fmt.Errorf("token_timeout %s: must be positive", time.Duration(h.TokenTimeout))
+	}
+	// Provision, which Caddy runs before Validate, loaded the keystore.
+	if h.engine != nil {
+		if err := checkLockLease(h.engine.Store(), time.Duration(h.TokenTimeout)); err != nil {
+			return err
+		}
 	}
 	if h.ReplayMemory < 0 {
 		return fmt.Errorf("replay_memory %d: must not be negative", h.ReplayMemory)
@@ -232,4 +268,52 @@ func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystor
 	}
 	encrypting.UseCodec(codec)
 	return store, nil
+}
+
+// allowKeySet checks a key set name that a request selected: a valid name
+// that key_set_allow admits.
+func (h *Handler) allowKeySet(name string) error {
+	if err := keystore.ValidateName(name); err != nil {
+		return &credential.Error{KeySet: name, Code: credential.CodeInvalidKeySetName, Description: err.Error(), Err: err}
+	}
+	if h.keySetAllow == nil || !h.keySetAllow.MatchString(name) {
+		return &credential.Error{KeySet: name, Code: codeKeySetNotAllowed,
+			Description: "the request selected a key set that key_set_allow does not admit"}
+	}
+	return nil
+}
+
+// headersCaddyRedacts are the request headers whose values Caddy's logs
+// replace with "REDACTED" (unless a server sets log_credentials).
+var headersCaddyRedacts = []string{"Authorization", "Proxy-Authorization", "Cookie"}
+
+// checkHeaderIsNotLogged refuses a credential header that reverse_proxy's
+// debug log would print: its "upstream roundtrip" line holds the request's
+// headers, and Caddy redacts only a few names. The token must appear in no
+// log line at any level.
+func (h *Handler) checkHeaderIsNotLogged(ctx caddy.Context) error {
+	if slices.Contains(headersCaddyRedacts, http.CanonicalHeaderKey(h.HeaderName)) {
+		return nil
+	}
+	if !ctx.Logger(new(reverseproxy.Handler)).Core().Enabled(zapcore.DebugLevel) {
+		return nil
+	}
+	return fmt.Errorf("header %s: reverse_proxy logs at debug level, and its \"upstream roundtrip\" lines would hold the token "+
+		"(Caddy redacts only %s); log http.handlers.reverse_proxy at info or above, or carry the token in Authorization",
+		h.HeaderName, strings.Join(headersCaddyRedacts, ", "))
+}
+
+// setUpstreamExpect makes Expect on the upstream request what
+// upstream_expect says, whatever the client sent: the client's own
+// handshake is with this server, which answers it when the body is first
+// read.
+func (h *Handler) setUpstreamExpect(r *http.Request) {
+	clientSent := strings.EqualFold(r.Header.Get("Expect"), "100-continue")
+	switch {
+	case h.UpstreamExpect == "on",
+		h.UpstreamExpect == "auto" && clientSent:
+		r.Header.Set("Expect", "100-continue")
+	default:
+		r.Header.Del("Expect")
+	}
 }

@@ -36,9 +36,19 @@ type replayBody struct {
 	memLimit int64
 	maxSize  int64
 	// conn sets the client connection's read deadline for the idle
-	// timeout; nil without one. Set once, before the first read.
+	// timeout; nil without one. Set once, before the first read, with
+	// idle and latest.
 	conn *http.ResponseController
 	idle time.Duration
+	// latest is the server's own read deadline as far as the handler can
+	// tell (zero: none): the idle timeout never moves a deadline past it.
+	latest time.Time
+	// trailer is the request's trailer map, and credentialKey the header
+	// that carries the credential: the server fills trailers in when the
+	// body ends, and the client's own credential must not reach the
+	// upstream that way either.
+	trailer       http.Header
+	credentialKey string
 
 	// mu guards every field below. The proxy's transport reads the body
 	// on its own goroutine, and may still be reading when the handler
@@ -57,11 +67,14 @@ type replayBody struct {
 
 // newReplayBody wraps r's body for a possible replay, or returns nil when
 // the request has no body. maxSize < 0 disables replay of bodies.
-func newReplayBody(r *http.Request, memLimit, maxSize int64) *replayBody {
+// credentialKey is the canonical name of the credential header, removed
+// from the request's trailers when the body ends.
+func newReplayBody(r *http.Request, memLimit, maxSize int64, credentialKey string) *replayBody {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil
 	}
-	b := &replayBody{src: r.Body, memLimit: min(memLimit, max(maxSize, 0)), maxSize: maxSize}
+	b := &replayBody{src: r.Body, memLimit: min(memLimit, max(maxSize, 0)), maxSize: maxSize,
+		trailer: r.Trailer, credentialKey: credentialKey}
 	if maxSize < 0 || r.ContentLength > maxSize {
 		// Known to be too large: stream it, keep nothing.
 		b.cannot = errBodyTooLarge
@@ -73,10 +86,25 @@ func newReplayBody(r *http.Request, memLimit, maxSize int64) *replayBody {
 // read from the client the connection's read deadline moves to d from now,
 // so only time spent waiting for the client counts, not time the upstream
 // takes to accept what was read. d <= 0 leaves the connection alone.
-func (b *replayBody) idleTimeout(w http.ResponseWriter, d time.Duration) {
-	if d > 0 {
-		b.conn, b.idle = http.NewResponseController(w), d
+//
+// Setting a deadline replaces the server's own, so the server's
+// ReadTimeout (Caddy's read_body timeout) must still bound the whole
+// request: the server's deadline is ReadTimeout after the request's first
+// byte, which came at most ReadHeaderTimeout before the handler started,
+// so no deadline set here goes past ReadTimeout - ReadHeaderTimeout from
+// the handler's start. With a ReadTimeout but no shorter ReadHeaderTimeout
+// that bound is unknown, and the connection is left alone.
+func (b *replayBody) idleTimeout(w http.ResponseWriter, r *http.Request, d time.Duration) {
+	if d <= 0 {
+		return
 	}
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.ReadTimeout > 0 {
+		if srv.ReadHeaderTimeout <= 0 || srv.ReadHeaderTimeout >= srv.ReadTimeout {
+			return
+		}
+		b.latest = time.Now().Add(srv.ReadTimeout - srv.ReadHeaderTimeout)
+	}
+	b.conn, b.idle = http.NewResponseController(w), d
 }
 
 // readSrc reads from the client's body, under the idle timeout. Writers
@@ -85,7 +113,11 @@ func (b *replayBody) readSrc(p []byte) (int, error) {
 	if b.conn == nil {
 		return b.src.Read(p)
 	}
-	_ = b.conn.SetReadDeadline(time.Now().Add(b.idle))
+	deadline := time.Now().Add(b.idle)
+	if !b.latest.IsZero() && deadline.After(b.latest) {
+		deadline = b.latest
+	}
+	_ = b.conn.SetReadDeadline(deadline)
 	n, err := b.src.Read(p)
 	if err == io.EOF {
 		// At the body's end Go's server starts reading the connection in
@@ -111,11 +143,20 @@ func (b *replayBody) Read(p []byte) (int, error) {
 	b.recordLocked(p[:n])
 	switch {
 	case err == io.EOF:
-		b.eof = true
+		b.endLocked()
 	case err != nil:
 		b.readErr = err
 	}
 	return n, err
+}
+
+// endLocked notes the end of the client's body. By then the server has
+// filled in the request's trailers, and reverse_proxy copies them when it
+// reads this end: the credential header goes first, whatever the client
+// sent in it.
+func (b *replayBody) endLocked() {
+	b.eof = true
+	delete(b.trailer, b.credentialKey)
 }
 
 // Close does nothing: the HTTP server closes the client's body when the
@@ -191,7 +232,7 @@ func (b *replayBody) rewind() (io.ReadCloser, error) {
 			n, err := b.readSrc(*buf)
 			b.recordLocked((*buf)[:n])
 			if err == io.EOF {
-				b.eof = true
+				b.endLocked()
 				break
 			}
 			if err != nil {

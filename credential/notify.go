@@ -3,15 +3,22 @@ package credential
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
@@ -39,12 +46,91 @@ const (
 )
 
 // notification is the body POSTed to the notify URL after each stored
-// change. Token is the provider's whole token response, so it holds token
-// values by design; it is never logged.
+// change. By default it carries no token value: the key set's bookkeeping
+// and the extras that placeholders may show too (keystore.Token.Extras).
+// Token, the provider's whole token response, is there only when the
+// receiver asked for it (NotifyConfig.IncludeTokens); the body is never
+// logged.
 type notification struct {
-	Name       string         `json:"name"`
-	Generation int64          `json:"generation"`
-	Token      keystore.Token `json:"token"`
+	Name       string            `json:"name"`
+	Generation int64             `json:"generation"`
+	UpdatedAt  time.Time         `json:"updated_at"`
+	Expiry     time.Time         `json:"expiry,omitzero"`
+	Extra      map[string]string `json:"extra"`
+	Token      keystore.Token    `json:"token,omitempty"`
+}
+
+// SignatureHeader carries a delivery's signature,
+//
+//	t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, t + "." + body)>
+//
+// keyed with NotifyConfig.Secret. This is Stripe's webhook scheme: the receiver
+// recomputes the HMAC over the timestamp and the raw body, compares in
+// constant time, and refuses a t too far from its clock, so a recorded
+// delivery cannot be replayed later.
+const SignatureHeader = "Oauth2-Upstream-Signature"
+
+// NotifyConfig is where a Notifier sends changes, what it sends and how it
+// signs them.
+type NotifyConfig struct {
+	// URL receives the POSTs: https, or http to a loopback host.
+	URL string
+	// Secret keys the signature of every delivery (SignatureHeader).
+	// Required: a receiver must be able to tell the sidecar's events from
+	// anyone else's.
+	Secret string
+	// IncludeTokens adds the whole token response under "token", for
+	// platforms that persist the keys themselves. Without it no token
+	// value leaves in a notification.
+	IncludeTokens bool
+	// Header is added to every delivery (an Authorization the receiver
+	// wants, say); it may not hold the headers the notifier or the HTTP
+	// client set themselves (see ValidateNotifyHeader).
+	Header http.Header
+}
+
+// reservedNotifyHeaders are the headers that frame or authenticate a
+// delivery: the notifier sets them, or Go's HTTP client does from the
+// request itself, so a configured value would be ignored or would break the
+// signature's meaning.
+var reservedNotifyHeaders = map[string]bool{
+	"Content-Type": true, "Content-Length": true, "Host": true,
+	"Transfer-Encoding": true, "Trailer": true, "Connection": true,
+	SignatureHeader: true,
+}
+
+// ValidateNotifyHeader accepts a header name that may be added to
+// deliveries: a valid field name that the notifier does not set itself.
+func ValidateNotifyHeader(name string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("notify_header %q: not a valid header field name", name)
+	}
+	if reservedNotifyHeaders[http.CanonicalHeaderKey(name)] {
+		return fmt.Errorf("notify_header %s: set by the notifier itself, it cannot be overridden", name)
+	}
+	return nil
+}
+
+// Validate checks the configuration, naming the Caddyfile option at fault.
+// Header values may hold credentials: errors never show them.
+func (c NotifyConfig) Validate() error {
+	if err := ValidateNotifyURL(c.URL); err != nil {
+		return err
+	}
+	if c.Secret == "" {
+		return fmt.Errorf("notify_secret is required with notify: every delivery is signed")
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Header)) {
+		if err := ValidateNotifyHeader(name); err != nil {
+			return err
+		}
+		for _, v := range c.Header[name] {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("notify_header %s: the value is not a valid header field value", name)
+			}
+		}
+	}
+	return nil
 }
 
 // Notifier POSTs every key set change this process stores to a URL, in
@@ -53,9 +139,14 @@ type notification struct {
 // which exits when its queue is empty, so a later generation never
 // overtakes an earlier one.
 type Notifier struct {
-	url    string
-	client *http.Client
-	logger *zap.Logger
+	url           string
+	secret        []byte
+	includeTokens bool
+	header        http.Header // added to every delivery; read-only
+	client        *http.Client
+	logger        *zap.Logger
+	// now stamps each attempt's signature; tests replace it.
+	now func() time.Time
 
 	minBackoff, maxBackoff time.Duration
 	drainTime              time.Duration
@@ -74,21 +165,35 @@ type Notifier struct {
 	closed bool
 }
 
-// NewNotifier returns a Notifier that POSTs to target, an https URL or
-// http to a loopback host (see ValidateNotifyURL).
-func NewNotifier(target string, logger *zap.Logger) *Notifier {
+// NewNotifier returns a Notifier configured by cfg, which must be valid
+// (see NotifyConfig.Validate).
+func NewNotifier(cfg NotifyConfig, logger *zap.Logger) (*Notifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	header := make(http.Header, len(cfg.Header))
+	for name, values := range cfg.Header {
+		for _, v := range values {
+			header.Add(name, v) // canonical names: post sets them as they are
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	return &Notifier{
-		url: target,
+		url:           cfg.URL,
+		secret:        []byte(cfg.Secret),
+		includeTokens: cfg.IncludeTokens,
+		header:        header,
 		client: &http.Client{
 			Transport: transport,
 			Timeout:   notifyTimeout,
-			// A redirect could carry the tokens to another host, or
-			// to plain http: a 3xx is a failed delivery.
+			// A redirect could carry the headers (and the tokens, when
+			// included) to another host, or to plain http: a 3xx is a
+			// failed delivery.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		logger:     logger,
+		now:        time.Now,
 		minBackoff: notifyMinBackoff,
 		maxBackoff: notifyMaxBackoff,
 		drainTime:  notifyDrainTime,
@@ -96,13 +201,14 @@ func NewNotifier(target string, logger *zap.Logger) *Notifier {
 		ctx:        ctx,
 		cancel:     cancel,
 		queues:     make(map[string][]*keystore.KeySet),
-	}
+	}, nil
 }
 
 // ValidateNotifyURL accepts an https URL, or http to a loopback host: the
-// body carries refresh tokens.
+// request carries the notify_header values, and the tokens when they are
+// included.
 func ValidateNotifyURL(raw string) error {
-	return CheckSecretsURL("notify", raw, false, "the notification carries the tokens", "")
+	return CheckSecretsURL("notify", raw, false, "the notification carries its headers, and the tokens when included", "")
 }
 
 // KeySetStored queues ks for delivery; it never blocks.
@@ -163,7 +269,7 @@ func (n *Notifier) deliver(ks *keystore.KeySet) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // the provider's exact text, as the keystore keeps it
-	if err := enc.Encode(notification{Name: ks.Name, Generation: ks.Generation, Token: ks.Token}); err != nil {
+	if err := enc.Encode(n.notificationOf(ks)); err != nil {
 		n.logger.Error("encoding key set change notification", zap.String("key_set", ks.Name), zap.Error(err))
 		return
 	}
@@ -191,19 +297,45 @@ func (n *Notifier) deliver(ks *keystore.KeySet) {
 	}
 }
 
+// notificationOf is the body that announces ks.
+func (n *Notifier) notificationOf(ks *keystore.KeySet) notification {
+	body := notification{Name: ks.Name, Generation: ks.Generation, UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry,
+		Extra: ks.Token.Extras()}
+	if n.includeTokens {
+		body.Token = ks.Token
+	}
+	return body
+}
+
+// sign returns the SignatureHeader value of body sent at now.
+func (n *Notifier) sign(body []byte, now time.Time) string {
+	t := strconv.FormatInt(now.Unix(), 10)
+	mac := hmac.New(sha256.New, n.secret)
+	mac.Write([]byte(t))
+	mac.Write([]byte{'.'})
+	mac.Write(body)
+	return "t=" + t + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
 // refusedError is a receiver's answer that a retry cannot change.
 type refusedError struct{ status int }
 
 func (e *refusedError) Error() string { return fmt.Sprintf("receiver answered %d", e.status) }
 
-// post sends one notification body. Its errors hold no part of the body.
+// post sends one notification body, signed now: a retry is signed anew, so
+// that its timestamp stays within a receiver's tolerance however long the
+// backoff was. Its errors hold no part of the body or of the headers.
 func (n *Notifier) post(body []byte) error {
 	req, err := http.NewRequestWithContext(n.ctx, http.MethodPost, n.url, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("building notification request: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "caddy-oauth2-upstream")
+	for name, values := range n.header {
+		req.Header[name] = slices.Clone(values) // validated: none of the headers set below
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(SignatureHeader, n.sign(body, n.now()))
 	resp, err := n.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("posting notification: %w", err)

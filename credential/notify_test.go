@@ -3,7 +3,9 @@ package credential
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +21,7 @@ func TestNotifyRetriesFailingReceiver(t *testing.T) {
 	t.Parallel()
 	rcv := credentialtest.NewReceiver(t)
 	rcv.FailNext = 2
-	n := NewNotifier(rcv.Server.URL, zap.NewNop())
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL})
 	var backoffs []time.Duration // written by the one worker only, read after Close
 	n.wait = func(ctx context.Context, d time.Duration) error {
 		backoffs = append(backoffs, d)
@@ -49,7 +51,7 @@ func TestNotifyBackoffIsCapped(t *testing.T) {
 	t.Parallel()
 	rcv := credentialtest.NewReceiver(t)
 	rcv.FailNext = 6
-	n := NewNotifier(rcv.Server.URL, zap.NewNop())
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL})
 	n.minBackoff, n.maxBackoff = time.Second, 5*time.Second
 	var backoffs []time.Duration // written by the one worker only, read after close
 	n.wait = func(ctx context.Context, d time.Duration) error {
@@ -71,7 +73,7 @@ func TestNotifyRefusedChangeIsSkipped(t *testing.T) {
 	t.Parallel()
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Refuse[1] = true
-	n := NewNotifier(rcv.Server.URL, zap.NewNop())
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL})
 	n.wait = func(context.Context, time.Duration) error {
 		t.Error("a refused change was retried")
 		return nil
@@ -92,7 +94,7 @@ func TestNotifyQueueKeepsNewest(t *testing.T) {
 	t.Parallel()
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Hold = "held"
-	n := NewNotifier(rcv.Server.URL, zap.NewNop())
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL})
 	change := func(name string, gen int64) *keystore.KeySet {
 		return &keystore.KeySet{Name: name, Generation: gen, Token: credentialtest.TokenOf(t, fmt.Sprintf(`{"access_token":"a-%d"}`, gen))}
 	}
@@ -128,7 +130,7 @@ func TestNotifyCloseIsBounded(t *testing.T) {
 	t.Parallel()
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Hold = "stuck"
-	n := NewNotifier(rcv.Server.URL, zap.NewNop())
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL})
 	n.drainTime = 10 * time.Millisecond
 	n.KeySetStored(&keystore.KeySet{Name: "stuck", Generation: 1, Token: credentialtest.TokenOf(t, `{"access_token":"a"}`)})
 	n.KeySetStored(&keystore.KeySet{Name: "stuck", Generation: 2, Token: credentialtest.TokenOf(t, `{"access_token":"b"}`)})
@@ -149,5 +151,234 @@ func TestNotifyCloseIsBounded(t *testing.T) {
 	defer n.mu.Unlock()
 	if len(n.queues) != 0 {
 		t.Errorf("queues after close = %v; want none", n.queues)
+	}
+}
+
+// testSecret signs the deliveries of newTestNotifier unless its config has
+// a secret of its own.
+const testSecret = "notify-test-secret"
+
+// newTestNotifier is NewNotifier(cfg), with testSecret when cfg has no
+// secret.
+func newTestNotifier(t *testing.T, cfg NotifyConfig) *Notifier {
+	t.Helper()
+	if cfg.Secret == "" {
+		cfg.Secret = testSecret
+	}
+	n, err := NewNotifier(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatalf("NewNotifier() = %v", err)
+	}
+	return n
+}
+
+// A notification carries no token value unless tokens are included: a
+// receiver that only needs to know a key set changed (its generation, its
+// expiry, its instance_url) never holds a credential. Tokens nested in an
+// object (Slack's authed_user) stay out too.
+func TestNotifyPayload(t *testing.T) {
+	t.Parallel()
+	const response = `{"access_token":"AT-VALUE","refresh_token":"RT-VALUE","id_token":"ID-VALUE",` +
+		`"token_type":"Bearer","expires_in":3600,"instance_url":"https://eu1.example.com",` +
+		`"authed_user":{"access_token":"NESTED-VALUE"}}`
+	updated := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	expiry := updated.Add(time.Hour)
+	secrets := []string{"AT-VALUE", "RT-VALUE", "ID-VALUE", "NESTED-VALUE"}
+	wantExtra := map[string]string{"token_type": "Bearer", "expires_in": "3600", "instance_url": "https://eu1.example.com"}
+	tests := []struct {
+		name          string
+		includeTokens bool
+		expiry        time.Time
+		wantTokens    bool
+	}{
+		{name: "default", expiry: expiry},
+		{name: "default, unknown expiry"},
+		{name: "include_tokens", includeTokens: true, expiry: expiry, wantTokens: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rcv := credentialtest.NewReceiver(t)
+			n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL, IncludeTokens: tt.includeTokens})
+			token := credentialtest.TokenOf(t, response)
+			n.KeySetStored(&keystore.KeySet{Name: "payload", Generation: 7, UpdatedAt: updated, Expiry: tt.expiry, Token: token})
+			rcv.WaitFor(t, 1)
+			n.Close()
+
+			got, body := rcv.Notifications()[0], rcv.Bodies()[0]
+			if got.Name != "payload" || got.Generation != 7 || !got.UpdatedAt.Equal(updated) || !got.Expiry.Equal(tt.expiry) {
+				t.Errorf("notification = %s %d updated %v expiry %v; want payload 7 updated %v expiry %v",
+					got.Name, got.Generation, got.UpdatedAt, got.Expiry, updated, tt.expiry)
+			}
+			if hasExpiry := strings.Contains(body, `"expiry"`); hasExpiry == tt.expiry.IsZero() {
+				t.Errorf("body %s has expiry %v; want it only when the expiry is known", body, hasExpiry)
+			}
+			if !reflect.DeepEqual(got.Extra, wantExtra) {
+				t.Errorf("extra = %v; want %v", got.Extra, wantExtra)
+			}
+			for _, secret := range secrets {
+				if strings.Contains(body, secret) != tt.wantTokens {
+					t.Errorf("body %s holds %s: %v; want %v", body, secret, !tt.wantTokens, tt.wantTokens)
+				}
+			}
+			if tt.wantTokens && !credentialtest.SameJSON(got.Token, token) {
+				t.Errorf("token = %v; want the whole response %s", got.Token, response)
+			}
+			if !tt.wantTokens && got.Token != nil {
+				t.Errorf("token = %v; want none", got.Token)
+			}
+		})
+	}
+}
+
+// Every delivery is signed over its timestamp and exact body: the
+// signature verifies with the notifier's secret, and with no other.
+func TestNotifySignature(t *testing.T) {
+	t.Parallel()
+	rcv := credentialtest.NewReceiver(t)
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL, Secret: "right-secret"})
+	sent := time.Unix(1_790_000_000, 0)
+	n.now = func() time.Time { return sent }
+	n.KeySetStored(&keystore.KeySet{Name: "signed", Generation: 1, Token: credentialtest.TokenOf(t, `{"access_token":"a"}`)})
+	rcv.WaitFor(t, 1)
+	n.Close()
+
+	d := rcv.Deliveries()[0]
+	header := d.Header.Get(SignatureHeader)
+	tests := []struct {
+		name    string
+		secret  string
+		body    []byte
+		wantErr bool
+	}{
+		{name: "right secret", secret: "right-secret", body: d.Body},
+		{name: "another secret", secret: "wrong-secret", body: d.Body, wantErr: true},
+		{name: "altered body", secret: "right-secret", body: append([]byte(" "), d.Body...), wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts, err := credentialtest.VerifySignature(header, tt.body, tt.secret)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("VerifySignature(%q) = %v; want error %v", header, err, tt.wantErr)
+			}
+			if err == nil && ts != sent.Unix() {
+				t.Errorf("signed at t=%d; want %d", ts, sent.Unix())
+			}
+		})
+	}
+}
+
+// A retry is signed anew, with the time of that attempt: a receiver that
+// refuses stale timestamps still accepts a change delivered after a long
+// backoff.
+func TestNotifyRetryIsSignedAnew(t *testing.T) {
+	t.Parallel()
+	rcv := credentialtest.NewReceiver(t)
+	rcv.FailNext = 1
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL})
+	clock := time.Unix(1_790_000_000, 0) // read and advanced by the one worker only
+	n.now = func() time.Time {
+		clock = clock.Add(time.Minute)
+		return clock
+	}
+	n.wait = func(ctx context.Context, _ time.Duration) error { return ctx.Err() }
+	n.KeySetStored(&keystore.KeySet{Name: "resigned", Generation: 1, Token: credentialtest.TokenOf(t, `{"access_token":"a"}`)})
+	rcv.WaitFor(t, 1)
+	n.Close()
+
+	deliveries := rcv.Deliveries()
+	if len(deliveries) != 2 {
+		t.Fatalf("POSTs = %d; want 2 (a failure, then the delivery)", len(deliveries))
+	}
+	var stamps []int64
+	for i, d := range deliveries {
+		ts, err := credentialtest.VerifySignature(d.Header.Get(SignatureHeader), d.Body, testSecret)
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i+1, err)
+		}
+		stamps = append(stamps, ts)
+	}
+	if stamps[1] <= stamps[0] {
+		t.Errorf("signature timestamps %v; want the retry signed later than the first attempt", stamps)
+	}
+}
+
+// notify_header values reach the receiver on every delivery, beside the
+// headers the notifier sets itself.
+func TestNotifyHeaders(t *testing.T) {
+	t.Parallel()
+	rcv := credentialtest.NewReceiver(t)
+	header := http.Header{"authorization": {"Bearer receiver-key"}, "X-Tenant": {"a", "b"}}
+	n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL, Header: header})
+	n.KeySetStored(&keystore.KeySet{Name: "headers", Generation: 1, Token: credentialtest.TokenOf(t, `{"access_token":"a"}`)})
+	rcv.WaitFor(t, 1)
+	n.Close()
+
+	got := rcv.Deliveries()[0].Header
+	tests := []struct {
+		name string
+		want []string
+	}{
+		{name: "Authorization", want: []string{"Bearer receiver-key"}},
+		{name: "X-Tenant", want: []string{"a", "b"}},
+		{name: "Content-Type", want: []string{"application/json"}},
+	}
+	for _, tt := range tests {
+		if got := got.Values(tt.name); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("received %s = %q; want %q", tt.name, got, tt.want)
+		}
+	}
+	if got.Get(SignatureHeader) == "" {
+		t.Errorf("received no %s", SignatureHeader)
+	}
+}
+
+// A notifier cannot be built unsigned, or with headers that are invalid or
+// that it sets itself; errors name the option and never show a value.
+func TestNotifyConfigValidate(t *testing.T) {
+	t.Parallel()
+	valid := func() NotifyConfig {
+		return NotifyConfig{URL: "https://platform.example.com/keys", Secret: "s",
+			Header: http.Header{"Authorization": {"Bearer VALUE"}}}
+	}
+	tests := []struct {
+		name   string
+		modify func(c *NotifyConfig)
+		want   string // "" for a valid config
+	}{
+		{name: "valid", modify: func(*NotifyConfig) {}},
+		{name: "include_tokens", modify: func(c *NotifyConfig) { c.IncludeTokens = true }},
+		{name: "no secret", modify: func(c *NotifyConfig) { c.Secret = "" }, want: "notify_secret is required"},
+		{name: "plain http elsewhere", modify: func(c *NotifyConfig) { c.URL = "http://platform.example.com/keys" }, want: "must be https"},
+		{name: "header name with a space", modify: func(c *NotifyConfig) { c.Header.Set("Bad Header", "x") }, want: `notify_header "Bad Header": not a valid header field name`},
+		{name: "empty header name", modify: func(c *NotifyConfig) { c.Header[""] = []string{"x"} }, want: "not a valid header field name"},
+		{name: "Content-Type", modify: func(c *NotifyConfig) { c.Header["content-type"] = []string{"text/plain"} }, want: "notify_header content-type: set by the notifier"},
+		{name: "Content-Length", modify: func(c *NotifyConfig) { c.Header.Set("Content-Length", "1") }, want: "notify_header Content-Length: set by the notifier"},
+		{name: "Host", modify: func(c *NotifyConfig) { c.Header.Set("Host", "evil.example.com") }, want: "notify_header Host: set by the notifier"},
+		{name: "signature", modify: func(c *NotifyConfig) { c.Header.Set(SignatureHeader, "t=1,v1=00") }, want: "notify_header " + SignatureHeader + ": set by the notifier"},
+		{name: "value with a newline", modify: func(c *NotifyConfig) { c.Header.Set("X-Key", "VALUE\r\nX-Injected: 1") }, want: "notify_header X-Key: the value is not a valid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := valid()
+			tt.modify(&c)
+			err := c.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("Validate() = %v; want nil", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("Validate() = %v; want an error containing %q", err, tt.want)
+			case err != nil && strings.Contains(err.Error(), "VALUE"):
+				t.Errorf("Validate() = %v; shows a header value", err)
+			}
+			n, err := NewNotifier(c, zap.NewNop())
+			if (err != nil) != (tt.want != "") {
+				t.Errorf("NewNotifier() = %v; want error %v", err, tt.want != "")
+			}
+			if n != nil {
+				n.Close()
+			}
+		})
 	}
 }

@@ -90,6 +90,8 @@ type spec struct {
 	seed string
 	// port is the port to serve on; 0 lets the kernel choose.
 	port int
+	// client is the OAuth2 client; nil: DefaultClientID.
+	client *authserver.Client
 }
 
 var logSeq atomic.Int64
@@ -101,9 +103,13 @@ var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
 // the suite's leak check, its process stopped when the test ends.
 func newSidecar(t *testing.T, s spec) *sidecar.Process {
 	t.Helper()
+	client := authserver.Client{ID: authserver.DefaultClientID, Secret: authserver.DefaultClientSecret}
+	if s.client != nil {
+		client = *s.client
+	}
 	lines := []string{
 		"token_url " + s.auth.TokenURL(),
-		"client_id " + authserver.DefaultClientID,
+		"client_id " + client.ID,
 		"client_secret {env.CLIENT_SECRET}",
 		"keystore " + s.keystore,
 	}
@@ -119,7 +125,7 @@ func newSidecar(t *testing.T, s spec) *sidecar.Process {
 		Handler:  strings.Join(lines, "\n"),
 		Upstream: s.upstream,
 		Proxy:    s.proxy,
-		Env:      []string{"CLIENT_SECRET=" + authserver.DefaultClientSecret, "SEED=" + s.seed},
+		Env:      []string{"CLIENT_SECRET=" + client.Secret, "SEED=" + s.seed},
 		Debug:    true,
 		LogPath:  filepath.Join(logDir, name),
 	})

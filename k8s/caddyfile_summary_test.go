@@ -3,7 +3,6 @@ package k8s_test
 import (
 	"fmt"
 	"net"
-	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,7 +18,6 @@ import (
 // Caddyfile parser. It needs no directive to be registered, so it works without the
 // oauth2_upstream module.
 type caddyfileSummary struct {
-	admin     string     // the admin endpoint's address
 	listeners []listener // one per site address and bind host
 	// keystore holds the arguments of oauth2_upstream's keystore option ("file", path or
 	// "redis"); redisAddress and redisPassword come from a redis keystore's block.
@@ -68,10 +66,7 @@ func summarizeCaddyfile(filename, text string) (caddyfileSummary, error) {
 		return sum, err
 	}
 	for _, block := range blocks {
-		if len(block.Keys) == 0 { // the global options block
-			if d := block.DispenseDirective("admin"); d.Next() && d.NextArg() {
-				sum.admin = d.Val()
-			}
+		if len(block.Keys) == 0 { // the global options block; admin_test.go reads it
 			continue
 		}
 		listeners, err := blockListeners(block)
@@ -207,27 +202,11 @@ func sidecarCaddyfile(t *testing.T, m *manifests) (configPath, text string) {
 		t.Errorf("sidecar args %q; want --adapter caddyfile", args)
 	}
 	configPath = args[i+1]
-	dir, file := path.Split(configPath)
-	for _, vm := range c.VolumeMounts {
-		if path.Clean(vm.MountPath) != path.Clean(dir) {
-			continue
-		}
-		vi := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == vm.Name })
-		if vi < 0 || spec.Volumes[vi].ConfigMap == nil {
-			t.Fatalf("%s is mounted from volume %q, not a ConfigMap", dir, vm.Name)
-		}
-		cm, ok := m.configMaps[spec.Volumes[vi].ConfigMap.Name]
-		if !ok {
-			t.Fatalf("ConfigMap %q is not rendered", spec.Volumes[vi].ConfigMap.Name)
-		}
-		text, ok = cm.Data[file]
-		if !ok {
-			t.Fatalf("ConfigMap %q has no key %q for --config %s", cm.Name, file, configPath)
-		}
-		return configPath, text
+	_, _, text, err := configMapFile(m, spec, c, configPath)
+	if err != nil {
+		t.Fatalf("sidecar --config %s: %v", configPath, err)
 	}
-	t.Fatalf("no volume is mounted at %s, the directory of --config %s", dir, configPath)
-	return "", ""
+	return configPath, text
 }
 
 // sidecarEnv returns the names of the environment variables set in container c.

@@ -1,12 +1,17 @@
 package credentialtest
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,11 +20,51 @@ import (
 )
 
 // Notification is the body a notify receiver gets, as the receiver decodes
-// it.
+// it. Expiry is zero when the body has none; Token is nil unless the
+// notifier includes tokens.
 type Notification struct {
-	Name       string         `json:"name"`
-	Generation int64          `json:"generation"`
-	Token      keystore.Token `json:"token"`
+	Name       string            `json:"name"`
+	Generation int64             `json:"generation"`
+	UpdatedAt  time.Time         `json:"updated_at"`
+	Expiry     time.Time         `json:"expiry"`
+	Extra      map[string]string `json:"extra"`
+	Token      keystore.Token    `json:"token"`
+}
+
+// Delivery is one POST as the receiver saw it, whatever it answered.
+type Delivery struct {
+	Header http.Header
+	Body   []byte
+}
+
+// VerifySignature checks a delivery's signature header the way a receiver
+// following the documented scheme does: "t=<unix seconds>,v1=<hex
+// HMAC-SHA256 of "<t>.<body>">" keyed with secret. It returns t.
+func VerifySignature(header string, body []byte, secret string) (int64, error) {
+	var t, v1 string
+	for _, part := range strings.Split(header, ",") {
+		key, value, _ := strings.Cut(part, "=")
+		switch key {
+		case "t":
+			t = value
+		case "v1":
+			v1 = value
+		}
+	}
+	ts, err := strconv.ParseInt(t, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("signature %q: no t=<unix seconds>", header)
+	}
+	got, err := hex.DecodeString(v1)
+	if err != nil || len(got) == 0 {
+		return 0, fmt.Errorf("signature %q: no v1=<hex>", header)
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(t + "." + string(body)))
+	if !hmac.Equal(got, mac.Sum(nil)) {
+		return 0, fmt.Errorf("signature %q does not match the body", header)
+	}
+	return ts, nil
 }
 
 // Receiver is a notification receiver: it records what it accepts and can
@@ -37,6 +82,7 @@ type Receiver struct {
 	Bad      []string // requests that were not a proper notification
 	got      []Notification
 	raw      []string
+	seen     []Delivery
 	release  chan struct{}
 }
 
@@ -67,6 +113,7 @@ func (rcv *Receiver) serve(w http.ResponseWriter, r *http.Request) {
 	rcv.Arrived <- n.Name
 	rcv.Mu.Lock()
 	rcv.Attempts++
+	rcv.seen = append(rcv.seen, Delivery{Header: r.Header.Clone(), Body: body})
 	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" || err != nil {
 		rcv.Bad = append(rcv.Bad, fmt.Sprintf("%s %s %q", r.Method, r.Header.Get("Content-Type"), body))
 	}
@@ -101,6 +148,14 @@ func (rcv *Receiver) Bodies() []string {
 	rcv.Mu.Lock()
 	defer rcv.Mu.Unlock()
 	return append([]string(nil), rcv.raw...)
+}
+
+// Deliveries returns every POST the receiver got, in arrival order,
+// refused and failed ones included.
+func (rcv *Receiver) Deliveries() []Delivery {
+	rcv.Mu.Lock()
+	defer rcv.Mu.Unlock()
+	return append([]Delivery(nil), rcv.seen...)
 }
 
 // WaitFor waits until the receiver accepted n notifications.
