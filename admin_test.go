@@ -467,8 +467,8 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	api := newAPIServer(t, "Bearer LEAK-AT-1"+marker)
 	rcv := credentialtest.NewReceiver(t)
 	h := &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "LEAK-SECRET" + marker, KeySet: "leak-scan",
-		RefreshToken: "LEAK-SEED" + marker, Notify: rcv.Server.URL, NotifySecret: "LEAK-NOTIFY-SECRET" + marker,
-		NotifyIncludeTokens: true, NotifyHeaders: http.Header{"Authorization": {"Bearer LEAK-NOTIFY-KEY" + marker}}}
+		RefreshToken: "LEAK-SEED" + marker, NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "LEAK-NOTIFY-SECRET" + marker,
+			NotifyIncludeTokens: true, NotifyHeaders: http.Header{"Authorization": {"Bearer LEAK-NOTIFY-KEY" + marker}}}}
 	s := newSidecar(t, h, hostPort(t, api.server.URL))
 	a, adminLogs := adminFor(s.handler)
 	health := &Health{config: s.handler.ops.config}

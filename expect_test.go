@@ -82,7 +82,7 @@ func TestUpstreamExpect(t *testing.T) {
 				seen <- r.Header.Get("Expect")
 			}))
 			t.Cleanup(up.Close)
-			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", UpstreamExpect: tt.mode}, hostPort(t, up.URL))
+			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{UpstreamExpect: tt.mode}}, hostPort(t, up.URL))
 			var reader io.Reader = strings.NewReader("payload")
 			if tt.chunked {
 				reader = io.MultiReader(reader) // no length known: chunked

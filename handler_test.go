@@ -197,7 +197,7 @@ func TestBodyTooLargeToReplay(t *testing.T) {
 			t.Parallel()
 			te := credentialtest.NewTokenEndpoint(t, "rt-0")
 			api := newAPIServer(t, "Bearer at-1")
-			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", ReplayMemory: 1024, MaxReplayBody: 4096},
+			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{ReplayMemory: 1024, MaxReplayBody: 4096}},
 				hostPort(t, api.server.URL))
 			s.get(t, "/warm-up")
 			api.setValid("Bearer at-2")

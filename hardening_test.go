@@ -239,8 +239,8 @@ func TestSlowClientCutOff(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
-	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", ReplayMemory: 1024,
-		BodyTimeout: caddyDuration(300 * time.Millisecond)}, hostPort(t, api.server.URL))
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0",
+		BodyOptions: BodyOptions{ReplayMemory: 1024, BodyTimeout: caddyDuration(300 * time.Millisecond)}}, hostPort(t, api.server.URL))
 
 	conn, err := net.Dial("tcp", hostPort(t, s.server.URL))
 	if err != nil {
@@ -308,7 +308,7 @@ func TestSlowUpstreamAfterBody(t *testing.T) {
 	}))
 	t.Cleanup(api.Close)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0",
-		BodyTimeout: caddyDuration(300 * time.Millisecond)}, hostPort(t, api.URL))
+		BodyOptions: BodyOptions{BodyTimeout: caddyDuration(300 * time.Millisecond)}}, hostPort(t, api.URL))
 
 	req, _ := http.NewRequest(http.MethodPost, s.server.URL+"/slow", bytes.NewReader(make([]byte, 1000)))
 	resp, body := s.do(t, req)

@@ -70,7 +70,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	unregisterHandler(h)
 	h.logger = zap.New(core)
 	h.ops.stop()
-	if h.ops, err = newOperations(ctx, h.notifyConfig(), h.logger); err != nil {
+	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(), h.logger); err != nil {
 		t.Fatalf("newOperations() = %v", err)
 	}
 	h.engine.Close()

@@ -83,7 +83,7 @@ func TestCancelledUploadLeavesNoFile(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
-	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", ReplayMemory: 1024}, hostPort(t, api.server.URL))
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{ReplayMemory: 1024}}, hostPort(t, api.server.URL))
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest(http.MethodPost, s.server.URL+"/upload", pr)
 	done := make(chan struct{})

@@ -50,7 +50,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "metrics-ks", RefreshToken: "rt-0",
-		ReplayMemory: 1024, MaxReplayBody: 1024}, hostPort(t, api.server.URL))
+		BodyOptions: BodyOptions{ReplayMemory: 1024, MaxReplayBody: 1024}}, hostPort(t, api.server.URL))
 	clock := credentialtest.NewClock()
 	s.useClock(clock)
 	reg := s.handler.ops.config

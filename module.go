@@ -115,27 +115,6 @@ type Handler struct {
 	// "raw" sends the token alone. Default: Bearer.
 	HeaderScheme string `json:"header_scheme,omitempty"`
 
-	// ReplayMemory is how many bytes of a request body are kept in memory
-	// for a replay; the rest goes to a temporary file. Zero or absent: the
-	// default, 1048576 (the Caddyfile refuses 0).
-	ReplayMemory int64 `json:"replay_memory,omitempty"`
-
-	// MaxReplayBody is the largest request body, in bytes, that can be
-	// replayed. A larger body streams to the upstream once, and a trigger
-	// status then goes back to the client (the token is still refreshed
-	// for the next request). -1 disables replaying requests with a body.
-	// Zero or absent: the default, 67108864 (64 MiB); the Caddyfile takes
-	// "off" for -1 and refuses 0.
-	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
-
-	// BodyTimeout is the longest the handler waits for the next bytes of
-	// a request body from the client (an idle timeout, not a bound on the
-	// whole upload, which may be slowed by the upstream); a stalled client
-	// is cut off and its kept body freed. It never extends the server's
-	// own read timeout. Zero or absent: the default, 60s; -1 disables
-	// (the Caddyfile takes "off" and refuses 0).
-	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
-
 	// EncryptionKeys encrypt key set documents at rest with AES-256-GCM:
 	// each a base64 32-byte key, usually {env.KEYSTORE_KEY}, replaced when
 	// the handler starts. The first encrypts; all decrypt, so a key is
@@ -154,48 +133,12 @@ type Handler struct {
 	// keystore in Caddy's data directory.
 	KeystoreRaw json.RawMessage `json:"keystore,omitempty" caddy:"namespace=oauth2_upstream.keystores inline_key=backend"`
 
-	// UpstreamExpect is when a request with a body goes upstream with
-	// "Expect: 100-continue": "auto" (when the client sent it), "on"
-	// (always) or "off" (never). The client's own handshake is with this
-	// server, whatever this says. With Expect, and reverse_proxy's
-	// transport option expect_continue_timeout (without it Go sends the
-	// body at once, and an upstream that rejects unread closes the
-	// connection under the upload), an upstream that rejects the token
-	// answers before the body leaves: nothing is uploaded in vain, and
-	// nothing races the upload; without Expect, an upstream that answers
-	// 401 to a chunked upload unread and resets the connection turns the
-	// 401 into a 502. The price is one round trip per request with a body
-	// (BenchmarkUpstreamExpect: +8 % for 4 KiB POSTs and +30 % for 64 KiB
-	// ones on loopback). Default: auto.
-	UpstreamExpect string `json:"upstream_expect,omitempty"`
+	// BodyOptions configure how request bodies are kept, replayed and
+	// sent (bodyoptions.go).
+	BodyOptions
 
-	// Notify is a URL that receives every key set change this handler
-	// stores, as a POSTed JSON {"name", "generation", "updated_at",
-	// "expiry", "extra"} holding no token value (unless
-	// NotifyIncludeTokens), signed with NotifySecret, in order per key
-	// set, retried with backoff. It must be https unless its host is
-	// loopback. Placeholders such as {env.NOTIFY_URL} are replaced when
-	// the handler starts.
-	Notify string `json:"notify,omitempty"`
-
-	// NotifySecret keys the HMAC-SHA256 signature of every notification
-	// (the Oauth2-Upstream-Signature header); required with Notify. Give
-	// it as a placeholder, usually {env.NOTIFY_SECRET}, replaced when the
-	// handler starts: a literal value shows in Caddy's config, /config/ of
-	// the admin API included.
-	NotifySecret string `json:"notify_secret,omitempty"`
-
-	// NotifyIncludeTokens adds the whole token response, token values
-	// included, under "token" in every notification, for platforms that
-	// persist the keys themselves. Default: false, no token value is sent.
-	NotifyIncludeTokens bool `json:"notify_include_tokens,omitempty"`
-
-	// NotifyHeaders are added to every notification request (an
-	// Authorization the receiver checks, say). Content-Type,
-	// Content-Length, Host, Transfer-Encoding, Trailer, Connection and
-	// the signature header cannot be set. Placeholders in the values
-	// (usually {env.*}) are replaced when the handler starts.
-	NotifyHeaders http.Header `json:"notify_headers,omitempty"`
+	// NotifyOptions configure change notifications (notify.go).
+	NotifyOptions
 
 	engine           *credential.Engine
 	keySetIsTemplate bool
@@ -218,25 +161,16 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken, &h.Notify, &h.NotifySecret} {
+	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken} {
 		*field = repl.ReplaceKnown(*field, "")
 	}
-	for _, values := range h.NotifyHeaders {
-		for i := range values {
-			values[i] = repl.ReplaceKnown(values[i], "")
-		}
-	}
+	h.NotifyOptions.replacePlaceholders(repl)
 	h.setDefaults()
 	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
 	h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
-	if h.KeySetAllow != "" {
-		allow, err := regexp.Compile(`^(?:` + h.KeySetAllow + `)$`)
-		if err != nil {
-			return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
-		}
-		h.keySetAllow = allow
+	if err := h.compileKeySetAllow(); err != nil {
+		return err
 	}
-
 	if err := h.checkHeaderIsNotLogged(ctx); err != nil {
 		return err
 	}
@@ -244,7 +178,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if h.ops, err = newOperations(ctx, h.notifyConfig(), h.logger); err != nil {
+	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(), h.logger); err != nil {
 		return err
 	}
 	h.engine = h.newEngine(store, time.Now)

@@ -24,8 +24,8 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
-	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0", Notify: rcv.Server.URL,
-		NotifySecret: "order-secret", NotifyIncludeTokens: true}, hostPort(t, api.server.URL))
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0",
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "order-secret", NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler)
 
 	s.get(t, "/first") // seed (1), grant (2)
@@ -81,7 +81,7 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Hold = "notify-slow"
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-slow", RefreshToken: "rt-0", Refresh: credential.ModeAlways,
-		Notify: rcv.Server.URL, NotifySecret: "s"}, hostPort(t, api.URL))
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "s"}}, hostPort(t, api.URL))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i := range 5 {
@@ -120,9 +120,9 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
-	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-plain", RefreshToken: "rt-0", Notify: rcv.Server.URL,
-		NotifySecret:  "{env.OAUTH2UPSTREAM_TEST_NOTIFY_SECRET}",
-		NotifyHeaders: http.Header{"Authorization": {"Bearer {env.OAUTH2UPSTREAM_TEST_NOTIFY_KEY}"}}},
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-plain", RefreshToken: "rt-0",
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "{env.OAUTH2UPSTREAM_TEST_NOTIFY_SECRET}",
+			NotifyHeaders: http.Header{"Authorization": {"Bearer {env.OAUTH2UPSTREAM_TEST_NOTIFY_KEY}"}}}},
 		hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler)
 
@@ -192,7 +192,7 @@ func TestNotifyValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			h := &Handler{TokenURL: "https://login.example.com/token", ClientID: "c",
-				Notify: "https://platform.example.com/keys", NotifySecret: "s"}
+				NotifyOptions: NotifyOptions{Notify: "https://platform.example.com/keys", NotifySecret: "s"}}
 			tt.modify(h)
 			h.setDefaults()
 			err := h.Validate()
@@ -214,16 +214,16 @@ func TestNotifyCaddyfile(t *testing.T) {
 		want    Handler
 		wantErr string
 	}{
-		{name: "notify", input: "notify https://p.example.com/keys", want: Handler{Notify: "https://p.example.com/keys"}},
-		{name: "notify placeholder", input: "notify {env.NOTIFY_URL}", want: Handler{Notify: "{env.NOTIFY_URL}"}},
+		{name: "notify", input: "notify https://p.example.com/keys", want: Handler{NotifyOptions: NotifyOptions{Notify: "https://p.example.com/keys"}}},
+		{name: "notify placeholder", input: "notify {env.NOTIFY_URL}", want: Handler{NotifyOptions: NotifyOptions{Notify: "{env.NOTIFY_URL}"}}},
 		{name: "notify without url", input: "notify", wantErr: "notify: want one argument, got 0"},
 		{name: "two urls", input: "notify https://a.example.com https://b.example.com", wantErr: "notify: want one argument, got 2"},
-		{name: "notify_secret", input: "notify_secret {env.NOTIFY_SECRET}", want: Handler{NotifySecret: "{env.NOTIFY_SECRET}"}},
+		{name: "notify_secret", input: "notify_secret {env.NOTIFY_SECRET}", want: Handler{NotifyOptions: NotifyOptions{NotifySecret: "{env.NOTIFY_SECRET}"}}},
 		{name: "notify_secret without value", input: "notify_secret", wantErr: "notify_secret: want one argument, got 0"},
-		{name: "notify_include_tokens", input: "notify_include_tokens", want: Handler{NotifyIncludeTokens: true}},
+		{name: "notify_include_tokens", input: "notify_include_tokens", want: Handler{NotifyOptions: NotifyOptions{NotifyIncludeTokens: true}}},
 		{name: "notify_include_tokens with argument", input: "notify_include_tokens yes", wantErr: "wrong argument count"},
 		{name: "notify_header", input: "notify_header Authorization \"Bearer {env.NOTIFY_KEY}\"\n notify_header X-Tenant a\n notify_header X-Tenant b",
-			want: Handler{NotifyHeaders: http.Header{"Authorization": {"Bearer {env.NOTIFY_KEY}"}, "X-Tenant": {"a", "b"}}}},
+			want: Handler{NotifyOptions: NotifyOptions{NotifyHeaders: http.Header{"Authorization": {"Bearer {env.NOTIFY_KEY}"}, "X-Tenant": {"a", "b"}}}}},
 		{name: "notify_header without value", input: "notify_header Authorization", wantErr: "notify_header: want <name> <value>, got 1 arguments"},
 		{name: "notify_header with two values", input: "notify_header X-A b c", wantErr: "notify_header: want <name> <value>, got 3 arguments"},
 	}
@@ -239,8 +239,8 @@ func TestNotifyCaddyfile(t *testing.T) {
 				}
 				return
 			}
-			got := h.notifyConfig()
-			if want := tt.want.notifyConfig(); err != nil || !reflect.DeepEqual(got, want) {
+			got := h.NotifyOptions.config()
+			if want := tt.want.NotifyOptions.config(); err != nil || !reflect.DeepEqual(got, want) {
 				t.Errorf("UnmarshalCaddyfile(%q) = %+v, %v; want %+v", input, got, err, want)
 			}
 		})

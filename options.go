@@ -3,6 +3,7 @@ package oauth2upstream
 import (
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -122,28 +123,10 @@ func (h *Handler) validateOptions() error {
 	if strings.ContainsAny(h.HeaderScheme, " \t\r\n") {
 		return fmt.Errorf("header_scheme %q: must be one word", h.HeaderScheme)
 	}
-	if err := h.validateNotify(); err != nil {
+	if err := h.NotifyOptions.validate(); err != nil {
 		return err
 	}
 	return h.validateLimits()
-}
-
-// validateNotify checks notify and the options that only mean something
-// with it.
-func (h *Handler) validateNotify() error {
-	if h.Notify != "" {
-		return h.notifyConfig().Validate()
-	}
-	if h.NotifySecret != "" || h.NotifyIncludeTokens || len(h.NotifyHeaders) > 0 {
-		return fmt.Errorf("notify_secret, notify_include_tokens and notify_header configure notify, which is not set")
-	}
-	return nil
-}
-
-// notifyConfig is the change notifier the options describe; its URL is
-// empty without notify.
-func (h *Handler) notifyConfig() credential.NotifyConfig {
-	return credential.NotifyConfig{URL: h.Notify, Secret: h.NotifySecret, IncludeTokens: h.NotifyIncludeTokens, Header: h.NotifyHeaders}
 }
 
 // validateKeySet checks key_set and the seed that goes with it.
@@ -303,17 +286,15 @@ func (h *Handler) checkHeaderIsNotLogged(ctx caddy.Context) error {
 		h.HeaderName, strings.Join(headersCaddyRedacts, ", "))
 }
 
-// setUpstreamExpect makes Expect on the upstream request what
-// upstream_expect says, whatever the client sent: the client's own
-// handshake is with this server, which answers it when the body is first
-// read.
-func (h *Handler) setUpstreamExpect(r *http.Request) {
-	clientSent := strings.EqualFold(r.Header.Get("Expect"), "100-continue")
-	switch {
-	case h.UpstreamExpect == "on",
-		h.UpstreamExpect == "auto" && clientSent:
-		r.Header.Set("Expect", "100-continue")
-	default:
-		r.Header.Del("Expect")
+// compileKeySetAllow compiles key_set_allow, anchored at both ends.
+func (h *Handler) compileKeySetAllow() error {
+	if h.KeySetAllow == "" {
+		return nil
 	}
+	allow, err := regexp.Compile(`^(?:` + h.KeySetAllow + `)$`)
+	if err != nil {
+		return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
+	}
+	h.keySetAllow = allow
+	return nil
 }

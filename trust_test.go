@@ -133,7 +133,7 @@ func TestBodyTimeoutKeepsServerReadTimeout(t *testing.T) {
 		io.Copy(io.Discard, r.Body)
 	}))
 	t.Cleanup(api.Close)
-	s := newSidecarWithProxy(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyTimeout: caddyDuration(30 * time.Second)},
+	s := newSidecarWithProxy(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{BodyTimeout: caddyDuration(30 * time.Second)}},
 		&reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: hostPort(t, api.URL)}}},
 		func(srv *http.Server) { srv.ReadTimeout, srv.ReadHeaderTimeout = time.Second, 100*time.Millisecond })
 

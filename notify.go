@@ -1,0 +1,72 @@
+package oauth2upstream
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+)
+
+// NotifyOptions are the options of change notifications. Handler embeds
+// them, so their JSON fields sit beside the handler's own.
+type NotifyOptions struct {
+	// Notify is a URL that receives every key set change this handler
+	// stores, as a POSTed JSON {"name", "generation", "updated_at",
+	// "expiry", "extra"} holding no token value (unless
+	// NotifyIncludeTokens), signed with NotifySecret, in order per key
+	// set, retried with backoff. It must be https unless its host is
+	// loopback. Placeholders such as {env.NOTIFY_URL} are replaced when
+	// the handler starts.
+	Notify string `json:"notify,omitempty"`
+
+	// NotifySecret keys the HMAC-SHA256 signature of every notification
+	// (the Oauth2-Upstream-Signature header); required with Notify. Give
+	// it as a placeholder, usually {env.NOTIFY_SECRET}, replaced when the
+	// handler starts: a literal value shows in Caddy's config, /config/ of
+	// the admin API included.
+	NotifySecret string `json:"notify_secret,omitempty"`
+
+	// NotifyIncludeTokens adds the whole token response, token values
+	// included, under "token" in every notification, for platforms that
+	// persist the keys themselves. Default: false, no token value is sent.
+	NotifyIncludeTokens bool `json:"notify_include_tokens,omitempty"`
+
+	// NotifyHeaders are added to every notification request (an
+	// Authorization the receiver checks, say). Content-Type,
+	// Content-Length, Host, Transfer-Encoding, Trailer, Connection and
+	// the signature header cannot be set. Placeholders in the values
+	// (usually {env.*}) are replaced when the handler starts.
+	NotifyHeaders http.Header `json:"notify_headers,omitempty"`
+}
+
+// replacePlaceholders resolves placeholders (usually {env.*}) in the URL,
+// the secret and the header values, when the handler starts.
+func (n *NotifyOptions) replacePlaceholders(repl *caddy.Replacer) {
+	n.Notify = repl.ReplaceKnown(n.Notify, "")
+	n.NotifySecret = repl.ReplaceKnown(n.NotifySecret, "")
+	for _, values := range n.NotifyHeaders {
+		for i := range values {
+			values[i] = repl.ReplaceKnown(values[i], "")
+		}
+	}
+}
+
+// validate checks notify and the options that only mean something
+// with it.
+func (n *NotifyOptions) validate() error {
+	if n.Notify != "" {
+		return n.config().Validate()
+	}
+	if n.NotifySecret != "" || n.NotifyIncludeTokens || len(n.NotifyHeaders) > 0 {
+		return fmt.Errorf("notify_secret, notify_include_tokens and notify_header configure notify, which is not set")
+	}
+	return nil
+}
+
+// config is the change notifier the options describe; its URL is
+// empty without notify.
+func (n *NotifyOptions) config() credential.NotifyConfig {
+	return credential.NotifyConfig{URL: n.Notify, Secret: n.NotifySecret, IncludeTokens: n.NotifyIncludeTokens, Header: n.NotifyHeaders}
+}
