@@ -475,7 +475,10 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 
 	var out strings.Builder
 	collect := func(rec *httptest.ResponseRecorder) { out.WriteString(rec.Body.String()) }
-	s.get(t, "/first")                        // grant 1
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
+	s.get(t, "/first") // grant 1
+	ageTokens(clock)
 	api.setValid("Bearer LEAK-AT-2" + marker) // the next request is rejected: grant 2, replay
 	if resp, _ := s.get(t, "/second"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("replayed request = %d; want 200", resp.StatusCode)
@@ -485,6 +488,7 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	collect(adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/leak-scan/refresh", "")) // grant 3
 	collect(adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/leak-scan/refresh", "")) // invalid_grant
 	api.setValid("nothing")
+	ageTokens(clock)
 	s.get(t, "/failing") // rejected, refresh fails
 	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets", ""))
 	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets/leak-scan", ""))

@@ -48,7 +48,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		key_set_allow   <regexp>
 //		refresh_token   <seed>
 //		refresh         proactive|reactive|always
-//		refresh_on      <status...>
+//		refresh_on      <status|invalid_token...>
+//		min_refresh_interval <duration>|off
+//		max_retry_after <duration>
 //		expiry_skew     <duration>
 //		token_timeout   <duration>
 //		header          <name> [<scheme>|raw]
@@ -105,6 +107,7 @@ func (h *Handler) stringOptions() map[string]*string {
 func (h *Handler) durationOptions() map[string]*caddy.Duration {
 	return map[string]*caddy.Duration{
 		"expiry_skew": &h.ExpirySkew, "token_timeout": &h.TokenTimeout, "max_wait": &h.MaxWait,
+		"max_retry_after": &h.MaxRetryAfter,
 	}
 }
 
@@ -167,29 +170,30 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			return d.Errf("encryption_key: want <key> [<older key>...]")
 		}
 	case "body_timeout":
-		if d.CountRemainingArgs() == 1 && d.NextArg() {
-			if d.Val() == "off" {
-				h.BodyTimeout = -1
-				return nil
-			}
-			d.Prev() // back to the option's name, for parseDuration
-		}
-		return parseDuration(d, &h.BodyTimeout, true)
+		return parseDurationOrOff(d, &h.BodyTimeout)
+	case "min_refresh_interval":
+		return parseDurationOrOff(d, &h.MinRefreshInterval)
 	default:
 		return d.Errf("unrecognized oauth2_upstream option %q", option)
 	}
 	return nil
 }
 
+// parseRefreshOn reads refresh_on's statuses, and the word invalid_token:
+// a 401 whose WWW-Authenticate says error="invalid_token".
 func (h *Handler) parseRefreshOn(d *caddyfile.Dispenser) error {
 	args := d.RemainingArgs()
 	if len(args) == 0 {
 		return d.ArgErr()
 	}
 	for _, arg := range args {
+		if arg == invalidTokenError {
+			h.RefreshOnInvalidToken = true
+			continue
+		}
 		status, err := strconv.Atoi(arg)
 		if err != nil {
-			return d.Errf("refresh_on: %q is not a status code", arg)
+			return d.Errf("refresh_on: %q is neither a status code nor %s", arg, invalidTokenError)
 		}
 		h.RefreshOn = append(h.RefreshOn, status)
 	}
@@ -226,6 +230,19 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration, positive bool) e
 	}
 	*dst = caddy.Duration(dur)
 	return nil
+}
+
+// parseDurationOrOff reads the one argument of the current option: a
+// positive duration, or "off" for -1.
+func parseDurationOrOff(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	if d.CountRemainingArgs() == 1 && d.NextArg() {
+		if d.Val() == "off" {
+			*dst = -1
+			return nil
+		}
+		d.Prev() // back to the option's name, for parseDuration
+	}
+	return parseDuration(d, dst, true)
 }
 
 // parseSize reads a size such as 64MiB, 1MB or 1048576 (bytes); the word

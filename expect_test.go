@@ -3,6 +3,7 @@ package oauth2upstream
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +25,12 @@ func TestOneContinuePerRequest(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-2") // at-1 is rejected: one refresh, one replay
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
+	if _, err := s.handler.engine.Current(context.Background(), "default"); err != nil { // grants at-1
+		t.Fatal(err)
+	}
+	ageTokens(clock)
 
 	conn, err := net.Dial("tcp", s.server.Listener.Addr().String())
 	if err != nil {

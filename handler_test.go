@@ -123,7 +123,10 @@ func TestReplayAfter401(t *testing.T) {
 				proxy.TransportRaw = json.RawMessage(`{"protocol":"http","expect_continue_timeout":5000000000}`)
 			}
 			s := newSidecarWithProxy(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, proxy)
+			clock := credentialtest.NewClock()
+			s.useClock(clock)
 			s.get(t, "/warm-up") // grants at-1
+			ageTokens(clock)
 			api.setValid("Bearer at-2")
 
 			body := make([]byte, tt.size)
@@ -164,26 +167,40 @@ func TestReplayAfter401(t *testing.T) {
 }
 
 // At most one replay per request (invariant 2): when the upstream still
-// answers 401 after the refresh, the client gets that 401 unchanged.
+// answers 401 after the refresh, the client gets that 401 unchanged. A 401
+// to the token just granted makes no refresh at all (min_refresh_interval).
 func TestSecond401GoesToClient(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "")
 	api.alwaysReject = true
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
 
-	resp, body := s.get(t, "/x")
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("status = %d; want 401", resp.StatusCode)
-	}
-	if resp.Header.Get("WWW-Authenticate") == "" || !strings.Contains(string(body), "token rejected") {
-		t.Errorf("the upstream's 401 was not passed through unchanged: %v %q", resp.Header, body)
-	}
-	if n := len(api.seen()); n != 2 {
-		t.Errorf("upstream saw %d requests; want 2 (one attempt, one replay)", n)
-	}
-	if g := te.Grants.Load(); g != 2 {
-		t.Errorf("grants = %d; want 2 (initial token, one refresh)", g)
+	for _, tt := range []struct {
+		name        string
+		wantSeen    int   // upstream requests so far
+		wantGrants  int64 // so far
+		passedAfter string
+	}{
+		{"a token just granted", 1, 1, "one attempt, no refresh"},
+		{"a token older than min_refresh_interval", 3, 2, "one attempt, one refresh, one replay"},
+	} {
+		resp, body := s.get(t, "/x")
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("%s: status = %d; want 401", tt.name, resp.StatusCode)
+		}
+		if resp.Header.Get("WWW-Authenticate") == "" || !strings.Contains(string(body), "token rejected") {
+			t.Errorf("%s: the upstream's 401 was not passed through unchanged: %v %q", tt.name, resp.Header, body)
+		}
+		if n := len(api.seen()); n != tt.wantSeen {
+			t.Errorf("%s: upstream saw %d requests; want %d (%s)", tt.name, n, tt.wantSeen, tt.passedAfter)
+		}
+		if g := te.Grants.Load(); g != tt.wantGrants {
+			t.Errorf("%s: grants = %d; want %d", tt.name, g, tt.wantGrants)
+		}
+		ageTokens(clock)
 	}
 }
 
@@ -199,7 +216,10 @@ func TestBodyTooLargeToReplay(t *testing.T) {
 			api := newAPIServer(t, "Bearer at-1")
 			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{ReplayMemory: 1024, MaxReplayBody: 4096}},
 				hostPort(t, api.server.URL))
+			clock := credentialtest.NewClock()
+			s.useClock(clock)
 			s.get(t, "/warm-up")
+			ageTokens(clock)
 			api.setValid("Bearer at-2")
 
 			var body io.Reader = bytes.NewReader(make([]byte, 10000))
@@ -228,7 +248,10 @@ func TestOlderGenerationReplayedWithoutGrant(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
 	s.get(t, "/warm-up") // generation 2 (1 is the seed), token at-1
+	ageTokens(clock)
 
 	// Another request refreshed meanwhile: generation 3, token at-2.
 	if _, err := s.handler.engine.Rejected(context.Background(), "default", 2); err != nil {
@@ -292,7 +315,10 @@ func TestRefreshFailureResponses(t *testing.T) {
 			te := credentialtest.NewTokenEndpoint(t, "rt-0")
 			api := newAPIServer(t, "Bearer at-1")
 			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+			clock := credentialtest.NewClock()
+			s.useClock(clock)
 			s.get(t, "/warm-up")
+			ageTokens(clock)
 			before := s.storedKeySet(t, "default")
 			api.setValid("Bearer at-2")
 			te.Mu.Lock()
@@ -504,6 +530,12 @@ func TestRefreshOnCustomStatus(t *testing.T) {
 	}))
 	t.Cleanup(api.Close)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", RefreshOn: []int{401, 403}}, hostPort(t, api.URL))
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
+	if _, err := s.handler.engine.Current(context.Background(), "default"); err != nil { // grants at-1
+		t.Fatal(err)
+	}
+	ageTokens(clock)
 	if resp, _ := s.get(t, "/"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status = %d; want 200 after a replay on 403", resp.StatusCode)
 	}
@@ -518,8 +550,12 @@ func TestLogsHoldNoTokens(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-seed-secret")
 	api := newAPIServer(t, "Bearer at-2")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", ClientSecret: "client-secret-value", RefreshToken: "rt-seed-secret"}, hostPort(t, api.server.URL))
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
 	s.get(t, "/a")
+	ageTokens(clock)
 	s.get(t, "/b") // 401, refresh, replay
+	ageTokens(clock)
 	te.Mu.Lock()
 	te.Respond = func(w http.ResponseWriter, r *http.Request) bool {
 		r.ParseForm()

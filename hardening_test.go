@@ -104,6 +104,7 @@ func TestKeystoreWriteFailure(t *testing.T) {
 	}
 	disk.full.Store(true)
 
+	ageTokens(clock)
 	api.setValid("Bearer at-2")
 	resp, body := s.get(t, "/") // 401, grant at-2 (rt-2), the save fails
 	if resp.StatusCode != http.StatusServiceUnavailable {
@@ -158,6 +159,7 @@ func TestKeystoreDirectoryGone(t *testing.T) {
 	clock := credentialtest.NewClock()
 	s.useClock(clock)
 	s.get(t, "/")
+	ageTokens(clock)
 	dir := s.dir
 	if err := os.Rename(dir, dir+".away"); err != nil {
 		t.Fatal(err)

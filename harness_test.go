@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
@@ -125,6 +126,13 @@ func hostPort(t *testing.T, rawURL string) string {
 // it must come before the first request.
 func (s *sidecar) useClock(clock *credentialtest.Clock) {
 	s.replaceEngine(s.handler.engine.Store(), clock.Now)
+}
+
+// ageTokens moves clock, which the handler reads (see useClock), past
+// min_refresh_interval: a rejection of the tokens granted so far then makes
+// a grant, as when an API revokes a token it has accepted for a while.
+func ageTokens(clock *credentialtest.Clock) {
+	clock.Advance(credential.DefaultMinRefreshInterval)
 }
 
 // replaceEngine gives the handler a new engine over store, reading the

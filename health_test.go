@@ -45,7 +45,10 @@ func TestHealthFollowsKeySetState(t *testing.T) {
 	if code, answer := probe(t, health); code != http.StatusOK || !reflect.DeepEqual(answer, healthAnswer{Status: "ok"}) {
 		t.Errorf("before any request: %d %+v; want 200 {status ok}", code, answer)
 	}
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
 	s.get(t, "/x")
+	ageTokens(clock)
 	te.Mu.Lock()
 	te.RefreshToken = "revoked"
 	te.Mu.Unlock()

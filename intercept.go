@@ -2,12 +2,15 @@ package oauth2upstream
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"go.uber.org/zap"
 )
 
 // maxHeldBody is the most of a trigger answer's body that is held back for
@@ -26,13 +29,15 @@ var heldBodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // 103 Early Hints, go through.
 //
 // On a first attempt, a response whose
-// status is a trigger (401 by default) is held back, not sent: its status
-// and body here, its headers in the real writer's header map. The handler
-// then either replays the request, after restoring the headers it had
-// before the attempt, or sends the held response unchanged.
+// status is a trigger (401 by default; with invalidToken, a 401 whose
+// WWW-Authenticate says error="invalid_token") is held back, not sent: its
+// status and body here, its headers in the real writer's header map. The
+// handler then either replays the request, after restoring the headers it
+// had before the attempt, or sends the held response unchanged.
 type attemptWriter struct {
 	caddyhttp.ResponseWriterWrapper // by value: no allocation of its own
 	triggers                        []int
+	invalidToken                    bool
 	wroteHeader                     bool
 	held                            bool
 	// tooLarge: the trigger answer's body outgrew maxHeldBody and went to
@@ -43,9 +48,18 @@ type attemptWriter struct {
 }
 
 // reset makes aw the writer of an attempt on w; triggers lists the statuses
-// to hold back (none for a replay).
-func (aw *attemptWriter) reset(w http.ResponseWriter, triggers []int) {
-	*aw = attemptWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, triggers: triggers}
+// to hold back, and invalidToken adds a 401 that says error="invalid_token"
+// (none for a replay).
+func (aw *attemptWriter) reset(w http.ResponseWriter, triggers []int, invalidToken bool) {
+	*aw = attemptWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		triggers: triggers, invalidToken: invalidToken}
+}
+
+// isTrigger reports whether an answer of status, whose headers are already
+// in the real writer's map, means "token rejected".
+func (aw *attemptWriter) isTrigger(status int) bool {
+	return slices.Contains(aw.triggers, status) ||
+		aw.invalidToken && status == http.StatusUnauthorized && rejectsToken(aw.Header())
 }
 
 func (aw *attemptWriter) WriteHeader(status int) {
@@ -60,7 +74,7 @@ func (aw *attemptWriter) WriteHeader(status int) {
 		return
 	}
 	aw.wroteHeader = true
-	if slices.Contains(aw.triggers, status) {
+	if aw.isTrigger(status) {
 		aw.held, aw.status = true, status
 		aw.body = heldBodyPool.Get().(*bytes.Buffer)
 		return
@@ -137,6 +151,51 @@ func (aw *attemptWriter) free() {
 		}
 		aw.body = nil
 	}
+}
+
+// answerRejection follows a held trigger answer: it gets a newer credential
+// (the current one if another request already refreshed) and replays the
+// request once with it, or sends the held answer on when no refresh is due
+// or the body cannot be replayed, or a problem when the refresh failed.
+func (h *Handler) answerRejection(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *exchange, body *replayBody, before http.Header) error {
+	name, cred, attempt := x.vars.keySet, x.vars.cred, &x.attempt
+	fresh, err := h.engine.Rejected(r.Context(), name, cred.KeySet.Generation)
+	var tooRecent *credential.TooRecentError
+	if errors.As(err, &tooRecent) {
+		// The token was granted moments ago: a new one would not cure
+		// this rejection, and no refresh token is spent on it.
+		h.ops.countReplay(name, replayTooRecent)
+		h.logger.Debug("not refreshing: the rejected token is younger than min_refresh_interval",
+			zap.String("key_set", name), zap.Int("rejected_status", attempt.status),
+			zap.Int64("rejected_generation", tooRecent.Generation), zap.Duration("age", tooRecent.Age))
+		return attempt.sendHeld()
+	}
+	if err != nil {
+		h.ops.countReplay(name, replayRefreshFailed)
+		restoreHeader(w.Header(), before)
+		return writeProblem(w, err)
+	}
+	if body != nil {
+		replay, err := body.rewind()
+		if err != nil {
+			h.ops.countReplay(name, replayNotReplayable)
+			h.logger.Debug("not replaying", zap.String("key_set", name), zap.String("reason", err.Error()))
+			return attempt.sendHeld()
+		}
+		r.Body = replay
+	}
+	restoreHeader(w.Header(), before)
+	x.vars.cred = fresh
+	r.Header.Set(h.HeaderName, fresh.Header)
+	h.logger.Debug("replaying request with refreshed token",
+		zap.String("key_set", name),
+		zap.Int("rejected_status", attempt.status),
+		zap.Int64("rejected_generation", cred.KeySet.Generation),
+		zap.Int64("generation", fresh.KeySet.Generation))
+	h.ops.countReplay(name, replayReplayed)
+	attempt.free()
+	attempt.reset(w, nil, false)
+	return next.ServeHTTP(attempt, r)
 }
 
 // exchange is what ServeHTTP keeps for one request, in one allocation: the

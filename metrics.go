@@ -25,6 +25,7 @@ const (
 	replayReplayed      = "replayed"
 	replayNotReplayable = "not_replayable" // the request body, or the trigger answer's, was too large to keep
 	replayRefreshFailed = "refresh_failed"
+	replayTooRecent     = "too_recent" // the rejected token was younger than min_refresh_interval: no grant
 )
 
 // Results of a grant (the grants_total result label).
@@ -57,7 +58,7 @@ func newUpstreamMetrics(registry prometheus.Registerer) (*upstreamMetrics, error
 		}, []string{"key_set"}),
 		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "replays_total",
-			Help: "Requests the upstream rejected with a trigger status, by key set and outcome (replayed, not_replayable, refresh_failed).",
+			Help: "Requests the upstream rejected with a trigger status, by key set and outcome (replayed, not_replayable, refresh_failed, too_recent).",
 		}, []string{"key_set", "outcome"}),
 		keystoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "keystore_errors_total",

@@ -56,20 +56,26 @@ func TestMetricsAfterRequests(t *testing.T) {
 	reg := s.handler.ops.config
 
 	s.get(t, "/first") // grant 1
+	ageTokens(clock)
 	api.setValid("Bearer at-2")
 	if resp, _ := s.get(t, "/replayed"); resp.StatusCode != http.StatusOK { // grant 2, replayed
 		t.Fatalf("replayed request = %d; want 200", resp.StatusCode)
 	}
+	ageTokens(clock)
 	api.setValid("Bearer at-3")
 	req, _ := http.NewRequest(http.MethodPost, s.server.URL+"/big", bytes.NewReader(make([]byte, 4096)))
 	if resp, _ := s.do(t, req); resp.StatusCode != http.StatusUnauthorized { // grant 3, not replayable
 		t.Fatalf("request with a body too large to replay = %d; want the upstream's 401", resp.StatusCode)
 	}
 	lastGrant := clock.Now()
+	api.setValid("none")
+	if resp, _ := s.get(t, "/too-recent"); resp.StatusCode != http.StatusUnauthorized { // at-3 just granted: no grant
+		t.Fatalf("request rejecting the token just granted = %d; want the upstream's 401", resp.StatusCode)
+	}
+	ageTokens(clock)
 	te.Mu.Lock()
 	te.RefreshToken = "revoked"
 	te.Mu.Unlock()
-	api.setValid("none")
 	if resp, _ := s.get(t, "/refresh-fails"); resp.StatusCode != http.StatusBadGateway { // grant 4 fails
 		t.Fatalf("request whose refresh fails = %d; want 502", resp.StatusCode)
 	}
@@ -89,6 +95,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 		`caddy_oauth2_upstream_replays_total{key_set="metrics-ks",outcome="replayed"}`:       1,
 		`caddy_oauth2_upstream_replays_total{key_set="metrics-ks",outcome="not_replayable"}`: 1,
 		`caddy_oauth2_upstream_replays_total{key_set="metrics-ks",outcome="refresh_failed"}`: 1,
+		`caddy_oauth2_upstream_replays_total{key_set="metrics-ks",outcome="too_recent"}`:     1,
 		`caddy_oauth2_upstream_keystore_errors_total{operation="load"}`:                      1,
 		`caddy_oauth2_upstream_token_expiry_timestamp_seconds{key_set="metrics-ks"}`:         float64(lastGrant.Add(time.Hour).Unix()),
 	}

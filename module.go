@@ -96,7 +96,8 @@ type Handler struct {
 
 	// RefreshOn lists the upstream statuses that mean "token rejected":
 	// the handler refreshes (unless a newer token already exists) and
-	// replays the request once. Default: [401].
+	// replays the request once. Default: [401], or none with
+	// RefreshOnInvalidToken, which narrows it.
 	RefreshOn []int `json:"refresh_on,omitempty"`
 
 	// ExpirySkew is how long before the expiry a proactive refresh
@@ -136,6 +137,9 @@ type Handler struct {
 	// BodyOptions configure how request bodies are kept, replayed and
 	// sent (bodyoptions.go).
 	BodyOptions
+
+	// GrantOptions bound when grants are made (grantoptions.go).
+	GrantOptions
 
 	// NotifyOptions configure change notifications (notify.go).
 	NotifyOptions
@@ -246,7 +250,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	attempt := &x.attempt
-	attempt.reset(w, h.RefreshOn)
+	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
 	defer attempt.free()
 	err = next.ServeHTTP(attempt, r)
 	if attempt.tooLarge {
@@ -258,35 +262,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return err
 	}
 
-	// The upstream rejected the token: get a newer one (the current one if
-	// another request already refreshed), then replay once.
-	fresh, err := h.engine.Rejected(r.Context(), name, cred.KeySet.Generation)
-	if err != nil {
-		h.ops.countReplay(name, replayRefreshFailed)
-		restoreHeader(w.Header(), before)
-		return writeProblem(w, err)
-	}
-	if body != nil {
-		replay, err := body.rewind()
-		if err != nil {
-			h.ops.countReplay(name, replayNotReplayable)
-			h.logger.Debug("not replaying", zap.String("key_set", name), zap.String("reason", err.Error()))
-			return attempt.sendHeld()
-		}
-		r.Body = replay
-	}
-	restoreHeader(w.Header(), before)
-	x.vars.cred = fresh
-	r.Header.Set(h.HeaderName, fresh.Header)
-	h.logger.Debug("replaying request with refreshed token",
-		zap.String("key_set", name),
-		zap.Int("rejected_status", attempt.status),
-		zap.Int64("rejected_generation", cred.KeySet.Generation),
-		zap.Int64("generation", fresh.KeySet.Generation))
-	h.ops.countReplay(name, replayReplayed)
-	attempt.free()
-	attempt.reset(w, nil)
-	return next.ServeHTTP(attempt, r)
+	return h.answerRejection(w, r, next, x, body, before)
 }
 
 // Interface guards

@@ -28,7 +28,10 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "order-secret", NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
 	a, _ := adminFor(s.handler)
 
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
 	s.get(t, "/first") // seed (1), grant (2)
+	ageTokens(clock)
 	api.setValid("Bearer at-2")
 	if resp, _ := s.get(t, "/second"); resp.StatusCode != http.StatusOK { // 401, grant (3), replay
 		t.Fatalf("replayed request = %d; want 200", resp.StatusCode)

@@ -49,9 +49,10 @@ func (h *Handler) setDefaults() {
 	if h.Refresh == "" {
 		h.Refresh = credential.ModeProactive
 	}
-	if len(h.RefreshOn) == 0 {
+	if len(h.RefreshOn) == 0 && !h.RefreshOnInvalidToken {
 		h.RefreshOn = []int{http.StatusUnauthorized}
 	}
+	h.GrantOptions.setDefaults()
 	if h.ExpirySkew == 0 {
 		h.ExpirySkew = caddy.Duration(credential.DefaultSkew)
 	}
@@ -124,6 +125,9 @@ func (h *Handler) validateOptions() error {
 		return fmt.Errorf("header_scheme %q: must be one word", h.HeaderScheme)
 	}
 	if err := h.NotifyOptions.validate(); err != nil {
+		return err
+	}
+	if err := h.GrantOptions.validate(h.RefreshOn); err != nil {
 		return err
 	}
 	return h.validateLimits()
@@ -200,15 +204,17 @@ func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credent
 			AuthStyle: authStyle, Grant: h.Grant, Scopes: h.Scopes, Params: h.Params,
 			Timeout: time.Duration(h.TokenTimeout),
 		},
-		Mode:      h.Refresh,
-		Skew:      time.Duration(h.ExpirySkew),
-		SeedName:  seedName,
-		SeedToken: h.RefreshToken,
-		MaxWait:   time.Duration(h.MaxWait),
-		Header:    h.headerValue,
-		Logger:    h.logger,
-		Observer:  h.ops.observer(),
-		Now:       now,
+		Mode:               h.Refresh,
+		Skew:               time.Duration(h.ExpirySkew),
+		MinRefreshInterval: time.Duration(h.MinRefreshInterval),
+		MaxRetryAfter:      time.Duration(h.MaxRetryAfter),
+		SeedName:           seedName,
+		SeedToken:          h.RefreshToken,
+		MaxWait:            time.Duration(h.MaxWait),
+		Header:             h.headerValue,
+		Logger:             h.logger,
+		Observer:           h.ops.observer(),
+		Now:                now,
 	})
 }
 

@@ -98,13 +98,15 @@ func caddyConfig(spec CaddySpec) []byte {
 // SeedKeySet stores generation 1 of the key set the sidecar uses in the
 // file keystore at dir (a 0700 directory, a 0600 document), the way an
 // operator seeds one: accessToken valid until expiry (zero: unknown, as
-// from Salesforce) and refreshToken for the next grant.
+// from Salesforce) and refreshToken for the next grant. It is dated an
+// hour ago, as a key set in use for a while: a rejection of its token makes
+// a grant (min_refresh_interval).
 func SeedKeySet(dir, accessToken, refreshToken string, expiry time.Time) error {
 	store, err := keystore.NewFile(dir)
 	if err != nil {
 		return err
 	}
-	ks := &keystore.KeySet{Name: keySetName, Generation: 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{}}
+	ks := &keystore.KeySet{Name: keySetName, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}}
 	if !expiry.IsZero() {
 		ks.Expiry = expiry.UTC()
 		ks.Token[keystore.FieldExpiresIn] = json.RawMessage("3600")

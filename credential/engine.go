@@ -8,6 +8,7 @@
 package credential
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -36,8 +37,10 @@ const (
 
 // Defaults of Config.
 const (
-	DefaultSkew         = 30 * time.Second
-	DefaultTokenTimeout = 10 * time.Second
+	DefaultSkew               = 30 * time.Second
+	DefaultTokenTimeout       = 10 * time.Second
+	DefaultMinRefreshInterval = 10 * time.Second
+	DefaultMaxRetryAfter      = 5 * time.Minute
 )
 
 // Config is what an Engine needs besides its keystore.
@@ -46,9 +49,20 @@ type Config struct {
 	Endpoint TokenEndpoint
 	// Mode is ModeProactive (the default), ModeReactive or ModeAlways.
 	Mode string
-	// Skew is how long before the expiry a proactive refresh starts.
-	// Zero refreshes at the expiry itself.
+	// Skew is how long before the expiry a proactive refresh starts,
+	// at most half the token's lifetime (a key set's Expiry minus its
+	// UpdatedAt). Zero refreshes at the expiry itself.
 	Skew time.Duration
+	// MinRefreshInterval is the youngest a generation may be for its
+	// rejection to make a grant: a token granted moments ago that the
+	// upstream rejects is not the token's fault (a path that answers 401
+	// to everyone, a permission the account lacks), and granting again
+	// only spends refresh tokens. Rejected then returns a *TooRecentError.
+	// Zero: DefaultMinRefreshInterval; negative: no minimum.
+	MinRefreshInterval time.Duration
+	// MaxRetryAfter caps how long a token endpoint's Retry-After holds
+	// back grants. Zero or negative: DefaultMaxRetryAfter.
+	MaxRetryAfter time.Duration
 	// SeedName names the key set that SeedToken (a refresh token) seeds
 	// when the keystore has no key set of that name.
 	SeedName  string
@@ -89,6 +103,22 @@ func (c *Credential) expiring(now time.Time, skew time.Duration) bool {
 	return !c.hasAccessToken || c.KeySet.ExpiresWithin(now, skew)
 }
 
+// proactiveSkew is how long before its expiry the credential is refreshed
+// proactively: skew, but at most half the token's announced lifetime (its
+// expiry minus when it was granted), so that a token that lives shorter
+// than the skew is used for half its life rather than refreshed by every
+// request. An unknown lifetime leaves skew as it is.
+func (c *Credential) proactiveSkew(skew time.Duration) time.Duration {
+	ks := c.KeySet
+	if ks.Expiry.IsZero() || ks.UpdatedAt.IsZero() {
+		return skew
+	}
+	if lifetime := ks.Expiry.Sub(ks.UpdatedAt); lifetime > 0 {
+		return min(skew, lifetime/2)
+	}
+	return skew
+}
+
 // Engine keeps the tokens of every key set it is asked for: it loads them
 // from the keystore, makes at most one grant at a time per key set (and,
 // through the keystore's lock, per cluster), and stores each new key set
@@ -102,6 +132,10 @@ type Engine struct {
 	seedToken string
 	headerFor func(accessToken string) string
 	maxWait   time.Duration
+	// minRefreshInterval: a rejection of a younger generation makes no
+	// grant; negative: no minimum.
+	minRefreshInterval time.Duration
+	maxRetryAfter      time.Duration
 	// jitter spreads a backoff so that replicas that failed together do
 	// not retry together; nil keeps backoffs exact (tests).
 	jitter     func(time.Duration) time.Duration
@@ -138,14 +172,21 @@ func New(store keystore.Store, cfg Config) *Engine {
 		seedToken: cfg.SeedToken,
 		headerFor: cfg.Header,
 		maxWait:   cfg.MaxWait,
-		jitter:    equalJitter,
-		now:       time.Now,
-		logger:    cfg.Logger,
-		observer:  cfg.Observer,
-		states:    make(map[string]*keySetState),
+		// Zero means the default, as elsewhere in Config; no minimum is
+		// asked for with a negative interval.
+		minRefreshInterval: cmp.Or(cfg.MinRefreshInterval, DefaultMinRefreshInterval),
+		maxRetryAfter:      cfg.MaxRetryAfter,
+		jitter:             equalJitter,
+		now:                time.Now,
+		logger:             cfg.Logger,
+		observer:           cfg.Observer,
+		states:             make(map[string]*keySetState),
 	}
 	if e.mode == "" {
 		e.mode = ModeProactive
+	}
+	if e.maxRetryAfter <= 0 {
+		e.maxRetryAfter = DefaultMaxRetryAfter
 	}
 	if e.headerFor == nil {
 		e.headerFor = func(accessToken string) string { return "Bearer " + accessToken }
@@ -166,55 +207,57 @@ func New(store keystore.Store, cfg Config) *Engine {
 func (e *Engine) Store() keystore.Store { return e.store }
 
 // Current returns the credential to send for key set name now, refreshing
-// first when the mode or the token's expiry demands it.
+// first when the mode or the token's expiry demands it. A request that the
+// token in use can still serve is never failed because a refresh failed or
+// is held back: it gets that token (invariant 10).
 func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) {
 	st, err := e.state(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	st.mu.Lock()
-	now := e.now()
-	cred := st.cred
+	if due, soon := e.refreshNeed(st.cred, e.now()); !due && !soon {
+		cred := st.cred
+		st.mu.Unlock()
+		return cred, nil
+	}
+	// A grant is due or near, unless a recorded failure stands in for it.
+	// Checking that may release st.mu to read the keystore, so what
+	// follows looks at the key set in use afterwards.
+	blocked := e.blockedLocked(ctx, st, name)
+	now, cred := e.now(), st.cred
+	due, soon := e.refreshNeed(cred, now)
 	switch {
-	case e.mode == ModeAlways || !cred.usable(now):
-		// A grant is due: unless a recent failure says it would fail again.
-		if err := e.blockedLocked(ctx, st, name, now); err != nil {
-			st.mu.Unlock()
-			return nil, err
-		}
-	case e.mode == ModeProactive && cred.expiring(now, e.skew):
+	case !due:
 		// Still valid: refresh in the background and keep serving it.
-		if st.flight == nil && e.blockedLocked(ctx, st, name, now) == nil {
+		if soon && blocked == nil && st.flight == nil {
 			e.startFlightLocked(st, name, cred.KeySet.Generation)
 		}
-		fallthrough
-	default:
 		st.mu.Unlock()
 		return cred, nil
+	case blocked != nil:
+		st.mu.Unlock()
+		if cred.usable(now) {
+			return cred, nil // always mode: the token in use still serves
+		}
+		return nil, blocked
 	}
+	f := e.flightLocked(st, name, cred.KeySet.Generation)
 	st.mu.Unlock()
-	return e.await(ctx, st, name, cred.KeySet.Generation)
+	fresh, err := e.wait(ctx, f, name)
+	if err != nil && cred.usable(e.now()) {
+		return cred, nil // always mode: the token in use still serves
+	}
+	return fresh, err
 }
 
-// Rejected is called when the upstream rejected a request that carried
-// generation gen of key set name. It returns a newer credential: the current
-// one if it is already newer (no grant), else a refreshed one.
-func (e *Engine) Rejected(ctx context.Context, name string, gen int64) (*Credential, error) {
-	st, err := e.state(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	st.mu.Lock()
-	if cred := st.cred; newer(cred.KeySet, gen) {
-		st.mu.Unlock()
-		return cred, nil
-	}
-	if err := e.blockedLocked(ctx, st, name, e.now()); err != nil {
-		st.mu.Unlock()
-		return nil, err
-	}
-	st.mu.Unlock()
-	return e.await(ctx, st, name, gen)
+// refreshNeed says what cred needs at now: a grant that is due (the mode
+// wants one before every request, or the token is expired or missing), or
+// one that is soon (a proactive refresh, run in the background).
+func (e *Engine) refreshNeed(cred *Credential, now time.Time) (due, soon bool) {
+	due = e.mode == ModeAlways || !cred.usable(now)
+	soon = e.mode == ModeProactive && cred.expiring(now, cred.proactiveSkew(e.skew))
+	return due, soon
 }
 
 // Close waits for refreshes in flight: a grant that succeeded must be stored,

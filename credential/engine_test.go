@@ -144,7 +144,7 @@ func (f *refresherFixture) readDocument(t *testing.T, name string) []byte {
 }
 
 // waitingCtx counts the callers that reached the point of waiting for a
-// refresh: await's select is the first place Current and Rejected ask a
+// refresh: wait's select is the first place Current and Rejected ask a
 // context for Done once the key set's state exists, and it asks after
 // joining (or starting) the flight.
 type waitingCtx struct {
@@ -365,6 +365,7 @@ func TestEngineKeepsRefreshToken(t *testing.T) {
 	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
 
 	for gen := int64(2); gen <= 3; gen++ {
+		f.clock.Advance(DefaultMinRefreshInterval) // a rejection of a generation old enough to grant
 		cred, err := f.r.Rejected(context.Background(), "sf", gen-1)
 		if err != nil || cred.KeySet.Generation != gen {
 			t.Fatalf("Rejected(%q, %d) = %v, %v; want generation %d", "sf", gen-1, credString(cred), err, gen)
@@ -606,6 +607,7 @@ func TestEngineTemporaryFailureBackoff(t *testing.T) {
 		t.Fatalf("Current(%q) after recovery = %s; want Bearer at-1", "sf", credString(cred))
 	}
 	down.Store(true)
+	f.clock.Advance(DefaultMinRefreshInterval) // generation 2 is old enough for a rejection to grant
 	_, err := f.r.Rejected(context.Background(), "sf", 2)
 	if re := asError(t, err); re.RetryAfter != time.Second {
 		t.Errorf("Rejected(%q, 2) after a success RetryAfter = %v; want 1s (backoff reset)", "sf", re.RetryAfter)
@@ -752,32 +754,45 @@ func TestEngineAlwaysMode(t *testing.T) {
 
 // TestEngineAlwaysModeFailures: in always mode too, a failed refresh is
 // not repeated by every request: a temporary failure backs off and a
-// permanent one is kept until the keystore changes.
+// permanent one is kept until the keystore changes. Requests whose token
+// is still valid keep being served with it (invariant 10); once it has
+// expired they get the failure.
 func TestEngineAlwaysModeFailures(t *testing.T) {
 	t.Parallel()
+	temporary := func(w http.ResponseWriter, _ *http.Request) bool {
+		http.Error(w, "down", http.StatusServiceUnavailable)
+		return true
+	}
+	invalidGrant := func(w http.ResponseWriter, _ *http.Request) bool {
+		answerInvalidGrant(w)
+		return true
+	}
 	tests := []struct {
 		name          string
 		answer        func(w http.ResponseWriter, r *http.Request) bool
-		wantTemporary bool
+		expiry        time.Duration // of at-old, from now
+		wantTemporary bool          // of the error, when the token has expired
 	}{
-		{"temporary", func(w http.ResponseWriter, _ *http.Request) bool {
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return true
-		}, true},
-		{"invalid_grant", func(w http.ResponseWriter, _ *http.Request) bool {
-			answerInvalidGrant(w)
-			return true
-		}, false},
+		{"temporary, token valid", temporary, time.Hour, true},
+		{"invalid_grant, token valid", invalidGrant, time.Hour, false},
+		{"temporary, token expired", temporary, -time.Minute, true},
+		{"invalid_grant, token expired", invalidGrant, -time.Minute, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
 			f.r.mode = ModeAlways
-			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
+			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(tt.expiry)))
 			f.respond(tt.answer)
 			for i := range 5 {
-				_, err := f.r.Current(context.Background(), "sf")
+				cred, err := f.r.Current(context.Background(), "sf")
+				if tt.expiry > 0 {
+					if err != nil || cred.Header != "Bearer at-old" {
+						t.Errorf("Current(%q) #%d = %v, %v; want the still-valid Bearer at-old", "sf", i+1, credString(cred), err)
+					}
+					continue
+				}
 				if re := asError(t, err); re.Temporary != tt.wantTemporary {
 					t.Errorf("Current(%q) #%d Temporary = %v; want %v", "sf", i+1, re.Temporary, tt.wantTemporary)
 				}
@@ -960,8 +975,9 @@ func TestEngineLogsHoldNoTokens(t *testing.T) {
 		json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant", "error_description": "rt-1 of secret-1 is revoked"})
 		return true
 	})
-	if _, err := f.r.Rejected(context.Background(), "sf", 2); err == nil {
-		t.Fatalf("Rejected(%q, 2) = nil; want invalid_grant", "sf")
+	f.clock.Advance(DefaultMinRefreshInterval)
+	if _, err := f.r.Rejected(context.Background(), "sf", 2); asError(t, err).Code != "invalid_grant" {
+		t.Fatalf("Rejected(%q, 2) = %v; want invalid_grant", "sf", err)
 	}
 	if logs.Len() == 0 {
 		t.Fatalf("no log entries; want refresh logs")

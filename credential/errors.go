@@ -58,3 +58,26 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// TooRecentError is what Rejected returns instead of making a grant when
+// the rejected generation is the key set in use and younger than
+// Config.MinRefreshInterval. A token granted moments ago that the upstream
+// rejects was most likely rejected for something else (a path that answers
+// 401 to every token, a permission the account lacks, RFC 6750's
+// insufficient_scope); granting again would only spend a refresh token per
+// request. The caller passes the upstream's answer on unchanged.
+type TooRecentError struct {
+	// KeySet is the name of the key set.
+	KeySet string
+	// Generation is the rejected generation, the one in use.
+	Generation int64
+	// Age is how old the generation was when the rejection came.
+	Age time.Duration
+	// MinInterval is the engine's minimum refresh interval.
+	MinInterval time.Duration
+}
+
+func (e *TooRecentError) Error() string {
+	return fmt.Sprintf("key set %q: generation %d was rejected %s after it was made, within the minimum refresh interval (%s): no grant",
+		e.KeySet, e.Generation, e.Age, e.MinInterval)
+}

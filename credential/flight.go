@@ -54,43 +54,58 @@ func (st *keySetState) adoptLocked(cred *Credential) {
 // blockedLocked returns the error a request gets instead of a new grant:
 // the permanent failure of the current generation (unless the keystore now
 // holds a newer one, which it adopts), or a temporary failure whose backoff
-// has not ended. st.mu must be held.
-func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string, now time.Time) error {
-	if st.failure == nil || st.flight != nil {
-		return nil
-	}
-	if st.failure.Temporary {
-		if wait := st.retryAt.Sub(now); wait > 0 {
-			blocked := *st.failure
-			blocked.RetryAfter = wait
-			return &blocked
+// has not ended. st.mu must be held. To check a permanent failure against
+// the keystore it releases st.mu during the read, so that no keystore I/O
+// holds up the key set's other requests, and takes it again: the caller
+// must look at st afresh afterwards. What it returns holds for st as it is
+// on return.
+func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string) error {
+	for {
+		failure := st.failure
+		if failure == nil || st.flight != nil {
+			return nil
 		}
-		return nil
+		if failure.Temporary {
+			if wait := st.retryAt.Sub(e.now()); wait > 0 {
+				blocked := *failure
+				blocked.RetryAfter = wait
+				return &blocked
+			}
+			return nil
+		}
+		// Permanent: only a new key set (another replica's rotation, an
+		// operator's reseed) can help, and that shows in the keystore.
+		gen := st.cred.KeySet.Generation
+		st.mu.Unlock()
+		stored, refused := e.storedNewer(ctx, name, gen)
+		st.mu.Lock()
+		if st.failure != failure || st.cred.KeySet.Generation != gen {
+			continue // changed during the read (a flight, an Adopt): decide again
+		}
+		switch {
+		case refused != nil:
+			// Another client's key set now holds the name: that is the failure.
+			return e.recordFailureLocked(st, name, refused, e.now())
+		case stored != nil:
+			st.adoptLocked(e.credentialFor(stored))
+			st.failure = nil
+			return nil
+		}
+		return failure
 	}
-	// Permanent: only a new key set (another replica's rotation, an
-	// operator's reseed) can help, and that shows in the keystore.
-	stored, refused := e.storedNewer(ctx, name, st.cred.KeySet.Generation)
-	switch {
-	case refused != nil:
-		// Another client's key set now holds the name: that is the failure.
-		return e.recordFailureLocked(st, name, refused, now)
-	case stored != nil:
-		st.adoptLocked(e.credentialFor(stored))
-		st.failure = nil
-		return nil
-	}
-	return st.failure
 }
 
-// await joins the refresh in flight for the key set, or starts one, and
-// waits for its result or for ctx to end.
-func (e *Engine) await(ctx context.Context, st *keySetState, name string, stale int64) (*Credential, error) {
-	st.mu.Lock()
-	f := st.flight
-	if f == nil {
-		f = e.startFlightLocked(st, name, stale)
+// flightLocked returns the refresh in flight for the key set, starting one
+// for generation stale when there is none. st.mu must be held.
+func (e *Engine) flightLocked(st *keySetState, name string, stale int64) *flight {
+	if st.flight != nil {
+		return st.flight
 	}
-	st.mu.Unlock()
+	return e.startFlightLocked(st, name, stale)
+}
+
+// wait waits for the result of refresh f, or for ctx to end.
+func (e *Engine) wait(ctx context.Context, f *flight, name string) (*Credential, error) {
 	var timeout <-chan time.Time
 	if e.maxWait > 0 {
 		timer := time.NewTimer(e.maxWait)
@@ -144,7 +159,9 @@ func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64) *f
 
 // recordFailureLocked keeps a refresh failure so that further requests do
 // not repeat the grant: permanent ones until the keystore changes, temporary
-// ones for a doubling backoff. st.mu must be held.
+// ones for a doubling backoff, or the token endpoint's Retry-After when it
+// is longer, up to the engine's maximum: a year-long Retry-After must not
+// hold a key set's grants back for a year. st.mu must be held.
 func (e *Engine) recordFailureLocked(st *keySetState, name string, err error, now time.Time) error {
 	var re *Error
 	if !errors.As(err, &re) {
@@ -156,7 +173,7 @@ func (e *Engine) recordFailureLocked(st *keySetState, name string, err error, no
 		if e.jitter != nil {
 			wait = e.jitter(wait)
 		}
-		wait = max(wait, re.RetryAfter)
+		wait = max(wait, min(re.RetryAfter, e.maxRetryAfter))
 		st.retryAt = now.Add(wait)
 		re.RetryAfter = wait
 	}

@@ -103,8 +103,9 @@ func (e *Engine) ForceRefresh(ctx context.Context, name string) (*keystore.KeySe
 	st.mu.Lock()
 	gen := st.cred.KeySet.Generation
 	st.failure, st.retryAt = nil, time.Time{}
+	f := e.flightLocked(st, name, gen)
 	st.mu.Unlock()
-	cred, err := e.await(ctx, st, name, gen)
+	cred, err := e.wait(ctx, f, name)
 	if err != nil {
 		return nil, err
 	}

@@ -94,9 +94,11 @@ func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.Ke
 	e.observer.GrantDone(name, err, e.now().Sub(start))
 	if err != nil {
 		var re *Error
-		if errors.As(err, &re) && re.Code == "invalid_grant" {
-			// Another process may have spent this refresh token and stored
-			// its successor (a writer that did not take the lock).
+		if errors.As(err, &re) && !re.Temporary {
+			// A permanent failure is kept only while the keystore holds
+			// nothing newer: another process may have spent this refresh
+			// token and stored its successor (a writer that did not take
+			// the lock), or an operator may have reseeded the key set.
 			again, refused := e.storedNewer(ctx, name, stored.Generation)
 			switch {
 			case refused != nil:

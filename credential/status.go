@@ -90,7 +90,7 @@ func (e *Engine) statusOf(name string, st *keySetState) Status {
 		s.State = StateKeystoreFailing
 	case st.failure != nil && !st.failure.Temporary:
 		s.State = StateNeedsReauthorization
-	case st.failure != nil || st.cred.expiring(now, e.skew):
+	case st.failure != nil || st.cred.expiring(now, st.cred.proactiveSkew(e.skew)):
 		s.State = StateExpiring
 	}
 	return s

@@ -156,9 +156,18 @@ func (c *tokenClient) extraParams() url.Values {
 	return p
 }
 
-// classify turns a failed grant into an *Error: 5xx, 429, network
-// errors and timeouts are temporary; OAuth errors (invalid_grant,
-// invalid_client, ...) and other 4xx answers are permanent.
+// permanentCodes are the token endpoint's error codes that no retry can
+// cure (RFC 6749 section 5.2): the refresh token is dead (invalid_grant)
+// or the client may not have tokens (invalid_client, unauthorized_client).
+// Any other answer may pass: Hydra answers a storage conflict with 400
+// invalid_request "Please retry the request", and its refresh token was
+// not spent.
+var permanentCodes = map[string]bool{"invalid_grant": true, "invalid_client": true, "unauthorized_client": true}
+
+// classify turns a failed grant into an *Error. It is permanent only when
+// the error code is in permanentCodes and the answer is neither a 5xx nor
+// a 429; any other answer (invalid_request, invalid_scope, no code at all,
+// a redirect), network errors and timeouts are temporary.
 func (c *tokenClient) classify(keySet string, err error, refreshToken string) *Error {
 	re := &Error{KeySet: keySet, Err: err}
 	var rerr *oauth2.RetrieveError
@@ -176,10 +185,11 @@ func (c *tokenClient) classify(keySet string, err error, refreshToken string) *E
 		if rerr.ErrorDescription != "" {
 			re.Description += ": " + redact(rerr.ErrorDescription, refreshToken, c.ClientSecret)
 		}
-		re.Temporary = status >= 500 || status == http.StatusTooManyRequests
+		unavailable := status >= 500 || status == http.StatusTooManyRequests
+		re.Temporary = unavailable || !permanentCodes[re.Code]
 		if re.Code == "" {
 			re.Code = CodeTokenEndpointError
-			if re.Temporary {
+			if unavailable {
 				re.Code = CodeTokenEndpointUnavailable
 			}
 		}

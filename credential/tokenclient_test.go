@@ -438,10 +438,13 @@ func TestTokenClientExpiryOf(t *testing.T) {
 	}
 }
 
-// TestTokenClientClassify: OAuth errors and other 4xx answers are permanent,
-// 5xx and 429 are temporary (with Retry-After), and a 200 that holds no
-// usable token is a temporary invalid_token_response; the x/oauth2 error
-// stays reachable through Error.Unwrap.
+// TestTokenClientClassify: only invalid_grant, invalid_client and
+// unauthorized_client on a 4xx are permanent; other 4xx answers (Hydra's
+// 400 invalid_request "Please retry the request" after a storage conflict,
+// which did not spend the refresh token), 5xx and 429 are temporary (with
+// Retry-After), and a 200 that holds no usable token is a temporary
+// invalid_token_response; the x/oauth2 error stays reachable through
+// Error.Unwrap.
 func TestTokenClientClassify(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -463,9 +466,29 @@ func TestTokenClientClassify(t *testing.T) {
 			wantCode: "invalid_client", wantStatus: http.StatusUnauthorized,
 		},
 		{
+			name:     "400 unauthorized_client",
+			answer:   answerJSON(http.StatusBadRequest, `{"error":"unauthorized_client"}`),
+			wantCode: "unauthorized_client", wantStatus: http.StatusBadRequest,
+		},
+		{
+			name:     "400 invalid_request from a storage conflict",
+			answer:   answerJSON(http.StatusBadRequest, `{"error":"invalid_request","error_description":"Please retry the request"}`),
+			wantCode: "invalid_request", wantTemporary: true, wantStatus: http.StatusBadRequest,
+		},
+		{
+			name:     "400 invalid_scope",
+			answer:   answerJSON(http.StatusBadRequest, `{"error":"invalid_scope"}`),
+			wantCode: "invalid_scope", wantTemporary: true, wantStatus: http.StatusBadRequest,
+		},
+		{
 			name:     "403 without OAuth code",
 			answer:   answerWith(http.StatusForbidden, "text/html", "<h1>forbidden</h1>"),
-			wantCode: CodeTokenEndpointError, wantStatus: http.StatusForbidden,
+			wantCode: CodeTokenEndpointError, wantTemporary: true, wantStatus: http.StatusForbidden,
+		},
+		{
+			name:     "500 with invalid_grant",
+			answer:   answerJSON(http.StatusInternalServerError, `{"error":"invalid_grant"}`),
+			wantCode: "invalid_grant", wantTemporary: true, wantStatus: http.StatusInternalServerError,
 		},
 		{
 			name:     "500",
@@ -534,8 +557,9 @@ func TestTokenClientClassify(t *testing.T) {
 // TestTokenClientErrorCode: a token endpoint's error code is passed on
 // only when RFC 6749 section 5.2 allows its characters and it is at most 64
 // characters long and holds no secret; any other becomes invalid_response,
-// which keeps the answer's temporariness, and the code itself appears
-// nowhere in the error's message.
+// which like every code but invalid_grant, invalid_client and
+// unauthorized_client is temporary, and the code itself appears nowhere in
+// the error's message.
 func TestTokenClientErrorCode(t *testing.T) {
 	t.Parallel()
 	const refreshToken = "rt-very-secret-0"
@@ -548,19 +572,19 @@ func TestTokenClientErrorCode(t *testing.T) {
 		wantTemporary bool
 	}{
 		{"RFC code", http.StatusBadRequest, "invalid_grant", "invalid_grant", false},
-		{"extension code of 64 characters", http.StatusBadRequest, longest, longest, false},
-		{"space and punctuation are RFC's", http.StatusBadRequest, "bad grant!#[]~", "bad grant!#[]~", false},
-		{"65 characters", http.StatusBadRequest, longest + "x", CodeInvalidResponse, false},
-		{"very long", http.StatusBadRequest, strings.Repeat("invalid_grant", 1000), CodeInvalidResponse, false},
-		{"quote", http.StatusBadRequest, `invalid"grant`, CodeInvalidResponse, false},
-		{"backslash", http.StatusBadRequest, `invalid\grant`, CodeInvalidResponse, false},
-		{"newline", http.StatusBadRequest, "invalid_grant\nlevel=error msg=forged", CodeInvalidResponse, false},
-		{"NUL", http.StatusBadRequest, "invalid\x00grant", CodeInvalidResponse, false},
-		{"DEL", http.StatusBadRequest, "invalid\x7fgrant", CodeInvalidResponse, false},
-		{"non-ASCII", http.StatusBadRequest, "invalid_gr\u00e4nt", CodeInvalidResponse, false},
-		{"echoes the refresh token", http.StatusBadRequest, refreshToken, CodeInvalidResponse, false},
-		{"holds the refresh token", http.StatusBadRequest, "revoked:" + refreshToken, CodeInvalidResponse, false},
-		{"holds the client secret", http.StatusUnauthorized, "bad_secret-1", CodeInvalidResponse, false},
+		{"extension code of 64 characters", http.StatusBadRequest, longest, longest, true},
+		{"space and punctuation are RFC's", http.StatusBadRequest, "bad grant!#[]~", "bad grant!#[]~", true},
+		{"65 characters", http.StatusBadRequest, longest + "x", CodeInvalidResponse, true},
+		{"very long", http.StatusBadRequest, strings.Repeat("invalid_grant", 1000), CodeInvalidResponse, true},
+		{"quote", http.StatusBadRequest, `invalid"grant`, CodeInvalidResponse, true},
+		{"backslash", http.StatusBadRequest, `invalid\grant`, CodeInvalidResponse, true},
+		{"newline", http.StatusBadRequest, "invalid_grant\nlevel=error msg=forged", CodeInvalidResponse, true},
+		{"NUL", http.StatusBadRequest, "invalid\x00grant", CodeInvalidResponse, true},
+		{"DEL", http.StatusBadRequest, "invalid\x7fgrant", CodeInvalidResponse, true},
+		{"non-ASCII", http.StatusBadRequest, "invalid_gr\u00e4nt", CodeInvalidResponse, true},
+		{"echoes the refresh token", http.StatusBadRequest, refreshToken, CodeInvalidResponse, true},
+		{"holds the refresh token", http.StatusBadRequest, "revoked:" + refreshToken, CodeInvalidResponse, true},
+		{"holds the client secret", http.StatusUnauthorized, "bad_secret-1", CodeInvalidResponse, true},
 		{"invalid on a 503 stays temporary", http.StatusServiceUnavailable, "down\tnow", CodeInvalidResponse, true},
 	}
 	for _, tt := range tests {
@@ -660,8 +684,10 @@ func TestTokenClientRefusesRedirect(t *testing.T) {
 			if n := len(target.seen()); n != 0 {
 				t.Errorf("redirect target got %d requests; want 0", n)
 			}
-			if re := asError(t, err); re.Temporary {
-				t.Errorf("grant(%q) Temporary = true; want false for a redirect", "sf")
+			// Not one of the codes that condemn a refresh token: retried
+			// after a backoff, never followed.
+			if re := asError(t, err); re.Code != CodeTokenEndpointError || !re.Temporary {
+				t.Errorf("grant(%q) = {Code %q, Temporary %v}; want {%q, true} for a redirect", "sf", re.Code, re.Temporary, CodeTokenEndpointError)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package credential
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,7 +19,8 @@ const maxDrain = 64 << 10
 // credential from the engine (refreshing once however many requests wait)
 // and replays the request once, its body from Request.GetBody. A request
 // with a body but no GetBody is not replayed: its trigger answer is
-// returned as it came.
+// returned as it came, as is one that rejected a token younger than the
+// engine's minimum refresh interval (see TooRecentError).
 //
 //	engine := credential.New(store, credential.Config{Endpoint: endpoint})
 //	defer engine.Close()
@@ -54,6 +56,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil // nothing to replay the body from
 	}
 	fresh, err := t.Engine.Rejected(req.Context(), t.KeySet, cred.KeySet.Generation)
+	var tooRecent *TooRecentError
+	if errors.As(err, &tooRecent) {
+		return resp, nil // the token is too new to be the reason: no grant, no replay
+	}
 	if err != nil {
 		resp.Body.Close()
 		return nil, fmt.Errorf("refreshing after %s %s answered %d: %w", req.Method, req.URL.Redacted(), resp.StatusCode, err)

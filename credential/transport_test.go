@@ -38,29 +38,42 @@ func (a *apiRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ok")
 }
 
-func newTransportFixture(t *testing.T) (*Transport, *apiRecorder, *httptest.Server, *credentialtest.TokenEndpoint) {
+// transportFixture is a Transport over an engine with a fake clock, an API
+// and a token endpoint.
+type transportFixture struct {
+	tr    *Transport
+	api   *apiRecorder
+	srv   *httptest.Server
+	te    *credentialtest.TokenEndpoint
+	clock *credentialtest.Clock
+}
+
+func newTransportFixture(t *testing.T) *transportFixture {
 	t.Helper()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	store, err := keystore.NewFile(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	clock := credentialtest.NewClock()
 	engine := New(store, Config{
 		Endpoint: TokenEndpoint{URL: te.URL(), ClientID: "c"},
 		SeedName: "crm", SeedToken: "rt-0",
+		Now: clock.Now,
 	})
 	t.Cleanup(engine.Close)
 	api := &apiRecorder{valid: "Bearer at-1"}
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	return &Transport{Engine: engine, KeySet: "crm"}, api, srv, te
+	return &transportFixture{tr: &Transport{Engine: engine, KeySet: "crm"}, api: api, srv: srv, te: te, clock: clock}
 }
 
 // The transport replaces the caller's own credential header, and after a
 // 401 refreshes once and replays the body from GetBody, byte for byte.
 func TestTransportInjectsRefreshesAndReplays(t *testing.T) {
 	t.Parallel()
-	tr, api, srv, te := newTransportFixture(t)
+	f := newTransportFixture(t)
+	tr, api, srv, te := f.tr, f.api, f.srv, f.te
 	client := &http.Client{Transport: tr}
 
 	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/a", strings.NewReader("first"))
@@ -71,8 +84,10 @@ func TestTransportInjectsRefreshesAndReplays(t *testing.T) {
 	}
 	resp.Body.Close()
 
+	// Later than the minimum refresh interval, the API revokes at-1.
+	f.clock.Advance(DefaultMinRefreshInterval)
 	api.mu.Lock()
-	api.valid = "Bearer at-2" // the API revoked at-1
+	api.valid = "Bearer at-2"
 	api.mu.Unlock()
 	body := bytes.Repeat([]byte("0123456789"), 10000)
 	resp, err = client.Post(srv.URL+"/b", "application/octet-stream", bytes.NewReader(body))
@@ -106,7 +121,9 @@ func TestTransportInjectsRefreshesAndReplays(t *testing.T) {
 // and no grant is spent for it.
 func TestTransportWithoutGetBodyReturnsRejection(t *testing.T) {
 	t.Parallel()
-	tr, api, srv, te := newTransportFixture(t)
+	f := newTransportFixture(t)
+	tr, api, srv, te := f.tr, f.api, f.srv, f.te
+	f.clock.Advance(DefaultMinRefreshInterval)
 	api.mu.Lock()
 	api.valid = "never"
 	api.mu.Unlock()
@@ -121,5 +138,35 @@ func TestTransportWithoutGetBodyReturnsRejection(t *testing.T) {
 	}
 	if got := te.Grants.Load(); got != 1 {
 		t.Errorf("grants = %d; want 1 (the first token only)", got)
+	}
+}
+
+// A 401 to a token granted within the minimum refresh interval comes back
+// as it was, with no grant and no replay: an API path that rejects every
+// token must not spend a refresh token per request.
+func TestTransportTooRecentReturnsRejection(t *testing.T) {
+	t.Parallel()
+	f := newTransportFixture(t)
+	f.api.mu.Lock()
+	f.api.valid = "never"
+	f.api.mu.Unlock()
+	client := &http.Client{Transport: f.tr}
+	for i := range 5 {
+		resp, err := client.Get(f.srv.URL + "/always-401")
+		if err != nil {
+			t.Fatalf("GET #%d = %v; want the upstream's 401", i+1, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET #%d status = %d; want the upstream's 401", i+1, resp.StatusCode)
+		}
+	}
+	if got := f.te.Grants.Load(); got != 1 {
+		t.Errorf("grants = %d; want 1 (the seed's first token only)", got)
+	}
+	f.api.mu.Lock()
+	defer f.api.mu.Unlock()
+	if len(f.api.seen) != 5 {
+		t.Errorf("API saw %d requests; want 5 (no replays)", len(f.api.seen))
 	}
 }

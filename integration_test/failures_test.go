@@ -33,6 +33,9 @@ func TestRevokedRefreshTokenGives502AndKeepsKeySet(t *testing.T) {
 		t.Fatalf("request before the revocation: %s; want 200", r)
 	}
 	ks, stored := readKeySet(t, dir, keySetName)
+	// The token in use gets older than min_refresh_interval, so that its
+	// rejection makes a grant.
+	time.Sleep(minRefreshInterval)
 	// Revoking the refresh token revokes its family: the access token too,
 	// so the next request meets a 401 and the sidecar tries to refresh.
 	if err := auth.Revoke(t.Context(), ks.Token.RefreshToken()); err != nil {
@@ -156,6 +159,7 @@ func TestStillUnauthorizedAfterRefreshReachesClient(t *testing.T) {
 	if r := get(c, sc.URL()+"/before"); r.status != http.StatusOK {
 		t.Fatalf("request before: %s; want 200", r)
 	}
+	time.Sleep(minRefreshInterval) // the token in use gets old enough for its rejection to grant
 	api.AlwaysUnauthorized(true)
 	requests, grants := api.Requests(), auth.Grants()
 

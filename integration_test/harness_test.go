@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,9 +26,14 @@ import (
 // rounds expires_in down to whole seconds, so 3s is announced as
 // expires_in 2; with expiry_skew 500ms a proactive sidecar refreshes every
 // 1.5s, while the provider still accepts the old token for another 1.5s.
+//
+// min_refresh_interval is scaled down with them (10s against tokens of an
+// hour in production): at its default every rejection of a 3s token would
+// come too soon after its grant to make another.
 const (
-	tokenLifespan = 3 * time.Second
-	expirySkew    = 500 * time.Millisecond
+	tokenLifespan      = 3 * time.Second
+	expirySkew         = 500 * time.Millisecond
+	minRefreshInterval = 250 * time.Millisecond
 )
 
 // keySetName is the key set every scenario uses unless it says otherwise.
@@ -82,7 +88,8 @@ type spec struct {
 	upstream string
 	// keystore is the keystore option's value: "file <dir>" or a redis block.
 	keystore string
-	// options are further oauth2_upstream lines (refresh, expiry_skew, ...).
+	// options are further oauth2_upstream lines (refresh, expiry_skew, ...);
+	// without a min_refresh_interval line, minRefreshInterval is set.
 	options []string
 	// proxy is the body of the reverse_proxy block.
 	proxy string
@@ -115,6 +122,9 @@ func newSidecar(t *testing.T, s spec) *sidecar.Process {
 	}
 	if s.seed != "" {
 		lines = append(lines, "refresh_token {env.SEED}")
+	}
+	if !slices.ContainsFunc(s.options, func(o string) bool { return strings.HasPrefix(o, "min_refresh_interval ") }) {
+		lines = append(lines, "min_refresh_interval "+minRefreshInterval.String())
 	}
 	lines = append(lines, s.options...)
 	name := fmt.Sprintf("%03d-%s.log", logSeq.Add(1), unsafeName.ReplaceAllString(t.Name(), "_"))

@@ -180,7 +180,7 @@ func (env *interopEnv) storeKeySet(t *testing.T, name string, stale bool) {
 	if err != nil {
 		t.Fatalf("grant: %v", err)
 	}
-	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{}}
+	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}}
 	ks.Token.SetString(keystore.FieldAccessToken, tok.AccessToken)
 	ks.Token.SetString(keystore.FieldRefreshToken, tok.RefreshToken)
 	ks.Token.SetString(keystore.FieldTokenType, "bearer")

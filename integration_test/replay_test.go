@@ -103,7 +103,9 @@ func storeStaleKeySet(t *testing.T, auth *authserver.Server, dir, name string) {
 	if introspect(t, auth, first.AccessToken) {
 		t.Fatalf("the first access token is still active after a refresh; want revoked")
 	}
-	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{}}
+	// Stored an hour ago: a token that has been in use for a while, whose
+	// rejection makes a grant (min_refresh_interval).
+	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}}
 	ks.Token.SetString(keystore.FieldAccessToken, first.AccessToken)
 	ks.Token.SetString(keystore.FieldRefreshToken, second.RefreshToken)
 	ks.Token.SetString(keystore.FieldTokenType, "bearer")

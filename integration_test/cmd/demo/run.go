@@ -132,6 +132,9 @@ func startStack(ctx context.Context, cfg config, dir string, w io.Writer) (_ *st
 			"client_secret {env.CLIENT_SECRET}",
 			"refresh_token {env.SEED_REFRESH_TOKEN}",
 			"keystore file " + st.keystoreDir,
+			// The demo's tokens live seconds, not an hour: a 401 to one
+			// that old must still make a grant.
+			"min_refresh_interval " + (cfg.lifespan / 4).String(),
 		}, "\n"),
 		Upstream: strings.TrimPrefix(st.api.URL(), "http://"),
 		Env:      []string{"CLIENT_SECRET=" + authserver.DefaultClientSecret, "SEED_REFRESH_TOKEN=" + seed},

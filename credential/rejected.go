@@ -1,0 +1,92 @@
+package credential
+
+import (
+	"context"
+	"time"
+)
+
+// Rejected is called when the upstream rejected a request that carried
+// generation gen of key set name. It returns a newer credential, with no
+// grant when one exists: the one in use if it is already newer, the result
+// of a refresh in flight, or a newer key set the keystore holds. Else it
+// refreshes, unless gen is the key set in use and younger than the minimum
+// refresh interval: then it makes no grant and returns a *TooRecentError,
+// and the caller passes the rejection on (unless a permanent failure of
+// the key set is recorded, which it returns as it would without one).
+func (e *Engine) Rejected(ctx context.Context, name string, gen int64) (*Credential, error) {
+	st, err := e.state(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	if cred := st.cred; newer(cred.KeySet, gen) {
+		st.mu.Unlock()
+		return cred, nil
+	}
+	if f := st.flight; f != nil {
+		st.mu.Unlock()
+		return e.wait(ctx, f, name)
+	}
+	// A permanent failure answers instead of the minimum interval: no
+	// grant could be made anyway, and it tells what a person must do.
+	if permanent := st.failure != nil && !st.failure.Temporary; !permanent {
+		if tooRecent := e.tooRecent(name, st.cred, e.now()); tooRecent != nil {
+			st.mu.Unlock()
+			return e.rejectedTooRecent(ctx, st, name, gen, tooRecent)
+		}
+	}
+	return e.refreshRejectedLocked(ctx, st, name, gen)
+}
+
+// refreshRejectedLocked refreshes key set name after a rejection of
+// generation gen, unless a recorded failure stands in for the grant. st.mu
+// must be held; it is released on return.
+func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, name string, gen int64) (*Credential, error) {
+	blocked := e.blockedLocked(ctx, st, name)
+	// The check may have released st.mu: another key set may be in use.
+	if cred := st.cred; newer(cred.KeySet, gen) {
+		st.mu.Unlock()
+		return cred, nil
+	}
+	if blocked != nil {
+		st.mu.Unlock()
+		return nil, blocked
+	}
+	f := e.flightLocked(st, name, gen)
+	st.mu.Unlock()
+	return e.wait(ctx, f, name)
+}
+
+// rejectedTooRecent answers the rejection of generation gen, too recent
+// for a grant of its own. Another process may have stored a newer key set
+// meanwhile (a provider that revokes the previous access token on every
+// refresh rejects this one for that): it is read, without st.mu, and taken
+// as it is when its access token is usable, or refreshed when it is not
+// (an operator's seed, which this process never sent). Else, tooRecent.
+func (e *Engine) rejectedTooRecent(ctx context.Context, st *keySetState, name string, gen int64, tooRecent error) (*Credential, error) {
+	stored, refused := e.storedNewer(ctx, name, gen)
+	if stored == nil || refused != nil {
+		return nil, tooRecent
+	}
+	st.mu.Lock()
+	if stored.Expiring(e.now(), 0) {
+		return e.refreshRejectedLocked(ctx, st, name, gen)
+	}
+	st.adoptLocked(e.credentialFor(stored))
+	cred := st.cred
+	st.mu.Unlock()
+	return cred, nil
+}
+
+// tooRecent returns a *TooRecentError when cred's generation is younger
+// than the minimum refresh interval, by the engine's clock. A generation
+// dated in the future (another replica's clock runs ahead) has no known
+// age and does not hold a grant back: that costs at most one grant, whose
+// generation this engine dates itself.
+func (e *Engine) tooRecent(name string, cred *Credential, now time.Time) error {
+	age := now.Sub(cred.KeySet.UpdatedAt)
+	if e.minRefreshInterval <= 0 || age < 0 || age >= e.minRefreshInterval {
+		return nil
+	}
+	return &TooRecentError{KeySet: name, Generation: cred.KeySet.Generation, Age: age, MinInterval: e.minRefreshInterval}
+}

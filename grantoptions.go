@@ -1,0 +1,69 @@
+package oauth2upstream
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+)
+
+// GrantOptions bound when the handler makes grants: which upstream answers
+// count as a rejected token, how soon after a grant a rejection may cause
+// another, and how long a token endpoint may hold grants back. Every grant
+// has a cause, and a refresh token is not spent on a rejection that a new
+// token would not cure. Handler embeds them, so their JSON fields sit
+// beside the handler's own.
+type GrantOptions struct {
+	// RefreshOnInvalidToken makes a 401 whose WWW-Authenticate carries
+	// error="invalid_token" (RFC 6750 section 3.1) a trigger, for an API
+	// that says why it rejects: with it, and without 401 in RefreshOn, a
+	// 401 with insufficient_scope, or with no error at all, goes to the
+	// client unchanged and makes no grant. The Caddyfile spells it
+	// `refresh_on invalid_token`; it cannot be combined with 401 in
+	// RefreshOn, which triggers on every 401. Default: false.
+	RefreshOnInvalidToken bool `json:"refresh_on_invalid_token,omitempty"`
+
+	// MinRefreshInterval is the youngest a token may be for its rejection
+	// to make a grant. A trigger answer to a token granted less than this
+	// ago goes to the client as it came, with no grant (and, when a newer
+	// token already exists, after one replay with it): the upstream
+	// rejected a token it had just been given for some other reason, and
+	// refreshing would only spend a refresh token per request (counted as
+	// replays_total{outcome="too_recent"}). Zero or absent: the default,
+	// 10s; -1 disables (the Caddyfile takes "off" and refuses 0).
+	MinRefreshInterval caddy.Duration `json:"min_refresh_interval,omitempty"`
+
+	// MaxRetryAfter caps how long a token endpoint's Retry-After holds
+	// grants back, so that a provider's mistaken "Retry-After: 31536000"
+	// does not stop refreshes for a year. Zero or absent: the default,
+	// 5m (the Caddyfile refuses 0).
+	MaxRetryAfter caddy.Duration `json:"max_retry_after,omitempty"`
+}
+
+func (g *GrantOptions) setDefaults() {
+	if g.MinRefreshInterval == 0 {
+		g.MinRefreshInterval = caddy.Duration(credential.DefaultMinRefreshInterval)
+	}
+	if g.MaxRetryAfter == 0 {
+		g.MaxRetryAfter = caddy.Duration(credential.DefaultMaxRetryAfter)
+	}
+}
+
+// validate checks the options, and that refreshOn (the handler's trigger
+// statuses) does not contradict RefreshOnInvalidToken.
+func (g *GrantOptions) validate(refreshOn []int) error {
+	if g.RefreshOnInvalidToken && slices.Contains(refreshOn, http.StatusUnauthorized) {
+		return fmt.Errorf("refresh_on: 401 triggers on every 401, and invalid_token only on a 401 whose WWW-Authenticate says error=\"invalid_token\"; list one of them")
+	}
+	if g.MinRefreshInterval < -1 {
+		return fmt.Errorf("min_refresh_interval %s: must be positive, or -1 to disable", time.Duration(g.MinRefreshInterval))
+	}
+	if g.MaxRetryAfter < 0 {
+		return fmt.Errorf("max_retry_after %s: must be positive", time.Duration(g.MaxRetryAfter))
+	}
+	return nil
+}
