@@ -346,3 +346,43 @@ func probePort(c corev1.Container, p *corev1.Probe) (*corev1.ContainerPort, erro
 	}
 	return nil, fmt.Errorf("a probe targets port %s, which the container does not declare", port.String())
 }
+
+// The connector runs as a user of its own: the sidecar's keystore files and its admin
+// socket are 0600, owned by the sidecar's user, so another uid cannot open them even
+// where a volume is shared by mistake.
+func TestConnectorRunsAsAnotherUser(t *testing.T) {
+	t.Parallel()
+	for _, dir := range kustomizations {
+		t.Run(dir, func(t *testing.T) {
+			t.Parallel()
+			m := mustRender(t, dir)
+			for _, w := range m.workloads() {
+				pod := w.pod.Spec.SecurityContext
+				if pod == nil {
+					pod = &corev1.PodSecurityContext{}
+				}
+				uids := map[string]int64{}
+				for _, c := range allContainers(&w.pod.Spec) {
+					uid := pod.RunAsUser
+					if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+						uid = c.SecurityContext.RunAsUser
+					}
+					if uid == nil {
+						t.Errorf("%s container %s: no runAsUser: the image's user decides", w.name, c.Name)
+						continue
+					}
+					uids[c.Name] = *uid
+				}
+				sidecar, ok := uids[sidecarName]
+				if !ok {
+					continue
+				}
+				for name, uid := range uids {
+					if name != sidecarName && uid == sidecar {
+						t.Errorf("%s container %s runs as %d, the sidecar's user", w.name, name, uid)
+					}
+				}
+			}
+		})
+	}
+}
