@@ -7,58 +7,23 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/leakcheck"
 )
 
 // TestMain checks, after the whole suite, that no goroutine of this package
 // outlived its test and that no request body's temporary file is still
 // open: cancelled, failed and replayed requests all clean up.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := checkLeaks(10 * time.Second); err != nil {
-			fmt.Fprintln(os.Stderr, "leak check:", err)
-			code = 1
+	os.Exit(leakcheck.Main(m, "github.com/oauth2upstream/caddy-oauth2-upstream.", func() error {
+		if files := openBodyFiles(); len(files) > 0 {
+			return fmt.Errorf("%d request body temporary files still open: %v", len(files), files)
 		}
-	}
-	os.Exit(code)
-}
-
-func checkLeaks(patience time.Duration) error {
-	deadline := time.Now().Add(patience)
-	for {
-		err := findLeaks()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		runtime.Gosched()
-		time.Sleep(50 * time.Millisecond) // goroutines wind down on their own; nothing to wait on
-	}
-}
-
-func findLeaks() error {
-	if files := openBodyFiles(); len(files) > 0 {
-		return fmt.Errorf("%d request body temporary files still open: %v", len(files), files)
-	}
-	buf := make([]byte, 1<<22)
-	stacks := buf[:runtime.Stack(buf, true)]
-	var leaked []string
-	for _, g := range bytes.Split(stacks, []byte("\n\n")) {
-		s := string(g)
-		if strings.Contains(s, "caddy-oauth2-upstream.") && !strings.Contains(s, "caddy-oauth2-upstream.TestMain") &&
-			!strings.Contains(s, "caddy-oauth2-upstream.checkLeaks") {
-			leaked = append(leaked, s)
-		}
-	}
-	if len(leaked) > 0 {
-		return fmt.Errorf("%d goroutines of this package still running:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-	}
-	return nil
+		return nil
+	}))
 }
 
 // openBodyFiles lists this process's open descriptors on replay temp files

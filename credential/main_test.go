@@ -1,52 +1,14 @@
 package credential
 
 import (
-	"bytes"
-	"fmt"
 	"os"
-	"runtime"
-	"strings"
 	"testing"
-	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/leakcheck"
 )
 
 // TestMain checks, after the whole suite, that no goroutine of this package
 // (a flight, a notification worker) outlived its test.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := checkLeaks(10 * time.Second); err != nil {
-			fmt.Fprintln(os.Stderr, "leak check:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func checkLeaks(patience time.Duration) error {
-	deadline := time.Now().Add(patience)
-	for {
-		err := findLeaks()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond) // goroutines wind down on their own; nothing to wait on
-	}
-}
-
-func findLeaks() error {
-	buf := make([]byte, 1<<22)
-	stacks := buf[:runtime.Stack(buf, true)]
-	var leaked []string
-	for _, g := range bytes.Split(stacks, []byte("\n\n")) {
-		s := string(g)
-		if strings.Contains(s, "caddy-oauth2-upstream/credential.") && !strings.Contains(s, "credential.TestMain") &&
-			!strings.Contains(s, "credential.checkLeaks") {
-			leaked = append(leaked, s)
-		}
-	}
-	if len(leaked) > 0 {
-		return fmt.Errorf("%d goroutines of this package still running:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
-	}
-	return nil
+	os.Exit(leakcheck.Main(m, "github.com/oauth2upstream/caddy-oauth2-upstream/credential.", nil))
 }

@@ -5,13 +5,13 @@ import (
 	"context"
 	"errors"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/leakcheck"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/keystoretest"
 )
@@ -225,7 +225,7 @@ func TestRedisLeaseEnds(t *testing.T) {
 // that Lock started, whether they have begun to run renew yet or not.
 func renewGoroutines() map[string]bool {
 	ids := make(map[string]bool)
-	for _, g := range goroutineStacks() {
+	for _, g := range leakcheck.Stacks() {
 		if strings.Contains(g, "created by github.com/oauth2upstream/caddy-oauth2-upstream/keystore.(*Redis).lease") {
 			id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
 			ids[id] = true
@@ -247,17 +247,6 @@ func goroutineEnds(id string, limit time.Duration) bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return true
-}
-
-func goroutineStacks() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return strings.Split(string(buf[:n]), "\n\n")
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 }
 
 // replyDropper is a TCP proxy in front of Redis that can lose one reply:
