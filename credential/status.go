@@ -11,6 +11,7 @@ import (
 const (
 	StateOK                   = "ok"
 	StateExpiring             = "expiring"
+	StateFailing              = "failing"
 	StateNeedsReauthorization = "needs_reauthorization"
 	StateKeystoreFailing      = "keystore_failing"
 )
@@ -27,13 +28,17 @@ type Status struct {
 	// ErrorCode is the OAuth (or our) error code of the last failure.
 	ErrorCode string `json:"error_code,omitempty"`
 	// State is ok; expiring (within the expiry skew, expired, or failing
-	// temporarily: a refresh is due or under way); needs_reauthorization
-	// (a permanent failure: a person must reseed it); or keystore_failing
-	// (a granted key set waits for the keystore to accept it).
+	// temporarily while the token in use outlasts the backoff: a refresh
+	// is due or under way); failing (a temporary failure whose backoff,
+	// Retry-After included, outlasts the token in use: requests fail until
+	// it ends); needs_reauthorization (a permanent failure: a person must
+	// reseed it); or keystore_failing (a granted key set waits for the
+	// keystore to accept it). Only ok and expiring are healthy.
 	State string `json:"state"`
 }
 
 // Healthy reports whether the key set can serve requests.
+// A failing key set (grants blocked past the token's expiry) is not.
 func (s Status) Healthy() bool {
 	return s.State == StateOK || s.State == StateExpiring
 }
@@ -90,6 +95,10 @@ func (e *Engine) statusOf(name string, st *keySetState) Status {
 		s.State = StateKeystoreFailing
 	case st.failure != nil && !st.failure.Temporary:
 		s.State = StateNeedsReauthorization
+	case st.failure != nil && !st.cred.usable(st.retryAt):
+		// No grant before retryAt, and the token in use does not last
+		// until then: requests fail meanwhile.
+		s.State = StateFailing
 	case st.failure != nil || st.cred.expiring(now, st.cred.proactiveSkew(e.skew)):
 		s.State = StateExpiring
 	}
