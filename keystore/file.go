@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -93,6 +94,28 @@ func (f *File) Lock(ctx context.Context, name string) (func() error, error) {
 	return release, nil
 }
 
+// Names implements Lister: the documents in the directory, that is the
+// regular files named <name>.json for a valid name. Lock files and
+// temporary files start with a dot, which no valid name does.
+func (f *File) Names(_ context.Context) ([]string, error) {
+	entries, err := os.ReadDir(f.dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing key sets in %q: %w", f.dir, err)
+	}
+	names := []string{}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !e.Type().IsRegular() || ValidateName(name) != nil {
+			continue
+		}
+		names = append(names, name)
+	}
+	// ReadDir sorts by file name, which is not the order of names when one
+	// name is a prefix of another ("a-b.json" sorts before "a.json").
+	slices.Sort(names)
+	return names, nil
+}
+
 // lockPath names a lock file; the leading dot keeps it apart from documents,
 // whose names cannot start with one.
 func (f *File) lockPath(name, purpose string) string {
@@ -145,5 +168,8 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Interface guard
-var _ Store = (*File)(nil)
+// Interface guards
+var (
+	_ Store  = (*File)(nil)
+	_ Lister = (*File)(nil)
+)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -252,5 +253,47 @@ func TestFileLockAcrossProcesses(t *testing.T) {
 				t.Fatalf("Lock(%q) after the child let go = %v; want nil", "shared", err)
 			}
 		})
+	}
+}
+
+// TestFileNamesSkipsStrays: Names lists the documents only, not what else
+// sits in the directory: lock files, an abandoned temporary file, a
+// directory named like a document, files that are no document of a valid
+// name.
+func TestFileNamesSkipsStrays(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	st := newFileStore(t, dir)
+	for _, name := range []string{"b", "a-b", "a"} {
+		if err := st.Save(t.Context(), seedKeySet(name)); err != nil {
+			t.Fatalf("Save(%q) = %v; want nil", name, err)
+		}
+	}
+	for _, stray := range []string{"README", "notes.txt", ".hidden.json", "bad name.json", ".json", ".a.1234.tmp", ".c.refresh.lock"} {
+		if err := os.WriteFile(filepath.Join(dir, stray), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "dir.json"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"a", "a-b", "b"}
+	if got, err := st.Names(t.Context()); err != nil || !slices.Equal(got, want) {
+		t.Errorf("Names() = %q, %v; want %q, nil", got, err, want)
+	}
+}
+
+// TestFileNamesMissingDirectory: a directory removed under the store is an
+// error naming it, not an empty list that would hide the loss.
+func TestFileNamesMissingDirectory(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "keys")
+	st := newFileStore(t, dir)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Names(t.Context())
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), dir) {
+		t.Errorf("Names() = %q, %v; want an fs.ErrNotExist naming %q", got, err, dir)
 	}
 }

@@ -6,7 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -265,5 +268,66 @@ func (r *Redis) Save(ctx context.Context, ks *KeySet) error {
 	return nil
 }
 
-// Interface guard
-var _ Store = (*Redis)(nil)
+// redisScanCount is the COUNT hint of Names's SCAN: how many keys Redis
+// looks at per call, which bounds how long each call blocks the server.
+const redisScanCount = 1000
+
+// Names implements Lister. It walks the document keys with SCAN, never
+// KEYS, which would block Redis for as long as it takes to match every key;
+// on a Redis Cluster it scans every master, as each holds only its slots.
+// Lock keys do not match; keys under the prefix that do not name a valid
+// key set are skipped.
+func (r *Redis) Names(ctx context.Context) ([]string, error) {
+	pattern := escapeRedisGlob(r.documentKey("")) + "*"
+	var (
+		mu    sync.Mutex // guards names
+		names = []string{}
+	)
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, pattern, redisScanCount).Iterator()
+		for iter.Next(ctx) {
+			name, ok := strings.CutPrefix(iter.Val(), r.documentKey(""))
+			if !ok || ValidateName(name) != nil {
+				continue
+			}
+			mu.Lock()
+			names = append(names, name)
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	if cluster, ok := r.client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			return scan(ctx, node)
+		})
+	} else {
+		err = scan(ctx, r.client)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing key sets in redis: %w", err)
+	}
+	// SCAN may return a key more than once.
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// escapeRedisGlob escapes the characters that are special in a Redis MATCH
+// pattern, so that a key prefix matches only itself.
+func escapeRedisGlob(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		switch c {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// Interface guards
+var (
+	_ Store  = (*Redis)(nil)
+	_ Lister = (*Redis)(nil)
+)

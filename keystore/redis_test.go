@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -390,5 +391,44 @@ func retryFor(limit time.Duration, try func() error) error {
 			return err
 		case <-tick.C:
 		}
+	}
+}
+
+// TestRedisNamesSkipsForeignKeys: Names lists the store's documents only:
+// not its lock keys, not keys under its prefix that name no valid key set,
+// not the keys of a store whose prefix merely starts like its own, and its
+// prefix matches itself even when it holds SCAN pattern characters.
+func TestRedisNamesSkipsForeignKeys(t *testing.T) {
+	t.Parallel()
+	server := keystoretest.StartRedis(t)
+	admin := server.Client(t)
+	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `t*[x]?\:` })
+	// Its documents' keys start with st's document keys' prefix.
+	other := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `t*[x]?\:keyset:` })
+	// Matched by st's prefix if it were used as a pattern unescaped.
+	lookalike := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `tYxZ:` })
+	for _, s := range []*redisStore{other, lookalike} {
+		if err := s.Save(t.Context(), seedKeySet("foreign")); err != nil {
+			t.Fatalf("Save(%q) = %v; want nil", "foreign", err)
+		}
+	}
+	for _, name := range []string{"b", "a"} {
+		if err := st.Save(t.Context(), seedKeySet(name)); err != nil {
+			t.Fatalf("Save(%q) = %v; want nil", name, err)
+		}
+	}
+	unlock, err := st.Lock(t.Context(), "c")
+	if err != nil {
+		t.Fatalf("Lock(%q) = %v; want nil", "c", err)
+	}
+	defer unlock()
+	for _, key := range []string{st.prefix + "keyset:bad name", st.prefix + "keyset:", st.prefix + "unrelated"} {
+		if err := admin.Set(t.Context(), key, "x", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"a", "b"}
+	if got, err := st.Names(t.Context()); err != nil || !slices.Equal(got, want) {
+		t.Errorf("Names() = %q, %v; want %q, nil", got, err, want)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/caddyserver/certmagic"
@@ -123,5 +125,36 @@ func (s *Store) Lock(ctx context.Context, name string) (func() error, error) {
 	}, nil
 }
 
-// Interface guard
-var _ keystore.Store = (*Store)(nil)
+// Names implements keystore.Lister with the storage's List of the keys
+// directly under oauth2_upstream/: the documents, <name>.json for a valid
+// name. Locks kept beside the data (.lock, .write) and anything else there
+// are skipped; no oauth2_upstream/ at all is an empty store.
+func (s *Store) Names(ctx context.Context) ([]string, error) {
+	keys, err := s.storage.List(ctx, strings.TrimSuffix(keyPrefix, "/"), false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return []string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing key sets in caddy storage: %w", err)
+	}
+	names := []string{}
+	for _, key := range keys {
+		rest, ok := strings.CutPrefix(key, keyPrefix)
+		if !ok {
+			continue
+		}
+		name, ok := strings.CutSuffix(rest, ".json")
+		if !ok || keystore.ValidateName(name) != nil {
+			continue
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// Interface guards
+var (
+	_ keystore.Store  = (*Store)(nil)
+	_ keystore.Lister = (*Store)(nil)
+)

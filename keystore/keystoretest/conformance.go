@@ -74,6 +74,7 @@ func Run(t *testing.T, newStore func(t *testing.T) keystore.Store, opts ...Optio
 		{"LockSerializesRefreshes", testLockSerializesRefreshes},
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"StaleHolderFenced", s.testStaleHolderFenced},
+		{"Names", testNames},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,6 +285,51 @@ func testConcurrentWriters(t *testing.T, st keystore.Store) {
 	if diff := Diff(got, writes[winner]); diff != "" {
 		t.Errorf("Load(%q) differs from the winning writer %d: %s", name, winner, diff)
 	}
+}
+
+// testNames: every backend is a keystore.Lister. An empty store lists no
+// names; once key sets are saved it lists exactly them, sorted and each
+// once, and never the artifacts of locks: a lock held, a lock taken and
+// released, a lock on a name never saved, the write locks of saves.
+func testNames(t *testing.T, st keystore.Store) {
+	lister, ok := st.(keystore.Lister)
+	if !ok {
+		t.Fatalf("%T does not implement keystore.Lister", st)
+	}
+	got, err := lister.Names(t.Context())
+	if err != nil || len(got) != 0 {
+		t.Fatalf("Names() of an empty store = %q, %v; want [], nil", got, err)
+	}
+
+	// Saved out of order, "a" twice, with locks taken around them.
+	holdLock(t, st, "ghost") // never saved
+	for _, ks := range []*keystore.KeySet{keySet("c-1", 1, "rt-c"), keySet("a", 1, "rt-a1"), keySet("b", 1, "rt-b"), keySet("a", 2, "rt-a2")} {
+		if err := st.Save(t.Context(), ks); err != nil {
+			t.Fatalf("Save(%q generation %d) = %v; want nil", ks.Name, ks.Generation, err)
+		}
+	}
+	unlock := mustLock(t, st, "a")
+	if err := unlock(); err != nil {
+		t.Fatalf("unlock(%q) = %v; want nil", "a", err)
+	}
+	holdLock(t, st, "b")
+
+	want := []string{"a", "b", "c-1"}
+	got, err = lister.Names(t.Context())
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Names() = %q, %v; want %q, nil", got, err, want)
+	}
+}
+
+// holdLock takes the named lock and holds it until the test ends.
+func holdLock(t *testing.T, st keystore.Store, name string) {
+	t.Helper()
+	unlock := mustLock(t, st, name)
+	t.Cleanup(func() {
+		if err := unlock(); err != nil {
+			t.Errorf("unlock(%q) = %v; want nil", name, err)
+		}
+	})
 }
 
 // keySet returns a key set with an access and a refresh token.
