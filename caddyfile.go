@@ -51,6 +51,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		refresh_on      <status|invalid_token...>
 //		min_refresh_interval <duration>|off
 //		max_retry_after <duration>
+//		keepalive <duration>|off
 //		expiry_skew     <duration>
 //		token_timeout   <duration>
 //		header          <name> [<scheme>|raw]
@@ -173,6 +174,8 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		return parseDurationOrOff(d, &h.BodyTimeout)
 	case "min_refresh_interval":
 		return parseDurationOrOff(d, &h.MinRefreshInterval)
+	case "keepalive":
+		return parseDurationOrOff(d, &h.Keepalive)
 	default:
 		return d.Errf("unrecognized oauth2_upstream option %q", option)
 	}

@@ -42,6 +42,15 @@ type GrantOptions struct {
 	// does not stop refreshes for a year. Zero or absent: the default,
 	// 5m (the Caddyfile refuses 0).
 	MaxRetryAfter caddy.Duration `json:"max_retry_after,omitempty"`
+
+	// Keepalive refreshes, in the background, every key set the handler
+	// may serve (its key_set, or every stored name key_set_allow admits)
+	// that has not been refreshed for this long, whether or not requests
+	// use it: a refresh token that is never used dies (Microsoft's after
+	// 90 days of inactivity, Google's after six months). Replicas that
+	// share a keystore make one grant between them. Zero or absent: the
+	// default, 7d; -1 disables (the Caddyfile takes "off" and refuses 0).
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 }
 
 func (g *GrantOptions) setDefaults() {
@@ -50,6 +59,9 @@ func (g *GrantOptions) setDefaults() {
 	}
 	if g.MaxRetryAfter == 0 {
 		g.MaxRetryAfter = caddy.Duration(credential.DefaultMaxRetryAfter)
+	}
+	if g.Keepalive == 0 {
+		g.Keepalive = caddy.Duration(credential.DefaultKeepalive)
 	}
 }
 
@@ -61,6 +73,9 @@ func (g *GrantOptions) validate(refreshOn []int) error {
 	}
 	if g.MinRefreshInterval < -1 {
 		return fmt.Errorf("min_refresh_interval %s: must be positive, or -1 to disable", time.Duration(g.MinRefreshInterval))
+	}
+	if g.Keepalive < -1 {
+		return fmt.Errorf("keepalive %s: must be positive, or -1 to disable", time.Duration(g.Keepalive))
 	}
 	if g.MaxRetryAfter < 0 {
 		return fmt.Errorf("max_retry_after %s: must be positive", time.Duration(g.MaxRetryAfter))

@@ -79,7 +79,7 @@ func newUpstreamMetrics(registry prometheus.Registerer) (*upstreamMetrics, error
 		return nil, err
 	}
 	if config, ok := registry.(*prometheus.Registry); ok {
-		if _, err := register(registry, newExpiryCollector(config)); err != nil {
+		if _, err := register(registry, newKeySetCollector(config)); err != nil {
 			return nil, err
 		}
 	}
@@ -123,46 +123,70 @@ func (m *upstreamMetrics) KeystoreFailed(operation string) {
 	m.keystoreErrors.WithLabelValues(operation).Inc()
 }
 
-// expiryCollector is the caddy_oauth2_upstream_token_expiry_timestamp_seconds
-// gauge. It reads, when scraped, the key set each handler of its config has
-// in use, so the value follows every change however it came (a grant, an
-// admin PUT, a key set adopted from another replica, the first load). Key
-// sets whose expiry is unknown have no sample.
-type expiryCollector struct {
-	config *prometheus.Registry
-	desc   *prometheus.Desc
+// KeySetStateChanged implements credential.Observer. It needs no counting:
+// the state gauge reads the key sets' states when it is scraped.
+func (m *upstreamMetrics) KeySetStateChanged(credential.StateChange) {}
+
+// keySetStates are the values of the key_set_state gauge's state label.
+var keySetStates = []string{
+	credential.StateOK, credential.StateExpiring, credential.StateFailing,
+	credential.StateNeedsReauthorization, credential.StateKeystoreFailing,
 }
 
-func newExpiryCollector(config *prometheus.Registry) *expiryCollector {
-	return &expiryCollector{
+// keySetCollector is the gauges that describe the key sets in use:
+// caddy_oauth2_upstream_token_expiry_timestamp_seconds and
+// caddy_oauth2_upstream_key_set_state. It reads, when scraped, the key set
+// each handler of its config has in use, so the values follow every change
+// however it came (a grant, an admin PUT, a key set adopted from another
+// replica, the first load, time passing). Key sets whose expiry is unknown
+// have no expiry sample.
+type keySetCollector struct {
+	config *prometheus.Registry
+	expiry *prometheus.Desc
+	state  *prometheus.Desc
+}
+
+func newKeySetCollector(config *prometheus.Registry) *keySetCollector {
+	return &keySetCollector{
 		config: config,
-		desc: prometheus.NewDesc(
+		expiry: prometheus.NewDesc(
 			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "token_expiry_timestamp_seconds"),
 			"When the access token in use expires, in seconds since the Unix epoch, by key set.",
 			[]string{"key_set"}, nil),
+		state: prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "key_set_state"),
+			"1 for the state each key set is in, 0 for the others (ok, expiring, failing, needs_reauthorization, keystore_failing).",
+			[]string{"key_set", "state"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
-func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *keySetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.expiry
+	ch <- c.state
+}
 
 // Collect implements prometheus.Collector. A key set several handlers use
-// reports the newest generation's expiry.
-func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
-	newest := make(map[string]credential.Status)
+// reports its newest generation, and the least healthy state among those
+// that have it (credential.MergeStatuses).
+func (c *keySetCollector) Collect(ch chan<- prometheus.Metric) {
+	var all []credential.Status
 	for _, h := range handlersOfConfig(c.config) {
-		for _, s := range h.engine.Statuses() {
-			if cur, ok := newest[s.Name]; !ok || s.Generation > cur.Generation {
-				newest[s.Name] = s
-			}
-		}
+		all = append(all, h.engine.Statuses()...)
 	}
-	for name, s := range newest {
+	for _, s := range credential.MergeStatuses(all) {
+		for _, state := range keySetStates {
+			value := 0.0
+			if s.State == state {
+				value = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, value, s.Name, state)
+		}
 		if s.Expiry == nil {
 			continue
 		}
 		seconds := float64(s.Expiry.UnixNano()) / float64(time.Second)
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, seconds, name)
+		ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, seconds, s.Name)
 	}
 }
 

@@ -98,6 +98,10 @@ func TestMetricsAfterRequests(t *testing.T) {
 		`caddy_oauth2_upstream_replays_total{key_set="metrics-ks",outcome="too_recent"}`:     1,
 		`caddy_oauth2_upstream_keystore_errors_total{operation="load"}`:                      1,
 		`caddy_oauth2_upstream_token_expiry_timestamp_seconds{key_set="metrics-ks"}`:         float64(lastGrant.Add(time.Hour).Unix()),
+		// The corrupt document needs a person; one state at a time.
+		`caddy_oauth2_upstream_key_set_state{key_set="metrics-ks",state="needs_reauthorization"}`: 1,
+		`caddy_oauth2_upstream_key_set_state{key_set="metrics-ks",state="ok"}`:                    0,
+		`caddy_oauth2_upstream_key_set_state{key_set="metrics-ks",state="keystore_failing"}`:      0,
 	}
 	for series, v := range want {
 		got, ok := sample(text, series)

@@ -149,7 +149,8 @@ type Handler struct {
 	keySetAllow      *regexp.Regexp // KeySetAllow, anchored; nil without one
 	headerKey        string         // HeaderName, canonical: its key in http.Header
 	logger           *zap.Logger
-	ops              *operations // metrics and notifications (live.go)
+	ops              *operations          // metrics and notifications (live.go)
+	unstored         *credential.Unstored // shared with handlers over the same keystore (unstored.go)
 }
 
 // CaddyModule returns the Caddy module information.

@@ -215,6 +215,9 @@ func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credent
 		Logger:             h.logger,
 		Observer:           h.ops.observer(),
 		Now:                now,
+		Unstored:           h.unstored,
+		Keepalive:          time.Duration(h.Keepalive),
+		Serves:             h.serves,
 	})
 }
 
@@ -232,6 +235,8 @@ func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystor
 	if h.KeystoreRaw == nil {
 		h.KeystoreRaw = []byte(`{"backend":"file"}`)
 	}
+	// Before LoadModule, which drops the raw JSON.
+	h.unstored = unstoredFor(h.KeystoreRaw)
 	mod, err := ctx.LoadModule(h, "KeystoreRaw")
 	if err != nil {
 		return nil, fmt.Errorf("loading keystore: %w", err)

@@ -41,6 +41,8 @@ const (
 	DefaultTokenTimeout       = 10 * time.Second
 	DefaultMinRefreshInterval = 10 * time.Second
 	DefaultMaxRetryAfter      = 5 * time.Minute
+	DefaultKeepalive          = 7 * 24 * time.Hour
+	DefaultCheckInterval      = 30 * time.Second
 )
 
 // Config is what an Engine needs besides its keystore.
@@ -80,6 +82,25 @@ type Config struct {
 	Observer Observer
 	// Now is the engine's clock. Default: time.Now.
 	Now func() time.Time
+	// Unstored is shared by the engines over one keystore in one process,
+	// so that a granted key set the keystore has not accepted outlives the
+	// engine that granted it (see Unstored). Default: the engine's own.
+	Unstored *Unstored
+	// Keepalive refreshes a key set whose stored generation is older than
+	// this, whether or not requests need it: a refresh token that is never
+	// used dies (Microsoft's after 90 days of inactivity, Google's after
+	// six months). Zero: DefaultKeepalive; negative: never.
+	Keepalive time.Duration
+	// Serves names the stored key sets the engine keeps alive: with it the
+	// keystore is listed (when it is a keystore.Lister) and every name it
+	// accepts is kept alive, loaded or not; without it, the key sets the
+	// engine has loaded.
+	Serves func(name string) bool
+	// CheckInterval is how often the engine looks at every key set it
+	// has: to note the state changes that time alone makes (a token
+	// nearing its expiry), to store what waits in Unstored, and for the
+	// keepalive. Zero: DefaultCheckInterval.
+	CheckInterval time.Duration
 }
 
 // Credential is a key set ready for requests: the document, and what every
@@ -142,13 +163,22 @@ type Engine struct {
 	now        func() time.Time
 	logger     *zap.Logger
 	observer   Observer
+	unstored   *Unstored
+	keepalive  time.Duration // negative: no keepalive
+	serves     func(name string) bool
 	flightsRun sync.WaitGroup // flights still running, waited for by Close
+
+	checkInterval time.Duration
+	closeSaveTime time.Duration      // how long Close retries storing what waits in unstored
+	stopWatch     context.CancelFunc // ends watch; Close calls it
+	watching      sync.WaitGroup     // the watch goroutine, waited for by Close
 
 	mu     sync.Mutex // guards states
 	states map[string]*keySetState
 }
 
-// New returns an Engine over store.
+// New returns an Engine over store. It checks its key sets in the
+// background (Config.CheckInterval) until Close.
 func New(store keystore.Store, cfg Config) *Engine {
 	endpoint := cfg.Endpoint
 	if endpoint.Grant == "" {
@@ -180,7 +210,15 @@ func New(store keystore.Store, cfg Config) *Engine {
 		now:                time.Now,
 		logger:             cfg.Logger,
 		observer:           cfg.Observer,
+		unstored:           cfg.Unstored,
+		keepalive:          cmp.Or(cfg.Keepalive, DefaultKeepalive),
+		serves:             cfg.Serves,
+		checkInterval:      cmp.Or(cfg.CheckInterval, DefaultCheckInterval),
+		closeSaveTime:      closeSaveTime,
 		states:             make(map[string]*keySetState),
+	}
+	if e.unstored == nil {
+		e.unstored = NewUnstored()
 	}
 	if e.mode == "" {
 		e.mode = ModeProactive
@@ -200,6 +238,10 @@ func New(store keystore.Store, cfg Config) *Engine {
 	if cfg.Now != nil {
 		e.now, e.client.now = cfg.Now, cfg.Now
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stopWatch = cancel
+	e.watching.Add(1)
+	go e.watch(ctx)
 	return e
 }
 
@@ -231,7 +273,7 @@ func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) 
 	case !due:
 		// Still valid: refresh in the background and keep serving it.
 		if soon && blocked == nil && st.flight == nil {
-			e.startFlightLocked(st, name, cred.KeySet.Generation)
+			e.startFlightLocked(st, name, cred.KeySet.Generation, causeExpiring)
 		}
 		st.mu.Unlock()
 		return cred, nil
@@ -242,7 +284,11 @@ func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) 
 		}
 		return nil, blocked
 	}
-	f := e.flightLocked(st, name, cred.KeySet.Generation)
+	cause := causeExpired
+	if e.mode == ModeAlways {
+		cause = causeAlways
+	}
+	f := e.flightLocked(st, name, cred.KeySet.Generation, cause)
 	st.mu.Unlock()
 	fresh, err := e.wait(ctx, f, name)
 	if err != nil && cred.usable(e.now()) {
@@ -260,9 +306,18 @@ func (e *Engine) refreshNeed(cred *Credential, now time.Time) (due, soon bool) {
 	return due, soon
 }
 
-// Close waits for refreshes in flight: a grant that succeeded must be stored,
-// whatever happens to the caller, or a rotated refresh token is lost.
-func (e *Engine) Close() { e.flightsRun.Wait() }
+// Close stops the engine's background checks and waits for refreshes in
+// flight: a grant that succeeded must be stored, whatever happens to the
+// caller, or a rotated refresh token is lost. A granted key set that the
+// keystore still refuses is retried for a few seconds; what remains waits
+// in the engine's Unstored for another engine over the same keystore.
+// Calling it again does nothing more.
+func (e *Engine) Close() {
+	e.stopWatch()
+	e.watching.Wait()
+	e.flightsRun.Wait()
+	e.closeUnstored()
+}
 
 // state returns the state of key set name, loading (and seeding) it from the
 // keystore the first time. Names that are not stored get no state, so

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // Backoff after a temporary refresh failure: no new grant is attempted
@@ -21,6 +19,17 @@ const (
 // reading, and writing the new key set.
 const storeTimeout = 30 * time.Second
 
+// Causes of a refresh, logged with its grant: every grant has one.
+const (
+	causeExpiring  = "expiring"  // proactive: within the skew of its expiry
+	causeExpired   = "expired"   // the token is expired or missing
+	causeAlways    = "always"    // the always mode: a grant per request
+	causeRejected  = "rejected"  // the upstream answered a trigger status
+	causeForced    = "forced"    // an operator asked for it
+	causeKeepalive = "keepalive" // not refreshed for the keepalive period
+	causeUnstored  = "unstored"  // a granted key set waits for the keystore
+)
+
 // flight is one refresh in progress for a key set; requests that need it
 // wait on done and share its result.
 type flight struct {
@@ -33,14 +42,14 @@ type flight struct {
 type keySetState struct {
 	mu sync.Mutex // guards every field below
 
-	cred    *Credential      // the key set in use; never nil
-	flight  *flight          // the refresh in progress, or nil
-	failure *Error           // the last refresh failure, nil after a success
-	retryAt time.Time        // after a temporary failure: no grant before this
-	backoff time.Duration    // the current temporary-failure backoff
-	unsaved *keystore.KeySet // granted, but not yet accepted by the keystore
+	cred    *Credential   // the key set in use; never nil
+	flight  *flight       // the refresh in progress, or nil
+	failure *Error        // the last refresh failure, nil after a success
+	retryAt time.Time     // after a temporary failure: no grant before this
+	backoff time.Duration // the current temporary-failure backoff
 
 	lastRefresh time.Time // when the last refresh ended, zero before one
+	state       string    // the state last reported (Status.State), "" before
 }
 
 // adoptLocked makes cred the credential in use when it is newer. st.mu must
@@ -96,12 +105,12 @@ func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string
 }
 
 // flightLocked returns the refresh in flight for the key set, starting one
-// for generation stale when there is none. st.mu must be held.
-func (e *Engine) flightLocked(st *keySetState, name string, stale int64) *flight {
+// for generation stale, for cause, when there is none. st.mu must be held.
+func (e *Engine) flightLocked(st *keySetState, name string, stale int64, cause string) *flight {
 	if st.flight != nil {
 		return st.flight
 	}
-	return e.startFlightLocked(st, name, stale)
+	return e.startFlightLocked(st, name, stale, cause)
 }
 
 // wait waits for the result of refresh f, or for ctx to end.
@@ -125,11 +134,11 @@ func (e *Engine) wait(ctx context.Context, f *flight, name string) (*Credential,
 	}
 }
 
-// startFlightLocked starts a refresh of a key set whose generation stale was
-// found wanting. The refresh runs on its own goroutine and context: a client
-// that goes away must not abort a grant between the token endpoint's answer
-// and the keystore write. st.mu must be held.
-func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64) *flight {
+// startFlightLocked starts a refresh, for cause, of a key set whose
+// generation stale was found wanting. The refresh runs on its own goroutine
+// and context: a client that goes away must not abort a grant between the
+// token endpoint's answer and the keystore write. st.mu must be held.
+func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64, cause string) *flight {
 	f := &flight{done: make(chan struct{})}
 	st.flight = f
 	e.flightsRun.Add(1)
@@ -137,10 +146,9 @@ func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64) *f
 		defer e.flightsRun.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*storeTimeout+e.client.Timeout)
 		defer cancel()
-		cred, err := e.refresh(ctx, st, name, stale)
+		cred, err := e.refresh(ctx, name, stale, cause)
 
 		st.mu.Lock()
-		defer st.mu.Unlock()
 		now := e.now()
 		st.lastRefresh = now
 		if err == nil {
@@ -152,6 +160,11 @@ func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64) *f
 		}
 		f.cred, f.err = cred, err
 		st.flight = nil
+		change := e.transitionLocked(st, name)
+		st.mu.Unlock()
+		// Reported before the waiters go on, so that what they do next is
+		// observed after this change.
+		e.report(change)
 		close(f.done)
 	}()
 	return f

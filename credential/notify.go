@@ -45,19 +45,54 @@ const (
 	notifyMaxAnswer = 64 << 10
 )
 
-// notification is the body POSTed to the notify URL after each stored
-// change. By default it carries no token value: the key set's bookkeeping
-// and the extras that placeholders may show too (keystore.Token.Extras).
-// Token, the provider's whole token response, is there only when the
-// receiver asked for it (NotifyConfig.IncludeTokens); the body is never
-// logged.
+// Types of notification (its "type" field).
+const (
+	// EventUpdated announces a new generation. Only the process that
+	// stored it sends it, so it is sent once per generation however many
+	// replicas share the keystore.
+	EventUpdated = "key_set.updated"
+	// EventFailed announces that a key set entered a state that needs
+	// attention (failing, needs_reauthorization, keystore_failing), as
+	// this process sees it.
+	EventFailed = "key_set.failed"
+	// EventRecovered announces that a key set that needed attention is
+	// healthy again.
+	EventRecovered = "key_set.recovered"
+)
+
+// notification is the body POSTed to the notify URL for each event. By
+// default it carries no token value: the key set's bookkeeping, and for
+// key_set.updated the extras that placeholders may show too
+// (keystore.Token.Extras). Token, the provider's whole token response, is
+// there only in key_set.updated and only when the receiver asked for it
+// (NotifyConfig.IncludeTokens); the body is never logged.
 type notification struct {
+	Type       string            `json:"type"`
 	Name       string            `json:"name"`
 	Generation int64             `json:"generation"`
-	UpdatedAt  time.Time         `json:"updated_at"`
+	UpdatedAt  time.Time         `json:"updated_at,omitzero"`
 	Expiry     time.Time         `json:"expiry,omitzero"`
-	Extra      map[string]string `json:"extra"`
+	Extra      map[string]string `json:"extra,omitzero"`
 	Token      keystore.Token    `json:"token,omitempty"`
+	// State and ErrorCode are those of key_set.failed and
+	// key_set.recovered: the state entered, and the failure's code.
+	State     string    `json:"state,omitempty"`
+	ErrorCode string    `json:"error_code,omitempty"`
+	At        time.Time `json:"at,omitzero"`
+}
+
+// event is one notification waiting for delivery: a stored key set, or a
+// change of state.
+type event struct {
+	stored *keystore.KeySet // key_set.updated; nil for a change of state
+	change StateChange
+}
+
+func (ev event) generation() int64 {
+	if ev.stored != nil {
+		return ev.stored.Generation
+	}
+	return ev.change.Generation
 }
 
 // SignatureHeader carries a delivery's signature,
@@ -133,9 +168,10 @@ func (c NotifyConfig) Validate() error {
 	return nil
 }
 
-// Notifier POSTs every key set change this process stores to a URL, in
-// order per key set, without holding up the refresher: KeySetStored only
-// queues. Each key set with changes to deliver has one worker goroutine,
+// Notifier POSTs every key set this process stores (key_set.updated) and
+// every failure and recovery it sees (key_set.failed, key_set.recovered)
+// to a URL, in order per key set, without holding up the refresher: its
+// Observer methods only queue. Each key set with changes to deliver has one worker goroutine,
 // which exits when its queue is empty, so a later generation never
 // overtakes an earlier one.
 type Notifier struct {
@@ -159,9 +195,9 @@ type Notifier struct {
 	workers sync.WaitGroup
 
 	mu sync.Mutex // guards queues and closed
-	// queues holds the changes waiting per key set, oldest first. A name
-	// is present, even with no change waiting, while its worker runs.
-	queues map[string][]*keystore.KeySet
+	// queues holds the events waiting per key set, oldest first. A name
+	// is present, even with no event waiting, while its worker runs.
+	queues map[string][]event
 	closed bool
 }
 
@@ -200,7 +236,7 @@ func NewNotifier(cfg NotifyConfig, logger *zap.Logger) (*Notifier, error) {
 		wait:       waitFor,
 		ctx:        ctx,
 		cancel:     cancel,
-		queues:     make(map[string][]*keystore.KeySet),
+		queues:     make(map[string][]event),
 	}, nil
 }
 
@@ -211,25 +247,36 @@ func ValidateNotifyURL(raw string) error {
 	return CheckSecretsURL("notify", raw, false, "the notification carries its headers, and the tokens when included", "")
 }
 
-// KeySetStored queues ks for delivery; it never blocks.
-func (n *Notifier) KeySetStored(ks *keystore.KeySet) {
+// KeySetStored queues key_set.updated for ks; it never blocks.
+func (n *Notifier) KeySetStored(ks *keystore.KeySet) { n.enqueue(ks.Name, event{stored: ks}) }
+
+// KeySetStateChanged queues key_set.failed or key_set.recovered when the
+// change is one; it never blocks.
+func (n *Notifier) KeySetStateChanged(change StateChange) {
+	if change.Failed() || change.Recovered() {
+		n.enqueue(change.KeySet, event{change: change})
+	}
+}
+
+// enqueue queues ev for key set name, starting its worker if none runs.
+func (n *Notifier) enqueue(name string, ev event) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		n.logger.Warn("key set change not notified: the handler is stopping",
-			zap.String("key_set", ks.Name), zap.Int64("generation", ks.Generation))
+		n.logger.Warn("key set event not notified: the handler is stopping",
+			zap.String("key_set", name), zap.Int64("generation", ev.generation()))
 		return
 	}
-	queue, running := n.queues[ks.Name]
+	queue, running := n.queues[name]
 	if len(queue) >= notifyQueueLimit {
-		n.logger.Warn("notification queue full; dropped the oldest waiting change",
-			zap.String("key_set", ks.Name), zap.Int64("dropped_generation", queue[0].Generation))
+		n.logger.Warn("notification queue full; dropped the oldest waiting event",
+			zap.String("key_set", name), zap.Int64("dropped_generation", queue[0].generation()))
 		queue = append(queue[:0:0], queue[1:]...)
 	}
-	n.queues[ks.Name] = append(queue, ks)
+	n.queues[name] = append(queue, ev)
 	if !running {
 		n.workers.Add(1)
-		go n.deliverQueued(ks.Name)
+		go n.deliverQueued(name)
 	}
 }
 
@@ -255,25 +302,26 @@ func (n *Notifier) deliverQueued(name string) {
 			}
 			return
 		}
-		ks := queue[0]
+		ev := queue[0]
 		n.queues[name] = queue[1:]
 		n.mu.Unlock()
-		n.deliver(ks)
+		n.deliver(name, ev)
 	}
 }
 
-// deliver POSTs one change, retrying with a capped exponential backoff
-// until the receiver accepts it (2xx), refuses it for good (a 4xx other
-// than 408 and 429), or the notifier stops.
-func (n *Notifier) deliver(ks *keystore.KeySet) {
+// deliver POSTs one event of key set name, retrying with a capped
+// exponential backoff until the receiver accepts it (2xx), refuses it for
+// good (a 4xx other than 408 and 429), or the notifier stops.
+func (n *Notifier) deliver(name string, ev event) {
+	body := n.notificationOf(ev)
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // the provider's exact text, as the keystore keeps it
-	if err := enc.Encode(n.notificationOf(ks)); err != nil {
-		n.logger.Error("encoding key set change notification", zap.String("key_set", ks.Name), zap.Error(err))
+	if err := enc.Encode(body); err != nil {
+		n.logger.Error("encoding key set change notification", zap.String("key_set", name), zap.Error(err))
 		return
 	}
-	fields := []zap.Field{zap.String("key_set", ks.Name), zap.Int64("generation", ks.Generation)}
+	fields := []zap.Field{zap.String("key_set", name), zap.Int64("generation", body.Generation), zap.String("type", body.Type)}
 	backoff := n.minBackoff
 	for attempt := 1; ; attempt++ {
 		err := n.post(buf.Bytes())
@@ -297,12 +345,21 @@ func (n *Notifier) deliver(ks *keystore.KeySet) {
 	}
 }
 
-// notificationOf is the body that announces ks.
-func (n *Notifier) notificationOf(ks *keystore.KeySet) notification {
-	body := notification{Name: ks.Name, Generation: ks.Generation, UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry,
-		Extra: ks.Token.Extras()}
-	if n.includeTokens {
-		body.Token = ks.Token
+// notificationOf is the body that announces ev.
+func (n *Notifier) notificationOf(ev event) notification {
+	if ks := ev.stored; ks != nil {
+		body := notification{Type: EventUpdated, Name: ks.Name, Generation: ks.Generation,
+			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: ks.Token.Extras()}
+		if n.includeTokens {
+			body.Token = ks.Token
+		}
+		return body
+	}
+	c := ev.change
+	body := notification{Type: EventFailed, Name: c.KeySet, Generation: c.Generation,
+		State: c.To, ErrorCode: c.ErrorCode, At: c.At}
+	if c.Recovered() {
+		body.Type = EventRecovered
 	}
 	return body
 }

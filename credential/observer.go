@@ -15,6 +15,31 @@ type Observer interface {
 	KeySetStored(ks *keystore.KeySet)
 	// KeystoreFailed counts a failed keystore operation: lock, load, save.
 	KeystoreFailed(operation string)
+	// KeySetStateChanged follows every change of a key set's state (see
+	// Status.State), the first look at a key set included.
+	KeySetStateChanged(change StateChange)
+}
+
+// StateChange is a key set's move from one state (Status.State) to
+// another. It holds no token value.
+type StateChange struct {
+	KeySet     string
+	Generation int64
+	// From is "" when the engine first looks at the key set.
+	From, To string
+	// ErrorCode is the code of the failure that To reports, if any.
+	ErrorCode string
+	At        time.Time
+}
+
+// Failed reports whether the change is into a state that needs attention
+// from a healthy one, or from another such state.
+func (c StateChange) Failed() bool { return !healthyState(c.To) && c.To != c.From }
+
+// Recovered reports whether the change is from a state that needed
+// attention back to a healthy one.
+func (c StateChange) Recovered() bool {
+	return c.From != "" && !healthyState(c.From) && healthyState(c.To)
 }
 
 // Observers passes what an Engine does to each of its observers in turn.
@@ -38,6 +63,13 @@ func (o Observers) KeySetStored(ks *keystore.KeySet) {
 func (o Observers) KeystoreFailed(operation string) {
 	for _, x := range o {
 		x.KeystoreFailed(operation)
+	}
+}
+
+// KeySetStateChanged implements Observer.
+func (o Observers) KeySetStateChanged(change StateChange) {
+	for _, x := range o {
+		x.KeySetStateChanged(change)
 	}
 }
 

@@ -73,10 +73,13 @@ func (e *Engine) Adopt(name string, ks *keystore.KeySet) {
 		e.states[name] = st
 	}
 	e.mu.Unlock()
+	e.unstored.dropUpTo(name, ks.Generation)
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	st.adoptLocked(cred)
-	st.failure, st.backoff, st.retryAt, st.unsaved = nil, 0, time.Time{}, nil
+	st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
+	change := e.transitionLocked(st, name)
+	st.mu.Unlock()
+	e.report(change)
 }
 
 // refuseAdoption records refused as the failure of key set name, when it
@@ -90,8 +93,10 @@ func (e *Engine) refuseAdoption(name string, refused error) {
 		return
 	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	e.recordFailureLocked(st, name, refused, e.now())
+	change := e.transitionLocked(st, name)
+	st.mu.Unlock()
+	e.report(change)
 }
 
 // ForceRefresh makes a grant for key set name now, ignoring any backoff.
@@ -103,7 +108,7 @@ func (e *Engine) ForceRefresh(ctx context.Context, name string) (*keystore.KeySe
 	st.mu.Lock()
 	gen := st.cred.KeySet.Generation
 	st.failure, st.retryAt = nil, time.Time{}
-	f := e.flightLocked(st, name, gen)
+	f := e.flightLocked(st, name, gen, causeForced)
 	st.mu.Unlock()
 	cred, err := e.wait(ctx, f, name)
 	if err != nil {

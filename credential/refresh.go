@@ -13,8 +13,9 @@ import (
 
 // refresh runs under the keystore's lock: re-read the key set, adopt it if
 // another process already replaced generation stale, else store any key set
-// granted earlier but not yet stored, else grant and store the result.
-func (e *Engine) refresh(ctx context.Context, st *keySetState, name string, stale int64) (*Credential, error) {
+// granted earlier but not yet stored, else grant (for cause) and store the
+// result.
+func (e *Engine) refresh(ctx context.Context, name string, stale int64, cause string) (*Credential, error) {
 	unlock, err := e.store.Lock(ctx, name)
 	if err != nil {
 		return nil, e.keystoreError(name, "lock", "taking the refresh lock", err)
@@ -29,14 +30,15 @@ func (e *Engine) refresh(ctx context.Context, st *keySetState, name string, stal
 		return nil, err
 	}
 	if newer(stored, stale) && !stored.Expiring(e.now(), 0) {
+		e.unstored.dropUpTo(name, stored.Generation)
 		e.logger.Debug("adopted key set stored by another refresher",
 			zap.String("key_set", name), zap.Int64("generation", stored.Generation))
 		return e.credentialFor(stored), nil
 	}
-	if cred, done, err := e.storeUnsaved(ctx, st, stored); done {
+	if cred, done, err := e.storeUnsaved(ctx, stored); done {
 		return cred, err
 	}
-	return e.grant(ctx, st, stored)
+	return e.grant(ctx, stored, cause)
 }
 
 // storedNewer re-reads key set name and returns it when the keystore holds
@@ -54,42 +56,37 @@ func (e *Engine) storedNewer(ctx context.Context, name string, have int64) (*key
 	return stored, nil
 }
 
-// storeUnsaved retries the keystore write of a key set granted by an earlier
-// refresh. While one is pending no grant is made: its predecessor's refresh
-// token may already be spent. done reports whether the refresh ends here.
-func (e *Engine) storeUnsaved(ctx context.Context, st *keySetState, stored *keystore.KeySet) (*Credential, bool, error) {
-	st.mu.Lock()
-	pending := st.unsaved
-	st.mu.Unlock()
-	if pending == nil {
+// storeUnsaved retries the keystore write of a key set granted earlier (by
+// this engine, or by one that stopped: see Unstored). While one is pending
+// no grant is made: its predecessor's refresh token may already be spent.
+// done reports whether the refresh ends here. The keystore's lock must be
+// held.
+func (e *Engine) storeUnsaved(ctx context.Context, stored *keystore.KeySet) (*Credential, bool, error) {
+	pending := e.unstored.get(stored.Name)
+	if pending == nil || e.owns(pending) != nil {
 		return nil, false, nil
 	}
 	if pending.Generation != stored.Generation+1 {
 		// The keystore moved on without it; what is stored wins.
-		e.setUnsaved(st, nil)
+		e.unstored.dropUpTo(stored.Name, stored.Generation)
 		return nil, false, nil
 	}
 	if err := e.store.Save(ctx, pending); err != nil {
 		return nil, true, e.keystoreError(stored.Name, "save", "storing the key set granted earlier", err)
 	}
-	e.setUnsaved(st, nil)
+	e.unstored.dropUpTo(pending.Name, pending.Generation)
 	e.observer.KeySetStored(pending)
 	e.logger.Info("stored key set granted earlier", zap.String("key_set", pending.Name), zap.Int64("generation", pending.Generation))
 	return e.credentialFor(pending), true, nil
 }
 
-func (e *Engine) setUnsaved(st *keySetState, ks *keystore.KeySet) {
-	st.mu.Lock()
-	st.unsaved = ks
-	st.mu.Unlock()
-}
-
 // grant spends stored's refresh token (or the client credentials) and stores
 // the whole response as the next generation before returning it.
-func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.KeySet) (*Credential, error) {
+func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, cause string) (*Credential, error) {
 	name := stored.Name
 	start := e.now()
-	e.logger.Info("refreshing key set", zap.String("key_set", name), zap.Int64("generation", stored.Generation), zap.String("grant", e.client.Grant))
+	e.logger.Info("refreshing key set", zap.String("key_set", name), zap.Int64("generation", stored.Generation),
+		zap.String("grant", e.client.Grant), zap.String("cause", cause))
 	res, err := e.client.grant(ctx, name, stored.Token.RefreshToken())
 	e.observer.GrantDone(name, err, e.now().Sub(start))
 	if err != nil {
@@ -106,7 +103,7 @@ func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.Ke
 			case again != nil:
 				e.logger.Info("refresh token was spent elsewhere; adopted the stored successor",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
-				return e.adoptOrGrant(ctx, st, again)
+				return e.adoptOrGrant(ctx, again, cause)
 			}
 		}
 		e.logRefreshFailure(name, stored.Generation, start, err)
@@ -126,10 +123,10 @@ func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.Ke
 			case again != nil:
 				e.logger.Warn("a newer key set was stored during our grant; adopted it",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
-				return e.adoptOrGrant(ctx, st, again)
+				return e.adoptOrGrant(ctx, again, cause)
 			}
 		}
-		e.setUnsaved(st, next)
+		e.unstored.put(next)
 		err = e.keystoreError(name, "save", "storing the new key set (kept in memory; no grant until it is stored)", err)
 		e.logRefreshFailure(name, stored.Generation, start, err)
 		return nil, err
@@ -148,11 +145,11 @@ func (e *Engine) grant(ctx context.Context, st *keySetState, stored *keystore.Ke
 // adoptOrGrant takes a newer stored key set: as it is when its access token
 // is usable, else (an operator's seed) by granting with its refresh token.
 // Generations only grow, so this ends.
-func (e *Engine) adoptOrGrant(ctx context.Context, st *keySetState, successor *keystore.KeySet) (*Credential, error) {
+func (e *Engine) adoptOrGrant(ctx context.Context, successor *keystore.KeySet, cause string) (*Credential, error) {
 	if !successor.Expiring(e.now(), 0) {
 		return e.credentialFor(successor), nil
 	}
-	return e.grant(ctx, st, successor)
+	return e.grant(ctx, successor, cause)
 }
 
 func (e *Engine) logRefreshFailure(name string, gen int64, start time.Time, err error) {

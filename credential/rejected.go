@@ -52,7 +52,7 @@ func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, nam
 		st.mu.Unlock()
 		return nil, blocked
 	}
-	f := e.flightLocked(st, name, gen)
+	f := e.flightLocked(st, name, gen, causeRejected)
 	st.mu.Unlock()
 	return e.wait(ctx, f, name)
 }

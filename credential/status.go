@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sort"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Key set states, as operators see them.
@@ -39,9 +41,9 @@ type Status struct {
 
 // Healthy reports whether the key set can serve requests.
 // A failing key set (grants blocked past the token's expiry) is not.
-func (s Status) Healthy() bool {
-	return s.State == StateOK || s.State == StateExpiring
-}
+func (s Status) Healthy() bool { return healthyState(s.State) }
+
+func healthyState(state string) bool { return state == StateOK || state == StateExpiring }
 
 // Status returns the status of key set name, loading it if needed.
 func (e *Engine) Status(ctx context.Context, name string) (Status, error) {
@@ -71,9 +73,66 @@ func (e *Engine) Statuses() []Status {
 	return out
 }
 
+// statusOf returns the status of key set name, and reports the change of
+// state it shows, if any.
 func (e *Engine) statusOf(name string, st *keySetState) Status {
 	st.mu.Lock()
-	defer st.mu.Unlock()
+	s := e.statusLocked(name, st)
+	change := e.noteLocked(st, s)
+	st.mu.Unlock()
+	e.report(change)
+	return s
+}
+
+// transitionLocked works out the state of key set name and returns its
+// change, nil when there is none. st.mu must be held; the change is
+// reported (report) after it is released.
+func (e *Engine) transitionLocked(st *keySetState, name string) *StateChange {
+	return e.noteLocked(st, e.statusLocked(name, st))
+}
+
+// noteLocked records s's state as the key set's, and returns the change
+// from the state recorded before, nil when it is the same. st.mu must be
+// held.
+func (e *Engine) noteLocked(st *keySetState, s Status) *StateChange {
+	if s.State == st.state {
+		return nil
+	}
+	change := &StateChange{KeySet: s.Name, Generation: s.Generation, From: st.state, To: s.State, At: e.now()}
+	if !healthyState(s.State) || s.LastResult == "error" {
+		change.ErrorCode = s.ErrorCode
+	}
+	st.state = s.State
+	return change
+}
+
+// report logs a change of state, one line each, and passes it to the
+// observer: a failure as a warning, a recovery as news, the comings and
+// goings of a healthy key set (ok, expiring) for debugging.
+func (e *Engine) report(change *StateChange) {
+	if change == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("key_set", change.KeySet), zap.Int64("generation", change.Generation),
+		zap.String("from", change.From), zap.String("to", change.To),
+	}
+	if change.ErrorCode != "" {
+		fields = append(fields, zap.String("error_code", change.ErrorCode))
+	}
+	switch {
+	case change.Failed():
+		e.logger.Warn("key set state changed", fields...)
+	case change.Recovered():
+		e.logger.Info("key set state changed", fields...)
+	default:
+		e.logger.Debug("key set state changed", fields...)
+	}
+	e.observer.KeySetStateChanged(*change)
+}
+
+// statusLocked is the status of key set name. st.mu must be held.
+func (e *Engine) statusLocked(name string, st *keySetState) Status {
 	ks := st.cred.KeySet
 	s := Status{
 		Name:            name,
@@ -91,7 +150,7 @@ func (e *Engine) statusOf(name string, st *keySetState) Status {
 	}
 	now := e.now()
 	switch {
-	case st.unsaved != nil:
+	case e.unstored.get(name) != nil:
 		s.State = StateKeystoreFailing
 	case st.failure != nil && !st.failure.Temporary:
 		s.State = StateNeedsReauthorization

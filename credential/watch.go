@@ -1,0 +1,118 @@
+package credential
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// watch checks the engine's key sets every CheckInterval until ctx ends.
+func (e *Engine) watch(ctx context.Context) {
+	defer e.watching.Done()
+	ticker := time.NewTicker(e.checkInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		e.check(ctx)
+	}
+}
+
+// check looks at every key set once: it notes the changes of state that
+// time alone makes (a token nearing its expiry, a backoff outlasting it),
+// stores the granted key sets that wait for the keystore (an engine that
+// stopped may have left them), and keeps alive the key sets that have not
+// been refreshed for the keepalive period. It makes one grant at a time.
+func (e *Engine) check(ctx context.Context) {
+	e.Statuses()
+	for _, name := range e.unstored.Names() {
+		e.refreshNow(ctx, name, causeUnstored, func(*keystore.KeySet) bool {
+			pending := e.unstored.get(name)
+			return pending != nil && e.owns(pending) == nil
+		})
+	}
+	if e.keepalive <= 0 {
+		return
+	}
+	for _, name := range e.keepaliveNames(ctx) {
+		if ctx.Err() != nil {
+			return
+		}
+		e.refreshNow(ctx, name, causeKeepalive, e.keepaliveDue)
+	}
+}
+
+// keepaliveDue reports whether ks has gone unrefreshed for the keepalive
+// period and has a refresh token to keep alive. A key set whose age is
+// unknown is due.
+func (e *Engine) keepaliveDue(ks *keystore.KeySet) bool {
+	return ks.Token.RefreshToken() != "" && e.now().Sub(ks.UpdatedAt) >= e.keepalive
+}
+
+// keepaliveNames returns the key sets to keep alive: every stored one that
+// Config.Serves accepts, when it is set and the keystore can list them;
+// else the loaded ones.
+func (e *Engine) keepaliveNames(ctx context.Context) []string {
+	names := e.loadedNames()
+	lister, ok := e.store.(keystore.Lister)
+	if e.serves == nil || !ok {
+		return names
+	}
+	stored, err := lister.Names(ctx)
+	if err != nil {
+		e.logger.Warn("listing key sets to keep alive", zap.Error(err))
+		return names
+	}
+	for _, name := range stored {
+		if e.serves(name) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// loadedNames returns the names of the key sets the engine has loaded.
+func (e *Engine) loadedNames() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	names := make([]string, 0, len(e.states))
+	for name := range e.states {
+		names = append(names, name)
+	}
+	return names
+}
+
+// refreshNow refreshes key set name for cause when due says its key set in
+// use needs it and no failure holds grants back, and waits for the result.
+// The refresh adopts, without a grant, a newer key set that another
+// replica stored meanwhile.
+func (e *Engine) refreshNow(ctx context.Context, name, cause string, due func(*keystore.KeySet) bool) {
+	st, err := e.state(ctx, name)
+	if err != nil {
+		e.logger.Debug("not checking key set", zap.String("key_set", name), zap.String("cause", cause), zap.Error(err))
+		return
+	}
+	st.mu.Lock()
+	var f *flight
+	// blockedLocked may release st.mu: what it returns holds for st as it
+	// is afterwards, which the rest of the condition reads.
+	if e.blockedLocked(ctx, st, name) == nil && st.flight == nil && due(st.cred.KeySet) {
+		f = e.startFlightLocked(st, name, st.cred.KeySet.Generation, cause)
+	}
+	st.mu.Unlock()
+	if f == nil {
+		return
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+	}
+}
