@@ -304,3 +304,49 @@ func TestCloseStoresUnstoredKeySet(t *testing.T) {
 		t.Errorf("stored generation %d, refresh token %q; want 2, rt-1", ks.Generation, ks.Token.RefreshToken())
 	}
 }
+
+// key_set.updated is sent by the process that stored the generation only:
+// replicas that take it up from the keystore stay silent, so a receiver
+// hears of each generation once.
+func TestUpdatedSentOncePerGenerationAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	clock := credentialtest.NewClock()
+	dir := t.TempDir()
+	saveKeySet(t, newFileStore(t, dir), "acct", clock.Now(), "rt-0")
+	rcv := credentialtest.NewReceiver(t)
+	var engines []*Engine
+	var notifiers []*Notifier
+	for range 3 {
+		n, err := NewNotifier(NotifyConfig{URL: rcv.Server.URL, Secret: testSecret}, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		notifiers = append(notifiers, n)
+		engines = append(engines, newWatchedEngine(t, newFileStore(t, dir), te, clock, Config{Observer: n, CheckInterval: time.Hour}))
+	}
+	for gen := int64(2); gen <= 4; gen++ {
+		clock.Advance(time.Hour) // every replica's token expires
+		for _, e := range engines {
+			if _, err := e.Current(context.Background(), "acct"); err != nil {
+				t.Fatalf("Current() = %v", err)
+			}
+		}
+	}
+	for i := range engines {
+		engines[i].Close()
+		notifiers[i].Close()
+	}
+	var updated []int64
+	for _, n := range rcv.Notifications() {
+		if n.Type == EventUpdated {
+			updated = append(updated, n.Generation)
+		}
+	}
+	if !slices.Equal(updated, []int64{2, 3, 4}) {
+		t.Errorf("key_set.updated generations %v; want [2 3 4], each once", updated)
+	}
+	if g := te.Grants.Load(); g != 3 {
+		t.Errorf("grants = %d; want 3", g)
+	}
+}
