@@ -52,6 +52,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		min_refresh_interval <duration>|off
 //		max_retry_after <duration>
 //		keepalive <duration>|off
+//		max_concurrent_grants <n>|off
 //		expiry_skew     <duration>
 //		token_timeout   <duration>
 //		header          <name> [<scheme>|raw]
@@ -176,6 +177,8 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		return parseDurationOrOff(d, &h.MinRefreshInterval)
 	case "keepalive":
 		return parseDurationOrOff(d, &h.Keepalive)
+	case "max_concurrent_grants":
+		return parseCountOrOff(d, &h.MaxConcurrentGrants)
 	default:
 		return d.Errf("unrecognized oauth2_upstream option %q", option)
 	}
@@ -246,6 +249,25 @@ func parseDurationOrOff(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		d.Prev() // back to the option's name, for parseDuration
 	}
 	return parseDuration(d, dst, true)
+}
+
+// parseCountOrOff reads a positive whole number, or "off" as -1.
+func parseCountOrOff(d *caddyfile.Dispenser, dst *int) error {
+	option := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	if s == "off" {
+		*dst = -1
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return d.Errf("%s must be a positive whole number or off, got %q", option, s)
+	}
+	*dst = n
+	return nil
 }
 
 // parseSize reads a size such as 64MiB, 1MB or 1048576 (bytes); the word

@@ -51,6 +51,16 @@ type GrantOptions struct {
 	// share a keystore make one grant between them. Zero or absent: the
 	// default, 7d; -1 disables (the Caddyfile takes "off" and refuses 0).
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+
+	// MaxConcurrentGrants bounds the refreshes the handler runs at once:
+	// when many tokens expire together (accounts connected in one batch,
+	// a restart after an outage) the token endpoint sees a steady stream
+	// of grants rather than thousands at once, which it would rate-limit.
+	// Proactive and keepalive refreshes take at most three quarters of
+	// them, so a request whose token has expired is not queued behind
+	// those. Zero or absent: the default, 8; -1: no bound (the Caddyfile
+	// takes "off").
+	MaxConcurrentGrants int `json:"max_concurrent_grants,omitempty"`
 }
 
 func (g *GrantOptions) setDefaults() {
@@ -73,6 +83,9 @@ func (g *GrantOptions) validate(refreshOn []int) error {
 	}
 	if g.MinRefreshInterval < -1 {
 		return fmt.Errorf("min_refresh_interval %s: must be positive, or -1 to disable", time.Duration(g.MinRefreshInterval))
+	}
+	if g.MaxConcurrentGrants < -1 {
+		return fmt.Errorf("max_concurrent_grants %d: must be positive, or -1 for no bound", g.MaxConcurrentGrants)
 	}
 	if g.Keepalive < -1 {
 		return fmt.Errorf("keepalive %s: must be positive, or -1 to disable", time.Duration(g.Keepalive))

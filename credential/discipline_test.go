@@ -3,6 +3,7 @@ package credential
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -211,8 +212,8 @@ func TestEngineRejectedRecentJoinsFlight(t *testing.T) {
 }
 
 // TestEngineShortLivedTokenSkew: a token that lives 20 s, shorter than the
-// 30 s expiry skew, is refreshed proactively once it is half spent, not by
-// every request.
+// 30 s expiry skew, is refreshed proactively in the second half of its
+// life, not by every request.
 func TestEngineShortLivedTokenSkew(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
@@ -232,9 +233,11 @@ func TestEngineShortLivedTokenSkew(t *testing.T) {
 	if got := f.te.Grants.Load(); got != 1 {
 		t.Fatalf("grants after 50 requests in the token's first 5 s = %d; want 1", got)
 	}
-	f.clock.Advance(6 * time.Second) // 11 s old: within half its life of the expiry
+	// 16 s old: within the spread skew, 5 to 10 s (half its life, spread),
+	// of the expiry.
+	f.clock.Advance(11 * time.Second)
 	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
-		t.Fatalf("Current(%q) 11 s in = %s; want the still-valid Bearer at-1", "sf", credString(cred))
+		t.Fatalf("Current(%q) 16 s in = %s; want the still-valid Bearer at-1", "sf", credString(cred))
 	}
 	f.r.Close()
 	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-2" {
@@ -245,7 +248,8 @@ func TestEngineShortLivedTokenSkew(t *testing.T) {
 	}
 }
 
-// The proactive skew is the configured one, at most half the lifetime.
+// The proactive skew is the configured one, at most half the lifetime,
+// spread between all and half of that per key set generation.
 func TestProactiveSkew(t *testing.T) {
 	t.Parallel()
 	updated := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
@@ -268,10 +272,45 @@ func TestProactiveSkew(t *testing.T) {
 			if tt.lifetime != 0 {
 				ks.Expiry = updated.Add(tt.lifetime)
 			}
-			if got := (&Credential{KeySet: ks}).proactiveSkew(30 * time.Second); got != tt.want {
-				t.Errorf("proactiveSkew(30s) with lifetime %v = %v; want %v", tt.lifetime, got, tt.want)
+			spread := spreadOf(ks)
+			got := (&Credential{KeySet: ks, spread: spread}).proactiveSkew(30 * time.Second)
+			if got != time.Duration(float64(tt.want)*spread) || got < tt.want/2 || got >= tt.want {
+				t.Errorf("proactiveSkew(30s) with lifetime %v = %v; want %v spread by %v, within [%v, %v)",
+					tt.lifetime, got, tt.want, spread, tt.want/2, tt.want)
 			}
 		})
+	}
+}
+
+// Key sets whose tokens expire together start their proactive refreshes
+// spread over the second half of the skew, not in one instant; each
+// generation's place is the same in every replica.
+func TestProactiveSpread(t *testing.T) {
+	t.Parallel()
+	var lo, hi int
+	seen := make(map[float64]bool)
+	for i := range 10000 {
+		ks := &keystore.KeySet{Name: fmt.Sprintf("account-%d", i), Generation: 7}
+		s := spreadOf(ks)
+		if s < 0.5 || s >= 1 {
+			t.Fatalf("spreadOf(%s) = %v; want within [0.5, 1)", ks.Name, s)
+		}
+		if s != spreadOf(&keystore.KeySet{Name: ks.Name, Generation: 7}) {
+			t.Fatalf("spreadOf(%s) differs between calls", ks.Name)
+		}
+		if s < 0.75 {
+			lo++
+		} else {
+			hi++
+		}
+		seen[s] = true
+	}
+	// Uniform: each half of the range gets about half of the key sets.
+	if lo < 4500 || hi < 4500 || len(seen) < 9990 {
+		t.Errorf("spread of 10000 key sets: %d in [0.5, 0.75), %d in [0.75, 1), %d distinct; want about 5000 each, all distinct", lo, hi, len(seen))
+	}
+	if spreadOf(&keystore.KeySet{Name: "a", Generation: 1}) == spreadOf(&keystore.KeySet{Name: "a", Generation: 2}) {
+		t.Errorf("a key set's generations share their spread")
 	}
 }
 

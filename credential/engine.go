@@ -10,7 +10,9 @@ package credential
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/fnv"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -65,6 +67,10 @@ type Config struct {
 	// MaxRetryAfter caps how long a token endpoint's Retry-After holds
 	// back grants. Zero or negative: DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
+	// MaxConcurrentGrants bounds the refreshes (keystore lock, grant,
+	// save) the engine runs at once; the others wait their turn. Zero:
+	// DefaultMaxConcurrentGrants; negative: no bound.
+	MaxConcurrentGrants int
 	// SeedName names the key set that SeedToken (a refresh token) seeds
 	// when the keystore has no key set of that name.
 	SeedName  string
@@ -113,7 +119,8 @@ type Credential struct {
 	// Header is the value of the header that carries the access token.
 	Header string
 
-	hasAccessToken bool // KeySet.Token.AccessToken() != ""
+	hasAccessToken bool    // KeySet.Token.AccessToken() != ""
+	spread         float64 // in [0.5, 1): where in the skew its proactive refresh starts
 }
 
 // usable reports whether the credential's access token can be sent at now.
@@ -128,16 +135,25 @@ func (c *Credential) expiring(now time.Time, skew time.Duration) bool {
 // proactively: skew, but at most half the token's announced lifetime (its
 // expiry minus when it was granted), so that a token that lives shorter
 // than the skew is used for half its life rather than refreshed by every
-// request. An unknown lifetime leaves skew as it is.
+// request; then a point between all and half of that, fixed per key set
+// generation (spread), so that key sets whose tokens expire together do
+// not all refresh in the same instant. An unknown lifetime leaves skew as
+// it is before the spread.
 func (c *Credential) proactiveSkew(skew time.Duration) time.Duration {
 	ks := c.KeySet
-	if ks.Expiry.IsZero() || ks.UpdatedAt.IsZero() {
-		return skew
+	if lifetime := ks.Expiry.Sub(ks.UpdatedAt); !ks.Expiry.IsZero() && !ks.UpdatedAt.IsZero() && lifetime > 0 {
+		skew = min(skew, lifetime/2)
 	}
-	if lifetime := ks.Expiry.Sub(ks.UpdatedAt); lifetime > 0 {
-		return min(skew, lifetime/2)
-	}
-	return skew
+	return time.Duration(float64(skew) * c.spread)
+}
+
+// spreadOf places key set generation ks within the skew: a value in
+// [0.5, 1) drawn from its name and generation, the same in every replica.
+func spreadOf(ks *keystore.KeySet) float64 {
+	h := fnv.New64a()
+	h.Write([]byte(ks.Name))
+	binary.Write(h, binary.BigEndian, ks.Generation)
+	return 0.5 + float64(h.Sum64()>>11)/(1<<53)/2
 }
 
 // Engine keeps the tokens of every key set it is asked for: it loads them
@@ -157,6 +173,7 @@ type Engine struct {
 	// grant; negative: no minimum.
 	minRefreshInterval time.Duration
 	maxRetryAfter      time.Duration
+	grantSlots         *grantSlots // bounds the refreshes that run at once
 	// jitter spreads a backoff so that replicas that failed together do
 	// not retry together; nil keeps backoffs exact (tests).
 	jitter     func(time.Duration) time.Duration
@@ -206,6 +223,7 @@ func New(store keystore.Store, cfg Config) *Engine {
 		// asked for with a negative interval.
 		minRefreshInterval: cmp.Or(cfg.MinRefreshInterval, DefaultMinRefreshInterval),
 		maxRetryAfter:      cfg.MaxRetryAfter,
+		grantSlots:         newGrantSlots(cfg.MaxConcurrentGrants),
 		jitter:             equalJitter,
 		now:                time.Now,
 		logger:             cfg.Logger,
@@ -378,7 +396,7 @@ func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error
 
 func (e *Engine) credentialFor(ks *keystore.KeySet) *Credential {
 	accessToken := ks.Token.AccessToken()
-	return &Credential{KeySet: ks, Header: e.headerFor(accessToken), hasAccessToken: accessToken != ""}
+	return &Credential{KeySet: ks, Header: e.headerFor(accessToken), hasAccessToken: accessToken != "", spread: spreadOf(ks)}
 }
 
 // newer reports whether candidate supersedes the key set of generation

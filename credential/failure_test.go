@@ -205,3 +205,41 @@ func TestEngineKeystoreReadOutsideKeySetLock(t *testing.T) {
 		t.Errorf("Statuses() during the keystore reads took %v; want it not to wait for a %v read", statusesTook, delay)
 	}
 }
+
+// TestEngineRejectedDuringBackoffAdoptsStored: a replica whose proactive
+// refresh failed backs off, still sending its valid token; another replica
+// then refreshes, and the provider revokes the old token. The 401 that
+// follows takes up the stored key set, not the backoff's error: no request
+// fails while some replica's grant succeeded.
+func TestEngineRejectedDuringBackoffAdoptsStored(t *testing.T) {
+	t.Parallel()
+	f := newEngineFixture(t, "rt-0")
+	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+	f.respond(func(w http.ResponseWriter, _ *http.Request) bool {
+		answerOAuthError(w, http.StatusBadRequest, "invalid_request", "Please retry the request")
+		return true
+	})
+	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-old" {
+		t.Fatalf("Current(%q) = %s; want the still-valid Bearer at-old", "sf", credString(cred))
+	}
+	f.r.Close() // the proactive refresh failed: a backoff
+	if s, _ := f.r.Status(context.Background(), "sf"); s.ErrorCode != "invalid_request" {
+		t.Fatalf("Status(%q) error code = %q; want invalid_request", "sf", s.ErrorCode)
+	}
+
+	// Another replica's grant.
+	other := testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))
+	if err := f.other.Save(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	cred, err := f.r.Rejected(context.Background(), "sf", 1)
+	if err != nil || cred.Header != "Bearer at-other" {
+		t.Fatalf("Rejected(%q, 1) during the backoff = %s, %v; want the stored Bearer at-other", "sf", credString(cred), err)
+	}
+	if s, _ := f.r.Status(context.Background(), "sf"); s.State != StateOK || s.ErrorCode != "" {
+		t.Errorf("Status(%q) = {State %q, ErrorCode %q}; want ok with the failure forgotten", "sf", s.State, s.ErrorCode)
+	}
+	if got := f.sent.n.Load(); got != 1 {
+		t.Errorf("token requests = %d; want 1 (the failed proactive one)", got)
+	}
+}

@@ -36,6 +36,19 @@ type flight struct {
 	done chan struct{}
 	cred *Credential
 	err  error
+
+	background bool          // started with no request waiting for it
+	promoted   chan struct{} // closed when a request comes to wait for a background flight
+}
+
+// promoteLocked marks a background flight as one a request waits for, so
+// that it does not queue behind other background refreshes for a grant
+// slot. The key set's mutex must be held.
+func (f *flight) promoteLocked() {
+	if f.background {
+		f.background = false
+		close(f.promoted)
+	}
 }
 
 // keySetState is the in-process state of one key set.
@@ -108,6 +121,9 @@ func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string
 // for generation stale, for cause, when there is none. st.mu must be held.
 func (e *Engine) flightLocked(st *keySetState, name string, stale int64, cause string) *flight {
 	if st.flight != nil {
+		if !backgroundCause(cause) {
+			st.flight.promoteLocked()
+		}
 		return st.flight
 	}
 	return e.startFlightLocked(st, name, stale, cause)
@@ -139,14 +155,14 @@ func (e *Engine) wait(ctx context.Context, f *flight, name string) (*Credential,
 // and context: a client that goes away must not abort a grant between the
 // token endpoint's answer and the keystore write. st.mu must be held.
 func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64, cause string) *flight {
-	f := &flight{done: make(chan struct{})}
+	f := &flight{done: make(chan struct{}), background: backgroundCause(cause), promoted: make(chan struct{})}
 	st.flight = f
 	e.flightsRun.Add(1)
 	go func() {
 		defer e.flightsRun.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*storeTimeout+e.client.Timeout)
 		defer cancel()
-		cred, err := e.refresh(ctx, name, stale, cause)
+		cred, err := e.refresh(ctx, name, stale, cause, f.promoted)
 
 		st.mu.Lock()
 		now := e.now()

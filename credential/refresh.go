@@ -11,11 +11,17 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// refresh runs under the keystore's lock: re-read the key set, adopt it if
+// refresh runs in one of the engine's grant slots (a background one for a
+// background cause, until promoted closes), under the keystore's lock: re-read the key set, adopt it if
 // another process already replaced generation stale, else store any key set
 // granted earlier but not yet stored, else grant (for cause) and store the
 // result.
-func (e *Engine) refresh(ctx context.Context, name string, stale int64, cause string) (*Credential, error) {
+func (e *Engine) refresh(ctx context.Context, name string, stale int64, cause string, promoted <-chan struct{}) (*Credential, error) {
+	release, err := e.grantSlots.acquire(ctx, name, backgroundCause(cause), promoted)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	unlock, err := e.store.Lock(ctx, name)
 	if err != nil {
 		return nil, e.keystoreError(name, "lock", "taking the refresh lock", err)

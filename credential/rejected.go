@@ -2,6 +2,7 @@ package credential
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -50,11 +51,41 @@ func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, nam
 	}
 	if blocked != nil {
 		st.mu.Unlock()
+		var re *Error
+		if errors.As(blocked, &re) && re.Temporary {
+			// Backing off after a failed grant of its own, this process may
+			// hold a token that another replica's grant has since replaced,
+			// and that the provider revoked on that rotation.
+			if cred := e.adoptStored(ctx, st, name, gen); cred != nil {
+				return cred, nil
+			}
+		}
 		return nil, blocked
 	}
 	f := e.flightLocked(st, name, gen, causeRejected)
 	st.mu.Unlock()
 	return e.wait(ctx, f, name)
+}
+
+// adoptStored takes up the key set the keystore holds for name when it is
+// newer than generation gen and its access token is usable, and returns it;
+// else nil. A temporary failure recorded before is forgotten: the token
+// endpoint answered another process since. st.mu must not be held.
+func (e *Engine) adoptStored(ctx context.Context, st *keySetState, name string, gen int64) *Credential {
+	stored, refused := e.storedNewer(ctx, name, gen)
+	if stored == nil || refused != nil || stored.Expiring(e.now(), 0) {
+		return nil
+	}
+	st.mu.Lock()
+	st.adoptLocked(e.credentialFor(stored))
+	if st.failure != nil && st.failure.Temporary && st.flight == nil {
+		st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
+	}
+	cred := st.cred
+	change := e.transitionLocked(st, name)
+	st.mu.Unlock()
+	e.report(change)
+	return cred
 }
 
 // rejectedTooRecent answers the rejection of generation gen, too recent
