@@ -179,6 +179,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.checkHeaderIsNotLogged(ctx); err != nil {
 		return err
 	}
+	if err := refuseSelfProxy(ctx, h.logger); err != nil {
+		return err
+	}
 	store, err := h.loadKeystore(ctx, repl)
 	if err != nil {
 		return err

@@ -65,11 +65,15 @@ func summarizeCaddyfile(filename, text string) (caddyfileSummary, error) {
 	if err != nil {
 		return sum, err
 	}
+	redirectsOff := false
 	for _, block := range blocks {
-		if len(block.Keys) == 0 { // the global options block; admin_test.go reads it
+		if len(block.Keys) == 0 { // the global options block; admin_test.go reads its admin option
+			if d := block.DispenseDirective("auto_https"); d.Next() && d.NextArg() {
+				redirectsOff = d.Val() == "disable_redirects" || d.Val() == "off"
+			}
 			continue
 		}
-		listeners, err := blockListeners(block)
+		listeners, err := blockListeners(block, redirectsOff)
 		if err != nil {
 			return sum, err
 		}
@@ -84,8 +88,10 @@ func summarizeCaddyfile(filename, text string) (caddyfileSummary, error) {
 }
 
 // blockListeners returns the addresses a site block listens on: each site address's port on
-// each host of its bind directive, or on every interface without one.
-func blockListeners(block caddyfile.ServerBlock) ([]listener, error) {
+// each host of its bind directive, or on every interface without one. A site address with a
+// host needs redirectsOff (auto_https disable_redirects), or automatic HTTPS would add a
+// redirect listener on :80.
+func blockListeners(block caddyfile.ServerBlock, redirectsOff bool) ([]listener, error) {
 	hosts := []string{""}
 	if d := block.DispenseDirective("bind"); d.Next() {
 		hosts = d.RemainingArgs()
@@ -97,9 +103,9 @@ func blockListeners(block caddyfile.ServerBlock) ([]listener, error) {
 			return nil, err
 		}
 		port, err := strconv.ParseInt(addr.Port, 10, 32)
-		if err != nil || addr.Host != "" {
-			// A host or a default port would bring automatic HTTPS and its ports.
-			return nil, fmt.Errorf("site address %q: want a bare :port", key)
+		if err != nil || (addr.Host != "" && !redirectsOff) {
+			// A default port, or a host with redirects on, would bring automatic HTTPS's ports.
+			return nil, fmt.Errorf("site address %q: want a bare :port, or host:port with auto_https disable_redirects", key)
 		}
 		for _, host := range hosts {
 			ls = append(ls, listener{host: host, port: int32(port), block: block})

@@ -2,6 +2,7 @@ package k8s_test
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -21,6 +22,7 @@ func TestCaddyfilesLoad(t *testing.T) {
 	for name, value := range map[string]string{
 		"TOKEN_URL":          "https://login.example.com/oauth2/token",
 		"UPSTREAM":           "https://api.example.com",
+		"API_HOST":           "api.example.com",
 		"CLIENT_ID":          "client",
 		"CLIENT_SECRET":      "secret",
 		"SEED_REFRESH_TOKEN": "seed",
@@ -48,6 +50,8 @@ func TestCaddyfilesLoad(t *testing.T) {
 			if err := json.Unmarshal(moveFileKeystores(t, adapted), &cfg); err != nil {
 				t.Fatalf("decoding the adapted config: %v", err)
 			}
+			// Caddy's storage (the internal CA of tls internal) in a temporary directory too.
+			cfg.StorageRaw = json.RawMessage(`{"module":"file_system","root":` + strconv.Quote(t.TempDir()) + `}`)
 			if err := caddy.Validate(&cfg); err != nil {
 				t.Errorf("caddy.Validate(%s) = %v", configPath, err)
 			}

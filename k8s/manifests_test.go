@@ -20,11 +20,12 @@ import (
 
 // The kustomizations this directory ships, relative to it.
 const (
-	baseDir     = "base"
-	replicasDir = "overlays/replicas"
+	baseDir        = "base"
+	replicasDir    = "overlays/replicas"
+	transparentDir = "overlays/transparent"
 )
 
-var kustomizations = []string{baseDir, replicasDir}
+var kustomizations = []string{baseDir, replicasDir, transparentDir}
 
 // Names the manifests and the README share.
 const (

@@ -101,6 +101,7 @@ type Server struct {
 	clients  map[string]Client
 	grants   grantCounter
 	issued   issuedLog
+	faults   faultInjector
 	inFlight atomic.Int64 // token requests being served
 
 	// grantMu serialises everything that touches refresh tokens (token
@@ -266,7 +267,8 @@ func (s *Server) Grants() int {
 }
 
 // GrantAttempts counts refresh_token grant requests that reached the token
-// endpoint, whatever their outcome.
+// endpoint, whatever their outcome, except those answered by an injected
+// fault (InjectFaults), which never reach fosite.
 func (s *Server) GrantAttempts() int {
 	_, attempted := s.grants.counts(GrantRefreshToken)
 	return attempted
@@ -339,7 +341,7 @@ func (s *Server) startToken(addr string) (string, error) {
 		return addr, nil
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /token", s.serveToken)
+	mux.HandleFunc("POST /token", s.faults.wrap(s.serveToken))
 	srv, done, ln, err := serve(addr, mux)
 	if err != nil {
 		return "", fmt.Errorf("authserver: start token endpoint on %s: %w", addr, err)
