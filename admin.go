@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +30,9 @@ const (
 	maxAdminBody = 1 << 20
 	// adminTimeout bounds one admin request's keystore work and grant.
 	adminTimeout = 2 * time.Minute
+	// defaultListLimit and maxListLimit bound a page of the key set list.
+	defaultListLimit = 100
+	maxListLimit     = 1000
 )
 
 // AdminAPI is the admin endpoint's /oauth2_upstream/ routes: the key sets of
@@ -35,7 +40,7 @@ const (
 // from a token response, and forcing a refresh. Its answers never hold a
 // token value.
 //
-//	GET  /oauth2_upstream/key_sets                 every known key set's status
+//	GET  /oauth2_upstream/key_sets?limit=&after=   the known key sets' status, a page at a time
 //	GET  /oauth2_upstream/key_sets/<name>          one key set's status
 //	PUT  /oauth2_upstream/key_sets/<name>          store a token response as its next generation
 //	POST /oauth2_upstream/key_sets/<name>/refresh  make a grant now
@@ -109,9 +114,44 @@ func methodNotAllowed(allowed ...string) http.HandlerFunc {
 	}
 }
 
-// list answers the status of every known key set.
+// list answers the status of the known key sets, a page at a time, by
+// name: at most limit (default 100, at most 1000) whose names sort after
+// after. When more follow, a Link header (RFC 8288) names the next page.
 func (a *AdminAPI) list(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, credential.MergeStatuses(a.allStatuses(r.Context())))
+	after, limit, err := listPage(r.URL.Query())
+	if err != nil {
+		adminProblem(w, http.StatusBadRequest, "Bad page", err.Error(), "")
+		return
+	}
+	var all []credential.Status
+	for _, h := range a.live() {
+		// limit+1 from each: the one past the page says whether one follows.
+		all = append(all, h.handlerStatuses(r.Context(), after, limit+1)...)
+	}
+	page := credential.MergeStatuses(all)
+	if len(page) > limit {
+		page = page[:limit]
+		next := url.Values{"after": {page[limit-1].Name}, "limit": {strconv.Itoa(limit)}}
+		w.Header().Set("Link", "<"+adminPrefix+"key_sets?"+next.Encode()+">; rel=\"next\"")
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+// listPage reads the list's limit and after parameters.
+func listPage(q url.Values) (after string, limit int, err error) {
+	limit = defaultListLimit
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxListLimit {
+			return "", 0, fmt.Errorf("limit %q: want a whole number from 1 to %d", v, maxListLimit)
+		}
+	}
+	after = q.Get("after")
+	if after != "" {
+		if err := keystore.ValidateName(after); err != nil {
+			return "", 0, fmt.Errorf("after: %w", err)
+		}
+	}
+	return after, limit, nil
 }
 
 // log returns the API's logger; an API nobody provisioned logs nowhere.
@@ -127,14 +167,6 @@ func (a *AdminAPI) live() []*Handler {
 		return a.handlers()
 	}
 	return registeredHandlers()
-}
-
-func (a *AdminAPI) allStatuses(ctx context.Context) []credential.Status {
-	var all []credential.Status
-	for _, h := range a.live() {
-		all = append(all, h.handlerStatuses(ctx)...)
-	}
-	return all
 }
 
 // serving returns the live handlers that can use key set name.

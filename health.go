@@ -56,7 +56,7 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	var failing []failingKeySet
 	seen := make(map[failingKeySet]bool)
 	for _, handler := range handlersOfConfig(h.config) {
-		for _, s := range handler.handlerStatuses(r.Context()) {
+		for _, s := range handler.handlerStatuses(r.Context(), "", 0) {
 			f := failingKeySet{Name: s.Name, State: s.State, ErrorCode: s.ErrorCode}
 			if !s.Healthy() && !seen[f] {
 				seen[f] = true

@@ -124,19 +124,20 @@ func (h *Handler) serves(name string) bool {
 	return h.KeySet == name
 }
 
-// handlerStatuses returns the status of every key set the handler knows:
-// its configured key set (loaded now if no request loaded it yet) and every
-// key set it has loaded, one per name.
-func (h *Handler) handlerStatuses(ctx context.Context) []credential.Status {
+// handlerStatuses returns the status of the key sets the handler knows
+// whose names sort after after: its configured key set (loaded now if no
+// request loaded it yet) and the key sets it has loaded, one per name, at
+// most limit of those (all when limit is zero or negative) and by name.
+func (h *Handler) handlerStatuses(ctx context.Context, after string, limit int) []credential.Status {
 	var out []credential.Status
-	if !h.keySetIsTemplate {
+	if !h.keySetIsTemplate && h.KeySet > after {
 		s, err := h.engine.Status(ctx, h.KeySet)
 		if err != nil {
 			s = credential.FailedStatus(h.KeySet, err)
 		}
 		out = append(out, s)
 	}
-	for _, s := range h.engine.Statuses() {
+	for _, s := range h.engine.StatusesAfter(after, limit) {
 		if h.keySetIsTemplate || s.Name != h.KeySet {
 			out = append(out, s)
 		}

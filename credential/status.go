@@ -56,19 +56,31 @@ func (e *Engine) Status(ctx context.Context, name string) (Status, error) {
 
 // Statuses returns the status of every key set the engine has loaded, by
 // name.
-func (e *Engine) Statuses() []Status {
+func (e *Engine) Statuses() []Status { return e.StatusesAfter("", 0) }
+
+// StatusesAfter returns the status of the loaded key sets whose names sort
+// after after, by name: a page of at most limit of them (all when limit is
+// zero or negative), for listings that page through many key sets without
+// working out every status.
+func (e *Engine) StatusesAfter(after string, limit int) []Status {
 	e.mu.Lock()
 	names := make([]string, 0, len(e.states))
-	states := make(map[string]*keySetState, len(e.states))
-	for name, st := range e.states {
-		names = append(names, name)
-		states[name] = st
+	for name := range e.states {
+		if name > after {
+			names = append(names, name)
+		}
 	}
 	e.mu.Unlock()
 	sort.Strings(names)
+	if limit > 0 && len(names) > limit {
+		names = names[:limit]
+	}
 	out := make([]Status, 0, len(names))
 	for _, name := range names {
-		out = append(out, e.statusOf(name, states[name]))
+		e.mu.Lock()
+		st := e.states[name]
+		e.mu.Unlock()
+		out = append(out, e.statusOf(name, st))
 	}
 	return out
 }
