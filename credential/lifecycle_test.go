@@ -134,7 +134,8 @@ func TestKeepaliveRefreshesIdleKeySets(t *testing.T) {
 }
 
 // Two replicas over one keystore keep an idle key set alive with one grant
-// between them: the second finds the first one's key set under the lock.
+// between them: the second finds the first one's key set, even once its
+// access token has expired, and judges that one not due.
 func TestKeepaliveOneGrantAcrossReplicas(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
@@ -143,15 +144,22 @@ func TestKeepaliveOneGrantAcrossReplicas(t *testing.T) {
 	saveKeySet(t, newFileStore(t, dir), "idle", clock.Now(), "rt-0")
 	all := func(string) bool { return true }
 	a := newWatchedEngine(t, newFileStore(t, dir), te, clock, Config{Keepalive: week, Serves: all})
-	b := newWatchedEngine(t, newFileStore(t, dir), te, clock, Config{Keepalive: week, Serves: all})
-	credentialtest.Eventually(t, "both replicas to load the key set", func() bool {
-		return len(a.Statuses()) == 1 && len(b.Statuses()) == 1
-	})
+	// b checks when the test says so.
+	b := newWatchedEngine(t, newFileStore(t, dir), te, clock, Config{Keepalive: week, Serves: all, CheckInterval: time.Hour})
+	if _, err := b.Status(context.Background(), "idle"); err != nil {
+		t.Fatal(err)
+	}
 
 	clock.Advance(week + time.Minute)
-	credentialtest.Eventually(t, "both replicas to use generation 2", func() bool {
-		return a.Statuses()[0].Generation == 2 && b.Statuses()[0].Generation == 2
+	credentialtest.Eventually(t, "a's keepalive grant", func() bool {
+		s := a.Statuses()
+		return len(s) == 1 && s[0].Generation == 2
 	})
+	clock.Advance(2 * time.Hour) // generation 2's access token has expired too
+	b.check(context.Background())
+	if s := b.Statuses()[0]; s.Generation != 2 {
+		t.Errorf("b uses generation %d; want 2, a's", s.Generation)
+	}
 	if g := te.Grants.Load(); g != 1 {
 		t.Errorf("grants = %d; want 1 for the cluster", g)
 	}

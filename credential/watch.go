@@ -90,15 +90,29 @@ func (e *Engine) loadedNames() []string {
 	return names
 }
 
-// refreshNow refreshes key set name for cause when due says its key set in
-// use needs it and no failure holds grants back, and waits for the result.
-// The refresh adopts, without a grant, a newer key set that another
-// replica stored meanwhile.
+// refreshNow refreshes key set name for cause when due says its key set
+// needs it and no failure holds grants back, and waits for the result. Due
+// is asked of the newest key set: the one in use, or a newer one the
+// keystore holds, which is taken up first; the refresh too adopts, without
+// a grant, a newer key set that another replica stores meanwhile.
 func (e *Engine) refreshNow(ctx context.Context, name, cause string, due func(*keystore.KeySet) bool) {
 	st, err := e.state(ctx, name)
 	if err != nil {
 		e.logger.Debug("not checking key set", zap.String("key_set", name), zap.String("cause", cause), zap.Error(err))
 		return
+	}
+	st.mu.Lock()
+	gen, wanted := st.cred.KeySet.Generation, due(st.cred.KeySet)
+	st.mu.Unlock()
+	if !wanted {
+		return
+	}
+	// Another replica may have stored a newer key set that this one had
+	// no request to take up since (its own keepalive, say): judge that one.
+	if stored, refused := e.storedNewer(ctx, name, gen); stored != nil && refused == nil {
+		st.mu.Lock()
+		st.adoptLocked(e.credentialFor(stored))
+		st.mu.Unlock()
 	}
 	st.mu.Lock()
 	var f *flight
