@@ -52,7 +52,8 @@ type GrantOptions struct {
 	// default, 7d; -1 disables (the Caddyfile takes "off" and refuses 0).
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
-	// MaxConcurrentGrants bounds the refreshes the handler runs at once:
+	// MaxConcurrentGrants bounds the grants (token requests) the handler
+	// has in flight at once:
 	// when many tokens expire together (accounts connected in one batch,
 	// a restart after an outage) the token endpoint sees a steady stream
 	// of grants rather than thousands at once, which it would rate-limit.

@@ -67,8 +67,8 @@ type Config struct {
 	// MaxRetryAfter caps how long a token endpoint's Retry-After holds
 	// back grants. Zero or negative: DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
-	// MaxConcurrentGrants bounds the refreshes (keystore lock, grant,
-	// save) the engine runs at once; the others wait their turn. Zero:
+	// MaxConcurrentGrants bounds the token requests the engine has in
+	// flight at once; the others wait their turn. Zero:
 	// DefaultMaxConcurrentGrants; negative: no bound.
 	MaxConcurrentGrants int
 	// SeedName names the key set that SeedToken (a refresh token) seeds
@@ -123,8 +123,13 @@ type Credential struct {
 	spread         float64 // in [0.5, 1): where in the skew its proactive refresh starts
 }
 
+// minTokenLife is the least life a token must have left to be sent: one
+// closer to its expiry would die on its way to the upstream, or while the
+// upstream works on the request, so it counts as expired.
+const minTokenLife = time.Second
+
 // usable reports whether the credential's access token can be sent at now.
-func (c *Credential) usable(now time.Time) bool { return !c.expiring(now, 0) }
+func (c *Credential) usable(now time.Time) bool { return !c.expiring(now, minTokenLife) }
 
 // expiring is KeySet.Expiring(now, skew) without decoding the token.
 func (c *Credential) expiring(now time.Time, skew time.Duration) bool {
@@ -173,7 +178,7 @@ type Engine struct {
 	// grant; negative: no minimum.
 	minRefreshInterval time.Duration
 	maxRetryAfter      time.Duration
-	grantSlots         *grantSlots // bounds the refreshes that run at once
+	grantSlots         *grantSlots // bounds the token requests in flight
 	// jitter spreads a backoff so that replicas that failed together do
 	// not retry together; nil keeps backoffs exact (tests).
 	jitter     func(time.Duration) time.Duration

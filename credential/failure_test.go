@@ -91,7 +91,9 @@ func TestEngineProactiveFailureServesUntilExpiry(t *testing.T) {
 				answerOAuthError(w, tt.status, tt.code, "")
 				return true
 			})
-			for elapsed := range 20 {
+			// Served until minTokenLife before the expiry, when the token
+			// counts as expired.
+			for elapsed := range 20 - int(minTokenLife/time.Second) {
 				if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-old" {
 					t.Fatalf("Current(%q) %d s before the expiry = %s; want Bearer at-old", "sf", 20-elapsed, credString(cred))
 				}

@@ -162,7 +162,7 @@ func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64, ca
 		defer e.flightsRun.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*storeTimeout+e.client.Timeout)
 		defer cancel()
-		cred, err := e.refresh(ctx, name, stale, cause, f.promoted)
+		cred, err := e.refresh(ctx, name, stale, reason{cause: cause, promoted: f.promoted})
 
 		st.mu.Lock()
 		now := e.now()

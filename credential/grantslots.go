@@ -6,15 +6,15 @@ import (
 )
 
 // DefaultMaxConcurrentGrants is Config.MaxConcurrentGrants's default: what
-// a token endpoint's rate limits tolerate from one client, and enough for
-// ten thousand key sets whose tokens expire in the same minute (a grant
-// takes tens of milliseconds).
+// a token endpoint's rate limits tolerate from one client. With grants of
+// 20 ms that is up to 400 grants a second.
 const DefaultMaxConcurrentGrants = 8
 
-// grantSlots bounds the refreshes of an engine that run at once, so that
-// when many tokens expire together (accounts connected in one batch, a
-// restart after an outage) the token endpoint sees a steady stream of
-// grants rather than thousands at once, which it would rate-limit.
+// grantSlots bounds the token requests of an engine in flight at once, so
+// that when many tokens expire together (accounts connected in one batch,
+// a restart after an outage) the token endpoint sees a steady stream of
+// grants rather than thousands at once, which it would rate-limit. The
+// keystore work around a grant (lock, read, save) holds no slot.
 // Refreshes that no request waits for (proactive, keepalive) may take only
 // some of the slots: a request whose token has expired, or was rejected,
 // is not queued behind a backlog of them. A nil *grantSlots is unbounded.

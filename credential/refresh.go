@@ -11,17 +11,18 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// refresh runs in one of the engine's grant slots (a background one for a
-// background cause, until promoted closes), under the keystore's lock: re-read the key set, adopt it if
+// reason is why a refresh runs: its cause, and for a background cause the
+// channel that closes when a request comes to wait for it (flight.promoted).
+type reason struct {
+	cause    string
+	promoted <-chan struct{}
+}
+
+// refresh runs under the keystore's lock: re-read the key set, adopt it if
 // another process already replaced generation stale, else store any key set
-// granted earlier but not yet stored, else grant (for cause) and store the
-// result.
-func (e *Engine) refresh(ctx context.Context, name string, stale int64, cause string, promoted <-chan struct{}) (*Credential, error) {
-	release, err := e.grantSlots.acquire(ctx, name, backgroundCause(cause), promoted)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
+// granted earlier but not yet stored, else grant (in one of the engine's
+// grant slots) and store the result.
+func (e *Engine) refresh(ctx context.Context, name string, stale int64, why reason) (*Credential, error) {
 	unlock, err := e.store.Lock(ctx, name)
 	if err != nil {
 		return nil, e.keystoreError(name, "lock", "taking the refresh lock", err)
@@ -35,7 +36,7 @@ func (e *Engine) refresh(ctx context.Context, name string, stale int64, cause st
 	if err != nil {
 		return nil, err
 	}
-	if newer(stored, stale) && !stored.Expiring(e.now(), 0) {
+	if newer(stored, stale) && !stored.Expiring(e.now(), minTokenLife) {
 		e.unstored.dropUpTo(name, stored.Generation)
 		e.logger.Debug("adopted key set stored by another refresher",
 			zap.String("key_set", name), zap.Int64("generation", stored.Generation))
@@ -44,7 +45,7 @@ func (e *Engine) refresh(ctx context.Context, name string, stale int64, cause st
 	if cred, done, err := e.storeUnsaved(ctx, stored); done {
 		return cred, err
 	}
-	return e.grant(ctx, stored, cause)
+	return e.grant(ctx, stored, why)
 }
 
 // storedNewer re-reads key set name and returns it when the keystore holds
@@ -88,12 +89,19 @@ func (e *Engine) storeUnsaved(ctx context.Context, stored *keystore.KeySet) (*Cr
 
 // grant spends stored's refresh token (or the client credentials) and stores
 // the whole response as the next generation before returning it.
-func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, cause string) (*Credential, error) {
+func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason) (*Credential, error) {
 	name := stored.Name
+	// The slot bounds the token requests in flight, not the keystore work
+	// around them, which needs no bound of the token endpoint's.
+	release, err := e.grantSlots.acquire(ctx, name, backgroundCause(why.cause), why.promoted)
+	if err != nil {
+		return nil, err
+	}
 	start := e.now()
 	e.logger.Info("refreshing key set", zap.String("key_set", name), zap.Int64("generation", stored.Generation),
-		zap.String("grant", e.client.Grant), zap.String("cause", cause))
+		zap.String("grant", e.client.Grant), zap.String("cause", why.cause))
 	res, err := e.client.grant(ctx, name, stored.Token.RefreshToken())
+	release()
 	e.observer.GrantDone(name, err, e.now().Sub(start))
 	if err != nil {
 		var re *Error
@@ -109,7 +117,7 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, cause strin
 			case again != nil:
 				e.logger.Info("refresh token was spent elsewhere; adopted the stored successor",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
-				return e.adoptOrGrant(ctx, again, cause)
+				return e.adoptOrGrant(ctx, again, why)
 			}
 		}
 		e.logRefreshFailure(name, stored.Generation, start, err)
@@ -129,7 +137,7 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, cause strin
 			case again != nil:
 				e.logger.Warn("a newer key set was stored during our grant; adopted it",
 					zap.String("key_set", name), zap.Int64("generation", again.Generation))
-				return e.adoptOrGrant(ctx, again, cause)
+				return e.adoptOrGrant(ctx, again, why)
 			}
 		}
 		e.unstored.put(next)
@@ -151,11 +159,11 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, cause strin
 // adoptOrGrant takes a newer stored key set: as it is when its access token
 // is usable, else (an operator's seed) by granting with its refresh token.
 // Generations only grow, so this ends.
-func (e *Engine) adoptOrGrant(ctx context.Context, successor *keystore.KeySet, cause string) (*Credential, error) {
-	if !successor.Expiring(e.now(), 0) {
+func (e *Engine) adoptOrGrant(ctx context.Context, successor *keystore.KeySet, why reason) (*Credential, error) {
+	if !successor.Expiring(e.now(), minTokenLife) {
 		return e.credentialFor(successor), nil
 	}
-	return e.grant(ctx, successor, cause)
+	return e.grant(ctx, successor, why)
 }
 
 func (e *Engine) logRefreshFailure(name string, gen int64, start time.Time, err error) {

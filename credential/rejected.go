@@ -73,7 +73,7 @@ func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, nam
 // endpoint answered another process since. st.mu must not be held.
 func (e *Engine) adoptStored(ctx context.Context, st *keySetState, name string, gen int64) *Credential {
 	stored, refused := e.storedNewer(ctx, name, gen)
-	if stored == nil || refused != nil || stored.Expiring(e.now(), 0) {
+	if stored == nil || refused != nil || stored.Expiring(e.now(), minTokenLife) {
 		return nil
 	}
 	st.mu.Lock()
@@ -100,7 +100,7 @@ func (e *Engine) rejectedTooRecent(ctx context.Context, st *keySetState, name st
 		return nil, tooRecent
 	}
 	st.mu.Lock()
-	if stored.Expiring(e.now(), 0) {
+	if stored.Expiring(e.now(), minTokenLife) {
 		return e.refreshRejectedLocked(ctx, st, name, gen)
 	}
 	st.adoptLocked(e.credentialFor(stored))

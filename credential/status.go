@@ -1,8 +1,10 @@
 package credential
 
 import (
+	"container/heap"
 	"context"
 	"errors"
+	"slices"
 	"sort"
 	"time"
 
@@ -64,17 +66,8 @@ func (e *Engine) Statuses() []Status { return e.StatusesAfter("", 0) }
 // working out every status.
 func (e *Engine) StatusesAfter(after string, limit int) []Status {
 	e.mu.Lock()
-	names := make([]string, 0, len(e.states))
-	for name := range e.states {
-		if name > after {
-			names = append(names, name)
-		}
-	}
+	names := firstNamesAfter(e.states, after, limit)
 	e.mu.Unlock()
-	sort.Strings(names)
-	if limit > 0 && len(names) > limit {
-		names = names[:limit]
-	}
 	out := make([]Status, 0, len(names))
 	for _, name := range names {
 		e.mu.Lock()
@@ -83,6 +76,40 @@ func (e *Engine) StatusesAfter(after string, limit int) []Status {
 		out = append(out, e.statusOf(name, st))
 	}
 	return out
+}
+
+// firstNamesAfter returns, sorted, the first limit names of states that
+// sort after after (all of them when limit is zero or negative). It keeps
+// the smallest names seen in a max-heap of limit names, so that a page of
+// ten thousand key sets costs a pass over them, not a sort of them all.
+func firstNamesAfter(states map[string]*keySetState, after string, limit int) []string {
+	var first nameHeap
+	for name := range states {
+		switch {
+		case name <= after:
+		case limit <= 0 || len(first) < limit:
+			heap.Push(&first, name)
+		case name < first[0]:
+			first[0] = name
+			heap.Fix(&first, 0)
+		}
+	}
+	slices.Sort(first)
+	return first
+}
+
+// nameHeap is a max-heap of names: its first is the greatest.
+type nameHeap []string
+
+func (h nameHeap) Len() int           { return len(h) }
+func (h nameHeap) Less(i, j int) bool { return h[i] > h[j] }
+func (h nameHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *nameHeap) Push(x any)        { *h = append(*h, x.(string)) }
+func (h *nameHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // statusOf returns the status of key set name, and reports the change of
