@@ -2,25 +2,51 @@ package bench
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
 
-// newTestEnv builds the repository's Caddy into a temporary directory.
+// testCaddy is the Caddy the tests run, built by the first that needs it
+// into dir, which TestMain removes.
+var testCaddy struct {
+	dir  string
+	once sync.Once
+	bin  string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "oauth2-upstream-bench-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testCaddy.dir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// newTestEnv is an Env with the repository's Caddy, built once for every
+// test of the package (see TestMain), and a scratch directory of the test.
 func newTestEnv(t *testing.T) *Env {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds Caddy and starts several servers")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	bin, err := BuildCaddy(ctx, "..", dir)
-	if err != nil {
-		t.Fatal(err)
+	testCaddy.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		testCaddy.bin, testCaddy.err = BuildCaddy(ctx, "..", testCaddy.dir)
+	})
+	if testCaddy.err != nil {
+		t.Fatal(testCaddy.err)
 	}
-	return &Env{CaddyBin: bin, Dir: filepath.Join(dir, "run")}
+	return &Env{CaddyBin: testCaddy.bin, Dir: filepath.Join(t.TempDir(), "run")}
 }
 
 // The harness still measures what cmd/bench reports: a short side-by-side

@@ -18,6 +18,9 @@ type Target struct {
 	// measureCPU: the server is one process whose CPU time /proc shows
 	// (nginx's work is done by its workers).
 	measureCPU bool
+	// Accounts are the X-Account values its requests carry in turn, for
+	// a sidecar that selects the key set by that header; none: no header.
+	Accounts []string
 }
 
 // Scenario is one load shape of a comparison.
@@ -39,6 +42,9 @@ type CompareOptions struct {
 	// serves its admin API, taken during its first measured round (which
 	// the profiler slows a little, every server alike).
 	ProfileDir string
+	// Rotate starts each round with the next target (A B C, B C A, ...),
+	// so that no target always runs first after a pause.
+	Rotate bool
 }
 
 // Comparison holds the runs of every target, round by round. Targets run
@@ -56,6 +62,7 @@ func Compare(ctx context.Context, targets []*Target, sc Scenario, opt CompareOpt
 	c := &Comparison{Scenario: sc}
 	for _, t := range targets {
 		c.Targets = append(c.Targets, t.Name)
+		load.Accounts = t.Accounts
 		if opt.Warmup > 0 {
 			if _, err := RunLoad(ctx, t.Proc.Addr, sc.Request, load); err != nil {
 				return nil, fmt.Errorf("%s, %s warm-up: %w", sc.Name, t.Name, err)
@@ -65,11 +72,17 @@ func Compare(ctx context.Context, targets []*Target, sc Scenario, opt CompareOpt
 	load.Duration = opt.Duration
 	for round := range opt.Rounds {
 		results := make([]RoundResult, len(targets))
-		for i, t := range targets {
+		for k := range targets {
+			i := k
+			if opt.Rotate {
+				i = (k + round) % len(targets)
+			}
+			t := targets[i]
 			profile := ""
 			if opt.ProfileDir != "" && round == 0 && t.Proc.AdminAddr != "" {
 				profile = filepath.Join(opt.ProfileDir, fileName(sc.Name+"-"+t.Name)+".cpu.pprof")
 			}
+			load.Accounts = t.Accounts
 			res, err := runMeasured(ctx, t, sc.Request, load, profile)
 			if err != nil {
 				return nil, fmt.Errorf("%s, %s round %d: %w", sc.Name, t.Name, round+1, err)

@@ -17,6 +17,19 @@ type OAuth2Options struct {
 	TokenURL    string
 	KeystoreDir string
 	Refresh     string // proactive (default), reactive or always
+
+	// KeySet and KeySetAllow select the key set per request (the
+	// accounts harness); empty: the one key set keySetName.
+	KeySet      string
+	KeySetAllow string
+	// RedisAddr, when set, is the Redis keystore used instead of the
+	// file keystore at KeystoreDir.
+	RedisAddr string
+	// ExpirySkew and MaxConcurrentGrants: zero leaves the defaults.
+	ExpirySkew          time.Duration
+	MaxConcurrentGrants int
+	// Params are extra token request fields (`param`).
+	Params map[string][]string
 }
 
 // CaddySpec is what a Caddy under test runs.
@@ -46,15 +59,7 @@ func caddyConfig(spec CaddySpec) []byte {
 		})
 	}
 	if oauth := spec.OAuth2; oauth != nil {
-		handlers = append(handlers, map[string]any{
-			"handler":       "oauth2_upstream",
-			"token_url":     oauth.TokenURL,
-			"client_id":     "bench-client",
-			"client_secret": "bench-secret",
-			"key_set":       keySetName,
-			"refresh":       oauth.Refresh,
-			"keystore":      map[string]any{"backend": "file", "path": oauth.KeystoreDir},
-		})
+		handlers = append(handlers, oauth2Handler(oauth))
 	}
 	handlers = append(handlers, map[string]any{
 		"handler":   "reverse_proxy",
@@ -93,6 +98,35 @@ func caddyConfig(spec CaddySpec) []byte {
 		panic(err) // maps of strings and slices always marshal
 	}
 	return data
+}
+
+// oauth2Handler is the JSON config of the oauth2_upstream handler.
+func oauth2Handler(oauth *OAuth2Options) map[string]any {
+	h := map[string]any{
+		"handler":       "oauth2_upstream",
+		"token_url":     oauth.TokenURL,
+		"client_id":     benchClientID,
+		"client_secret": benchSecret,
+		"key_set":       keySetName,
+		"refresh":       oauth.Refresh,
+		"keystore":      map[string]any{"backend": "file", "path": oauth.KeystoreDir},
+	}
+	if oauth.KeySet != "" {
+		h["key_set"], h["key_set_allow"] = oauth.KeySet, oauth.KeySetAllow
+	}
+	if oauth.RedisAddr != "" {
+		h["keystore"] = map[string]any{"backend": "redis", "addresses": []string{oauth.RedisAddr}}
+	}
+	if oauth.ExpirySkew != 0 {
+		h["expiry_skew"] = oauth.ExpirySkew
+	}
+	if oauth.MaxConcurrentGrants != 0 {
+		h["max_concurrent_grants"] = oauth.MaxConcurrentGrants
+	}
+	if len(oauth.Params) > 0 {
+		h["params"] = oauth.Params
+	}
+	return h
 }
 
 // SeedKeySet stores generation 1 of the key set the sidecar uses in the

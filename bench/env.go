@@ -2,8 +2,11 @@
 // repository's Caddy binary with bare reverse_proxy, the same binary with a
 // static header (the control) or oauth2_upstream in front of
 // reverse_proxy, and nginx where installed, driven side by side on
-// loopback by a closed-loop load generator; a refresh storm; and
-// concurrent large uploads, for the peak memory.
+// loopback by a closed-loop load generator; a refresh storm; concurrent
+// large uploads, for the peak memory; and what many key sets cost: sidecars
+// over thousands of header-selected key sets (memory, throughput, the admin
+// list), a herd of tokens expiring together against a rate-limiting token
+// endpoint, and replicas sharing Redis.
 // cmd/bench runs it all and prints the report that BENCHMARKS.md quotes.
 package bench
 
@@ -13,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -35,13 +39,17 @@ type Env struct {
 	// Admin serves the admin API of the compared Caddys, so that
 	// CompareOptions.ProfileDir can take CPU profiles from them.
 	Admin bool
-	next  int
+
+	mu   sync.Mutex // guards next: herds of several sizes run at once
+	next int
 }
 
 // dir makes a fresh subdirectory for one server under test.
 func (e *Env) dir(name string) (string, error) {
+	e.mu.Lock()
 	e.next++
 	d := filepath.Join(e.Dir, fmt.Sprintf("%02d-%s", e.next, name))
+	e.mu.Unlock()
 	return d, os.MkdirAll(d, 0o700)
 }
 

@@ -23,8 +23,11 @@ type Request struct {
 }
 
 // head is the request line and header block of r for host.
-func (r Request) head(host string) []byte {
-	h := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: oauth2-upstream-bench\r\n", r.Method, r.Path, host)
+func (r Request) head(host string) []byte { return r.headWith(host, "") }
+
+// headWith is head with the header lines extra (each ending in CRLF).
+func (r Request) headWith(host, extra string) []byte {
+	h := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: oauth2-upstream-bench\r\n%s", r.Method, r.Path, host, extra)
 	if r.BodySize > 0 {
 		h += "Content-Type: application/octet-stream\r\n" + bodyLengthHeader + ": " + strconv.FormatInt(r.BodySize, 10) + "\r\n"
 		if r.Chunked {
@@ -146,6 +149,33 @@ type LoadOptions struct {
 	Duration    time.Duration // how long requests are started
 	MaxRequests int64         // at most this many requests in all
 	Timeout     time.Duration // bound on one request
+	// Accounts, when set, are X-Account header values that the requests
+	// carry in turn, across all connections.
+	Accounts []string
+}
+
+// accountHeads are the request heads of one request shape, one for each
+// account, which requests take in turn: account selection costs the load
+// generator an atomic add per request.
+type accountHeads struct {
+	heads [][]byte
+	next  atomic.Uint64
+}
+
+func newAccountHeads(req Request, host string, accounts []string) *accountHeads {
+	if len(accounts) == 0 {
+		return nil
+	}
+	a := &accountHeads{heads: make([][]byte, len(accounts))}
+	for i, name := range accounts {
+		a.heads[i] = req.headWith(host, accountHeader+": "+name+"\r\n")
+	}
+	return a
+}
+
+// take returns the head of the next account.
+func (a *accountHeads) take() []byte {
+	return a.heads[(a.next.Add(1)-1)%uint64(len(a.heads))]
 }
 
 // RoundResult is what one load run measured.
@@ -195,6 +225,7 @@ func RunLoad(ctx context.Context, addr string, req Request, opt LoadOptions) (Ro
 		budget  atomic.Int64
 		wg      sync.WaitGroup
 		results = make([]RoundResult, opt.Conns)
+		heads   = newAccountHeads(req, addr, opt.Accounts)
 	)
 	budget.Store(opt.MaxRequests)
 	start := time.Now()
@@ -205,6 +236,9 @@ func RunLoad(ctx context.Context, addr string, req Request, opt LoadOptions) (Ro
 			res := &results[i]
 			res.Latencies = make([]time.Duration, 0, 4096)
 			for ctx.Err() == nil && time.Now().Before(deadline) && budget.Add(-1) >= 0 {
+				if heads != nil {
+					c.head = heads.take()
+				}
 				t0 := time.Now()
 				status, err := c.do()
 				lat := time.Since(t0)

@@ -123,8 +123,13 @@ func closeAll(files []*os.File) error {
 	return errors.Join(errs...)
 }
 
-// start starts p.cmd with its output in p.Log and waits until it answers.
-func (p *Process) start(ctx context.Context) error {
+// start starts p.cmd with its output in p.Log and waits until it answers
+// its health path.
+func (p *Process) start(ctx context.Context) error { return p.startWith(ctx, healthReady) }
+
+// startWith starts p.cmd with its output in p.Log and waits until ready
+// (p.Addr) succeeds.
+func (p *Process) startWith(ctx context.Context, ready func(addr string) error) error {
 	logFile, err := os.Create(p.Log)
 	if err != nil {
 		return err
@@ -140,27 +145,39 @@ func (p *Process) start(ctx context.Context) error {
 		p.err = p.cmd.Wait()
 		close(p.exited)
 	}()
-	if err := p.waitReady(ctx); err != nil {
+	if err := p.waitReady(ctx, ready); err != nil {
 		p.Stop()
 		return fmt.Errorf("%s: %w\n%s", p.Name, err, p.tail())
 	}
 	return nil
 }
 
-// waitReady polls the health path until it answers 200, the process exits,
-// or startTimeout passes.
-func (p *Process) waitReady(ctx context.Context) error {
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+// healthReady answers whether the server at addr answers 200 on its health
+// path.
+func healthReady(addr string) error {
+	resp, err := readinessClient.Get("http://" + addr + healthPath)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s", healthPath, resp.Status)
+	}
+	return nil
+}
+
+var readinessClient = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// waitReady polls ready until it succeeds, the process exits, or
+// startTimeout passes.
+func (p *Process) waitReady(ctx context.Context, ready func(addr string) error) error {
 	deadline := time.Now().Add(startTimeout)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		resp, err := client.Get("http://" + p.Addr + healthPath)
+		err := ready(p.Addr)
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready after %s (last: %v)", startTimeout, err)

@@ -28,6 +28,9 @@ type Report struct {
 	Comparisons []*Comparison
 	Storms      []*StormResult
 	Uploads     []*UploadResult
+	Scale       *ScaleResult
+	Herds       []*HerdResult
+	Replicas    *HerdResult
 	Notes       []string
 }
 
@@ -47,6 +50,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) {
 	if len(rep.Uploads) > 0 {
 		rep.writeUploads(w)
 	}
+	rep.writeScaleParts(w)
 }
 
 func (rep *Report) writeThroughput(w io.Writer) {
@@ -158,6 +162,7 @@ func (rep *Report) writeTargets(w io.Writer) {
 		target(w, fmt.Sprintf("uploads (%s) peak RSS <= %s, 0 failed", framing, mebibytes(targetPeakRSS)),
 			fmt.Sprintf("%s, %d failed", mebibytes(u.PeakRSS), u.Burst.Failed), u.PeakRSS <= targetPeakRSS && u.Burst.Failed == 0)
 	}
+	rep.writeScaleTargets(w)
 	fmt.Fprintln(w)
 }
 

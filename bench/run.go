@@ -14,7 +14,8 @@ import (
 type Options struct {
 	RepoDir string // the repository root, whose cmd/caddy is built
 
-	// Parts are the measurements to run: "throughput", "storm", "uploads".
+	// Parts are the measurements to run: "throughput", "storm",
+	// "uploads", "scale", "herd", "replicas".
 	Parts []string
 
 	Scenarios     []Scenario
@@ -30,6 +31,36 @@ type Options struct {
 	Uploads    int
 	UploadSize int64
 
+	// ScaleSizes are the key sets of the sidecars compared in the scale
+	// part, the first the baseline; ScaleUnknown distinct names that are
+	// not stored are asked of the largest; the admin list is walked
+	// ListLimit at a time; TokenSizes are the access token sizes of the
+	// in-process memory measurement (0: the harness's, about 30 bytes).
+	ScaleSizes   []int
+	ScaleUnknown int
+	// ScaleRounds of ScaleRoundDuration each: the sidecars take turns
+	// starting a round.
+	ScaleRounds        int
+	ScaleRoundDuration time.Duration
+	// ListWalks are the walks through the whole admin list.
+	ListWalks  int
+	ListLimit  int
+	TokenSizes []int
+
+	// HerdSizes are the key sets of the herds, run at the same time,
+	// each with its own sidecar; the largest gets HerdRate requests a
+	// second, the others as many as make every account as frequent.
+	// ReplicaKeySets expire together on Replicas sidecars sharing Redis.
+	// The tokens expire from HerdExpiryStart after the seed, over
+	// HerdExpiryWindow; the token endpoint answers in HerdLatency.
+	HerdSizes        []int
+	HerdRate         float64
+	HerdLatency      time.Duration
+	HerdExpiryStart  time.Duration
+	HerdExpiryWindow time.Duration
+	Replicas         int
+	ReplicaKeySets   int
+
 	// ProfileDir, when set, receives CPU profiles of the Caddys, one per
 	// scenario (go tool pprof <file>).
 	ProfileDir string
@@ -43,11 +74,14 @@ type Options struct {
 
 // DefaultOptions: 64 connections, 5 rounds of 3 s per target and scenario,
 // a 1000-request storm against a 50 ms token endpoint, 50 uploads of
-// 100 MiB.
+// 100 MiB; sidecars over 1, 100 and 10,000 key sets selected by header;
+// herds of 1, 100 and 10,000 key sets expiring within the same minute
+// against a 20 ms token endpoint that answers 429 above 50 grants in
+// flight, and 10,000 on three replicas sharing Redis.
 func DefaultOptions() Options {
 	return Options{
 		RepoDir: "..",
-		Parts:   []string{"throughput", "storm", "uploads"},
+		Parts:   []string{"throughput", "storm", "uploads", "scale", "herd", "replicas"},
 		Scenarios: []Scenario{
 			{Name: "GET 1 KiB", Request: Request{Method: "GET", Path: "/get"}, Conns: 64},
 			{Name: "POST 64 KiB", Request: Request{Method: "POST", Path: "/post", BodySize: 64 << 10}, Conns: 64},
@@ -65,7 +99,23 @@ func DefaultOptions() Options {
 		StormLatency:  50 * time.Millisecond,
 		Uploads:       50,
 		UploadSize:    100 << 20,
-		Progress:      os.Stderr,
+
+		ScaleSizes:         []int{1, 100, 10_000},
+		ScaleUnknown:       20_000,
+		ScaleRounds:        12,
+		ScaleRoundDuration: 2 * time.Second,
+		ListWalks:          3,
+		ListLimit:          100,
+		TokenSizes:         []int{0, 1500},
+		HerdSizes:          []int{1, 100, 10_000},
+		HerdRate:           2000,
+		HerdLatency:        20 * time.Millisecond,
+		HerdExpiryStart:    40 * time.Second,
+		HerdExpiryWindow:   time.Minute,
+		Replicas:           3,
+		ReplicaKeySets:     10_000,
+
+		Progress: os.Stderr,
 	}
 }
 
@@ -115,6 +165,21 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	if slices.Contains(opt.Parts, "uploads") {
 		if err := rep.runUploads(ctx, env, opt, progress); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(opt.Parts, "scale") {
+		if err := rep.runScale(ctx, env, opt, progress); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(opt.Parts, "herd") {
+		if err := rep.runHerds(ctx, env, opt, progress); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(opt.Parts, "replicas") {
+		if err := rep.runReplicas(ctx, env, opt, progress); err != nil {
 			return nil, err
 		}
 	}

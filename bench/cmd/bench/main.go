@@ -5,7 +5,7 @@
 //	cd bench && go run ./cmd/bench
 //
 // It builds ../cmd/caddy, starts everything on kernel-chosen loopback
-// ports, stops by itself (about 4 minutes with the defaults on two cores)
+// ports, stops by itself (about 10 minutes with the defaults on two cores)
 // and kills every process it started.
 package main
 
@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -33,13 +34,28 @@ func main() {
 	flag.IntVar(&opt.StormRequests, "storm", opt.StormRequests, "requests arriving at once in a refresh storm")
 	flag.IntVar(&opt.Uploads, "uploads", opt.Uploads, "concurrent uploads")
 	flag.Int64Var(&opt.UploadSize, "upload-size", opt.UploadSize, "bytes of each upload")
+	flag.IntVar(&opt.ScaleRounds, "scale-rounds", opt.ScaleRounds, "measured rounds of the scale part's throughput comparison")
+	flag.DurationVar(&opt.ScaleRoundDuration, "scale-round", opt.ScaleRoundDuration, "duration of one sidecar's run in a round of the scale part")
+	flag.Float64Var(&opt.HerdRate, "herd-rate", opt.HerdRate, "requests a second through the largest herd's sidecar(s), cycling its accounts")
+	flag.DurationVar(&opt.HerdLatency, "herd-latency", opt.HerdLatency, "the herd token endpoint's answer time")
+	flag.IntVar(&opt.Replicas, "replicas", opt.Replicas, "sidecars sharing Redis in the replicas part")
+	scaleSizes := flag.String("scale-sizes", joinInts(opt.ScaleSizes), "key sets of the sidecars of the scale part, the first the baseline")
+	herdSizes := flag.String("herd-sizes", joinInts(opt.HerdSizes), "key sets of the herds, run at the same time")
 	scenarios := flag.String("scenarios", "", "run only the throughput scenarios whose name matches this regular expression")
-	parts := flag.String("parts", strings.Join(opt.Parts, ","), "measurements to run, among throughput,storm,uploads")
-	flag.StringVar(&opt.ProfileDir, "pprof", "", "write CPU profiles of both Caddys, one per scenario, to this directory")
+	parts := flag.String("parts", strings.Join(opt.Parts, ","), "measurements to run, among throughput,storm,uploads,scale,herd,replicas")
+	flag.StringVar(&opt.ProfileDir, "pprof", "", "write CPU profiles of the compared Caddys, one per scenario, and the largest scale sidecar's heap and list-walk profiles, to this directory")
 	flag.StringVar(&opt.CandidateRepo, "candidate", "", "another tree of the repository whose Caddy is compared as a third server")
 	out := flag.String("o", "", "also write the report to this file")
 	flag.Parse()
 	opt.Parts = strings.Split(*parts, ",")
+	var err error
+	if opt.ScaleSizes, err = parseInts(*scaleSizes); err == nil {
+		opt.HerdSizes, err = parseInts(*herdSizes)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	if *scenarios != "" {
 		re, err := regexp.Compile(*scenarios)
 		if err != nil {
@@ -75,4 +91,25 @@ func main() {
 			os.Exit(1)
 		}
 	}
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+// parseInts reads a comma-separated list of positive whole numbers.
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want positive whole numbers separated by commas", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
