@@ -40,8 +40,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		insecure_http
 //		client_id       <id>
 //		client_secret   <secret>
+//		client_auth     secret_basic|secret_post|private_key_jwt|tls_client_auth|none
 //		auth_style      basic|post
-//		grant           refresh_token|client_credentials
+//		signing_key     <file|pem>   # more keys and claims: unmarshalKeyOption
+//		grant           refresh_token|client_credentials|jwt_bearer
 //		scopes          <scope...>
 //		param           <name> <value...>
 //		key_set         <name>
@@ -180,7 +182,7 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 	case "max_concurrent_grants":
 		return parseCountOrOff(d, &h.MaxConcurrentGrants)
 	default:
-		return d.Errf("unrecognized oauth2_upstream option %q", option)
+		return h.unmarshalKeyOption(d, option)
 	}
 	return nil
 }

@@ -43,8 +43,10 @@ type attemptWriter struct {
 	// tooLarge: the trigger answer's body outgrew maxHeldBody and went to
 	// the client unreplayed.
 	tooLarge bool
-	status   int
-	body     *bytes.Buffer
+	// dpopNonce holds a resource server's use_dpop_nonce 401 too (dpop.go).
+	dpopNonce bool
+	status    int
+	body      *bytes.Buffer
 }
 
 // reset makes aw the writer of an attempt on w; triggers lists the statuses
@@ -59,7 +61,8 @@ func (aw *attemptWriter) reset(w http.ResponseWriter, triggers []int, invalidTok
 // in the real writer's map, means "token rejected".
 func (aw *attemptWriter) isTrigger(status int) bool {
 	return slices.Contains(aw.triggers, status) ||
-		aw.invalidToken && status == http.StatusUnauthorized && rejectsToken(aw.Header())
+		aw.invalidToken && status == http.StatusUnauthorized && rejectsToken(aw.Header()) ||
+		aw.dpopNonce && status == http.StatusUnauthorized && asksDPoPNonce(aw.Header())
 }
 
 func (aw *attemptWriter) WriteHeader(status int) {
@@ -158,7 +161,14 @@ func (aw *attemptWriter) free() {
 // request once with it, or sends the held answer on when no refresh is due
 // or the body cannot be replayed, or a problem when the refresh failed.
 func (h *Handler) answerRejection(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *exchange, body *replayBody, before http.Header) error {
-	name, cred, attempt := x.vars.keySet, x.vars.cred, &x.attempt
+	attempt := &x.attempt
+	if h.DPoP != nil && asksDPoPNonce(w.Header()) {
+		if x.nonceRetried {
+			return attempt.sendHeld() // a nonce again: no grant would help
+		}
+		return h.retryWithNonce(w, r, next, x, body, before, true)
+	}
+	name, cred := x.vars.keySet, x.vars.cred
 	fresh, err := h.engine.Rejected(r.Context(), name, cred.KeySet.Generation)
 	var tooRecent *credential.TooRecentError
 	if errors.As(err, &tooRecent) {
@@ -195,15 +205,20 @@ func (h *Handler) answerRejection(w http.ResponseWriter, r *http.Request, next c
 	h.ops.countReplay(name, replayReplayed)
 	attempt.free()
 	attempt.reset(w, nil, false)
-	return next.ServeHTTP(attempt, r)
+	attempt.dpopNonce = h.DPoP != nil && !x.nonceRetried
+	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
+		return err
+	}
+	return h.retryWithNonce(w, r, next, x, body, before, false)
 }
 
 // exchange is what ServeHTTP keeps for one request, in one allocation: the
 // first attempt's writer and the placeholders (BenchmarkMiddleware: one
 // allocation fewer per request than two separate ones).
 type exchange struct {
-	attempt attemptWriter
-	vars    requestPlaceholders
+	attempt      attemptWriter
+	vars         requestPlaceholders
+	nonceRetried bool // the request was sent again with a DPoP nonce
 }
 
 // restoreHeader makes h what it was when saved was cloned from it.

@@ -47,16 +47,14 @@ type Handler struct {
 	// Placeholders (usually {env.*}) are replaced when the handler starts.
 	ClientSecret string `json:"client_secret,omitempty"`
 
-	// AuthStyle is how the client authenticates at the token endpoint:
-	// "basic" (HTTP Basic, RFC 6749 section 2.3.1) or "post" (form
-	// fields). Never auto-detected: x/oauth2's detection resends a failed
-	// grant with the other style, which spends a rotating refresh token
-	// twice. Default: basic.
+	// AuthStyle is an alias of ClientAuth: "basic" is secret_basic,
+	// "post" secret_post. Default: none (ClientAuth's default).
 	AuthStyle string `json:"auth_style,omitempty"`
 
 	// Grant is the grant that obtains new tokens: "refresh_token", which
-	// spends the key set's refresh token, or "client_credentials", which
-	// needs no seed. Default: refresh_token.
+	// spends the key set's refresh token, or "client_credentials" or
+	// "jwt_bearer" (an assertion signed with SigningKey, RFC 7523 section
+	// 2.1), which need no seed. Default: refresh_token.
 	Grant string `json:"grant,omitempty"`
 
 	// Scopes are sent with every grant (space-separated as `scope`).
@@ -134,6 +132,13 @@ type Handler struct {
 	// keystore in Caddy's data directory.
 	KeystoreRaw json.RawMessage `json:"keystore,omitempty" caddy:"namespace=oauth2_upstream.keystores inline_key=backend"`
 
+	// ClientAuthOptions configure client authentication and assertions
+	// (clientauthoptions.go).
+	ClientAuthOptions
+
+	// DPoPOptions bind tokens to a key (dpop.go).
+	DPoPOptions
+
 	// BodyOptions configure how request bodies are kept, replayed and
 	// sent (bodyoptions.go).
 	BodyOptions
@@ -170,6 +175,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		*field = repl.ReplaceKnown(*field, "")
 	}
 	h.NotifyOptions.replacePlaceholders(repl)
+	if err := h.provisionKeys(repl); err != nil {
+		return err
+	}
 	h.setDefaults()
 	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
 	h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
@@ -217,6 +225,7 @@ func (h *Handler) Cleanup() error {
 		h.engine.Close()
 	}
 	h.ops.stop()
+	h.cleanupClientAuth()
 	return nil
 }
 
@@ -256,6 +265,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	attempt := &x.attempt
 	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
 	defer attempt.free()
+	if h.DPoP != nil {
+		next, attempt.dpopNonce = h.proving(next, x), true
+	}
 	err = next.ServeHTTP(attempt, r)
 	if attempt.tooLarge {
 		h.ops.countReplay(name, replayNotReplayable)

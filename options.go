@@ -12,13 +12,13 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/oauth2"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// Client authentication styles (the auth_style option).
+// Client authentication styles (the auth_style option, an alias of
+// client_auth secret_basic|secret_post).
 const (
 	authStyleBasic = "basic"
 	authStylePost  = "post"
@@ -37,9 +37,6 @@ const (
 )
 
 func (h *Handler) setDefaults() {
-	if h.AuthStyle == "" {
-		h.AuthStyle = authStyleBasic
-	}
 	if h.Grant == "" {
 		h.Grant = credential.GrantRefreshToken
 	}
@@ -64,6 +61,9 @@ func (h *Handler) setDefaults() {
 	}
 	if h.HeaderScheme == "" {
 		h.HeaderScheme = defaultHeaderScheme
+		if h.DPoP != nil {
+			h.HeaderScheme = dpopScheme
+		}
 	}
 	if h.ReplayMemory == 0 {
 		h.ReplayMemory = defaultReplayMemory
@@ -87,15 +87,16 @@ func (h *Handler) setDefaults() {
 var reservedParams = map[string]bool{
 	"grant_type": true, "refresh_token": true, "scope": true,
 	"client_id": true, "client_secret": true, "code": true,
+	"assertion": true, "client_assertion": true, "client_assertion_type": true,
 }
 
 // validateOptions checks the options that Validate does not check itself.
 func (h *Handler) validateOptions() error {
-	if h.AuthStyle != authStyleBasic && h.AuthStyle != authStylePost {
-		return fmt.Errorf("auth_style %q: must be %q or %q", h.AuthStyle, authStyleBasic, authStylePost)
+	if h.Grant != credential.GrantRefreshToken && !h.grantNeedsNoSeed() {
+		return fmt.Errorf("grant %q: must be %q, %q or %q", h.Grant, credential.GrantRefreshToken, credential.GrantClientCredentials, credential.GrantJWTBearer)
 	}
-	if h.Grant != credential.GrantRefreshToken && h.Grant != credential.GrantClientCredentials {
-		return fmt.Errorf("grant %q: must be %q or %q", h.Grant, credential.GrantRefreshToken, credential.GrantClientCredentials)
+	if err := h.validateKeyOptions(); err != nil {
+		return err
 	}
 	switch h.Refresh {
 	case credential.ModeProactive, credential.ModeReactive, credential.ModeAlways:
@@ -107,7 +108,7 @@ func (h *Handler) validateOptions() error {
 	}
 	for name := range h.Params {
 		if reservedParams[name] {
-			return fmt.Errorf("param %s: set by the grant itself (use scopes, client_id, client_secret, auth_style)", name)
+			return fmt.Errorf("param %s: set by the grant itself (use scopes, client_id, client_secret, client_auth)", name)
 		}
 	}
 	for _, status := range h.RefreshOn {
@@ -142,18 +143,18 @@ func (h *Handler) validateKeySet() error {
 		}
 	case h.RefreshToken != "":
 		return fmt.Errorf("refresh_token seeds one key set, but key_set %q has placeholders; seed each key set in the keystore", h.KeySet)
-	case h.Grant == credential.GrantClientCredentials:
+	case h.grantNeedsNoSeed():
 		// One client's credentials give one token: key sets selected per
 		// request would all hold the same, under names clients invent.
-		return fmt.Errorf("key_set %q has placeholders, which the client_credentials grant cannot use: it has no per-key-set seed", h.KeySet)
+		return fmt.Errorf("key_set %q has placeholders, which the %s grant cannot use: it has no per-key-set seed", h.KeySet, h.Grant)
 	case h.KeySetAllow == "":
 		return fmt.Errorf("key_set %q has placeholders, so clients choose the key set: key_set_allow <regexp> must say which names they may choose", h.KeySet)
 	}
 	if h.KeySetAllow != "" && !h.keySetIsTemplate {
 		return fmt.Errorf("key_set_allow is for a key_set with placeholders; key_set %q names one key set", h.KeySet)
 	}
-	if h.RefreshToken != "" && h.Grant == credential.GrantClientCredentials {
-		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the client_credentials grant needs none")
+	if h.RefreshToken != "" && h.grantNeedsNoSeed() {
+		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the %s grant needs none", h.Grant)
 	}
 	return nil
 }
@@ -190,20 +191,18 @@ func (h *Handler) validateLimits() error {
 // newEngine is the credential engine the options describe, over store,
 // reading the clock now.
 func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credential.Engine {
-	authStyle := oauth2.AuthStyleInHeader
-	if h.AuthStyle == authStylePost {
-		authStyle = oauth2.AuthStyleInParams
-	}
 	seedName := ""
 	if !h.keySetIsTemplate {
 		seedName = h.KeySet
 	}
+	endpoint := credential.TokenEndpoint{
+		URL: h.TokenURL, ClientID: h.ClientID, ClientSecret: h.ClientSecret,
+		Grant: h.Grant, Scopes: h.Scopes, Params: h.Params,
+		Timeout: time.Duration(h.TokenTimeout),
+	}
+	h.configureClientAuth(&endpoint)
 	return credential.New(store, credential.Config{
-		Endpoint: credential.TokenEndpoint{
-			URL: h.TokenURL, ClientID: h.ClientID, ClientSecret: h.ClientSecret,
-			AuthStyle: authStyle, Grant: h.Grant, Scopes: h.Scopes, Params: h.Params,
-			Timeout: time.Duration(h.TokenTimeout),
-		},
+		Endpoint:            endpoint,
 		Mode:                h.Refresh,
 		Skew:                time.Duration(h.ExpirySkew),
 		MinRefreshInterval:  time.Duration(h.MinRefreshInterval),

@@ -367,7 +367,8 @@ func (e *Engine) state(ctx context.Context, name string) (*keySetState, error) {
 
 // load reads key set name from the keystore, refusing one bound to another
 // client. A missing key set is seeded from SeedToken when SeedName names it,
-// and starts empty for the client_credentials grant, which needs no seed.
+// and starts empty for the client_credentials and jwt_bearer grants, which
+// need no seed.
 func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error) {
 	ks, err := e.store.Load(ctx, name)
 	switch {
@@ -391,7 +392,7 @@ func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error
 		e.observer.KeySetStored(seed)
 		e.logger.Info("seeded key set from the refresh_token option", zap.String("key_set", name))
 		return seed, nil
-	case e.client.Grant == GrantClientCredentials:
+	case needsNoSeed(e.client.Grant):
 		return e.bind(&keystore.KeySet{Name: name, Token: keystore.Token{}}), nil
 	default:
 		return nil, &Error{KeySet: name, Code: CodeNoKeySet, Err: err,

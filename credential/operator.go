@@ -23,6 +23,19 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 	if token.AccessToken() == "" && token.RefreshToken() == "" {
 		return nil, errors.New("the token holds neither an access_token nor a refresh_token")
 	}
+	return e.storeNext(ctx, name, func(*keystore.KeySet) (grantResult, error) {
+		return grantResult{token: token, expiry: expiryOf(token, e.now())}, nil
+	})
+}
+
+// storeNext stores the token response that produce returns as the next generation of
+// key set name, seeding it if missing, and takes it into use at once. It
+// holds the keystore's lock from before produce runs until the key set is
+// stored, so produce (a code exchange, say) sees the generation it
+// replaces, and the store's compare-and-swap on the generation fences any
+// writer whose lock lapsed. A key set bound to another client is refused
+// before produce runs.
+func (e *Engine) storeNext(ctx context.Context, name string, produce func(current *keystore.KeySet) (grantResult, error)) (*keystore.KeySet, error) {
 	unlock, err := e.store.Lock(ctx, name)
 	if err != nil {
 		return nil, e.keystoreError(name, "lock", "taking the refresh lock", err)
@@ -43,10 +56,14 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 			return nil, err
 		}
 	}
-	now := e.now()
+	res, err := produce(current)
+	if err != nil {
+		return nil, err
+	}
 	// Next keeps the old refresh token when the new token has none; an
 	// operator who sends only an access token wants exactly that.
-	next := e.bind(current.Next(token, expiryOf(token, now), now))
+	next := e.bind(current.Next(res.token, res.expiry, e.now()))
+	res.keepProofKey(next)
 	if err := e.store.Save(ctx, next); err != nil {
 		return nil, e.keystoreError(name, "save", "storing the key set", err)
 	}

@@ -100,7 +100,7 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason)
 	start := e.now()
 	e.logger.Info("refreshing key set", zap.String("key_set", name), zap.Int64("generation", stored.Generation),
 		zap.String("grant", e.client.Grant), zap.String("cause", why.cause))
-	res, err := e.client.grant(ctx, name, stored.Token.RefreshToken())
+	res, err := e.client.grant(e.client.proving(ctx, stored), name, stored.Token.RefreshToken())
 	release()
 	e.observer.GrantDone(name, err, e.now().Sub(start))
 	if err != nil {
@@ -124,6 +124,7 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason)
 		return nil, err
 	}
 	next := e.bind(stored.Next(res.token, res.expiry, e.now()))
+	res.keepProofKey(next)
 	if err := e.store.Save(ctx, next); err != nil {
 		if errors.Is(err, keystore.ErrConflict) {
 			// Our lock lapsed and another holder stored a newer generation:

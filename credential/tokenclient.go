@@ -2,6 +2,7 @@ package credential
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -45,16 +46,34 @@ type TokenEndpoint struct {
 	// a failed grant with the other style, which spends a rotating
 	// refresh token twice; New turns it into AuthStyleInHeader.
 	AuthStyle oauth2.AuthStyle
-	// Grant is GrantRefreshToken (the default) or GrantClientCredentials.
+	// ClientAuth is how the client authenticates: ClientAuthSecretBasic,
+	// ClientAuthSecretPost, ClientAuthPrivateKeyJWT (with Signer),
+	// ClientAuthTLS (with a Transport that presents the certificate) or
+	// ClientAuthNone. Empty: AuthStyle decides between the first two.
+	ClientAuth string
+	// Signer signs private_key_jwt client assertions and jwt_bearer
+	// assertions (clientauth.go).
+	Signer *Signer
+	// ClientAssertionAudience is the aud of private_key_jwt client
+	// assertions. Default: URL.
+	ClientAssertionAudience string
+	// Assertion holds the claims of the jwt_bearer grant's assertion.
+	Assertion AssertionClaims
+	// Grant is GrantRefreshToken (the default), GrantClientCredentials
+	// or GrantJWTBearer.
 	Grant string
 	// Scopes are sent with every grant.
 	Scopes []string
-	// Params are extra form fields of every token request.
+	// Params are extra form fields of every token request; they must not
+	// name the assertion fields of RFC 7523.
 	Params url.Values
 	// Timeout bounds one token request. Default: 10s.
 	Timeout time.Duration
 	// Transport sends token requests. Default: http.DefaultTransport.
 	Transport http.RoundTripper
+	// DPoP, when set, proves possession of a key with every token request
+	// and binds the tokens to it (RFC 9449, dpop.go).
+	DPoP *DPoP
 }
 
 // tokenClient performs grants at the token endpoint with x/oauth2 and keeps
@@ -67,8 +86,9 @@ type tokenClient struct {
 // grantResult is a successful token response: verbatim, and its expiry by
 // our clock (zero when the response has no expires_in).
 type grantResult struct {
-	token  keystore.Token
-	expiry time.Time
+	token    keystore.Token
+	expiry   time.Time
+	proofKey json.RawMessage // a DPoP key made for this grant, to store (dpop.go)
 }
 
 // grant asks the token endpoint for a new token, spending refreshToken for
@@ -78,7 +98,8 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
 
-	capture := &capturingTransport{base: c.Transport, params: c.extraParams()}
+	signing := &signingTransport{base: c.Transport, client: c}
+	capture := &capturingTransport{base: signing, params: c.extraParams()}
 	httpClient := &http.Client{
 		Transport: capture,
 		// A redirected token request would carry the client secret and the
@@ -89,11 +110,12 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 	requested := c.now()
 
 	var err error
+	style, clientID, clientSecret := c.oauth2Client()
 	switch c.Grant {
-	case GrantClientCredentials:
+	case GrantClientCredentials, GrantJWTBearer:
 		cc := clientcredentials.Config{
-			ClientID: c.ClientID, ClientSecret: c.ClientSecret, TokenURL: c.URL,
-			Scopes: c.Scopes, EndpointParams: c.Params, AuthStyle: c.AuthStyle,
+			ClientID: clientID, ClientSecret: clientSecret, TokenURL: c.URL,
+			Scopes: c.Scopes, EndpointParams: c.endpointParams(), AuthStyle: style,
 		}
 		_, err = cc.Token(ctx)
 	default:
@@ -102,8 +124,8 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 				Description: "the key set has no refresh_token; seed one with the refresh_token option or the keystore"}
 		}
 		cfg := oauth2.Config{
-			ClientID: c.ClientID, ClientSecret: c.ClientSecret, Scopes: c.Scopes,
-			Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: c.AuthStyle},
+			ClientID: clientID, ClientSecret: clientSecret, Scopes: c.Scopes,
+			Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: style},
 		}
 		// An expired token with only a refresh token makes x/oauth2 refresh.
 		_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
@@ -114,9 +136,10 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 			// expires_in to be a whole number). The provider has already
 			// spent the old refresh token: throwing this away would lose
 			// the credential.
+			res.proofKey = freshProofKey(ctx)
 			return res, nil
 		}
-		return grantResult{}, c.classify(keySet, err, refreshToken)
+		return grantResult{}, c.classify(keySet, err, append(signing.sent, refreshToken)...)
 	}
 	token, err := parseTokenResponse(capture.header, capture.body)
 	if err != nil {
@@ -127,7 +150,7 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
 			Description: "token response has no access_token", Temporary: true}
 	}
-	return grantResult{token: token, expiry: expiryOf(token, requested)}, nil
+	return grantResult{token: token, expiry: expiryOf(token, requested), proofKey: freshProofKey(ctx)}, nil
 }
 
 // salvage keeps a successful token response that x/oauth2 rejected.
@@ -146,7 +169,7 @@ func salvage(capture *capturingTransport, requested time.Time) (grantResult, boo
 // params, and the scopes for a refresh (x/oauth2 sends none then, but
 // RFC 6749 section 6 allows them and Microsoft's v2 endpoint needs them).
 func (c *tokenClient) extraParams() url.Values {
-	if c.Grant == GrantClientCredentials || len(c.Scopes) == 0 {
+	if c.Grant != GrantRefreshToken || len(c.Scopes) == 0 {
 		return c.Params // clientcredentials sends both itself
 	}
 	p := url.Values{"scope": {strings.Join(c.Scopes, " ")}}
@@ -167,8 +190,11 @@ var permanentCodes = map[string]bool{"invalid_grant": true, "invalid_client": tr
 // classify turns a failed grant into an *Error. It is permanent only when
 // the error code is in permanentCodes and the answer is neither a 5xx nor
 // a 429; any other answer (invalid_request, invalid_scope, no code at all,
-// a redirect), network errors and timeouts are temporary.
-func (c *tokenClient) classify(keySet string, err error, refreshToken string) *Error {
+// a redirect), network errors and timeouts are temporary. secrets (the
+// refresh token, the assertions sent) and the client secret are redacted
+// from what it quotes.
+func (c *tokenClient) classify(keySet string, err error, secrets ...string) *Error {
+	secrets = append(secrets, c.ClientSecret)
 	re := &Error{KeySet: keySet, Err: err}
 	var rerr *oauth2.RetrieveError
 	if errors.As(err, &rerr) {
@@ -177,13 +203,13 @@ func (c *tokenClient) classify(keySet string, err error, refreshToken string) *E
 			status = rerr.Response.StatusCode
 			re.RetryAfter = parseRetryAfter(rerr.Response.Header.Get("Retry-After"))
 		}
-		re.Code = errorCode(rerr.ErrorCode, refreshToken, c.ClientSecret)
+		re.Code = errorCode(rerr.ErrorCode, secrets...)
 		re.Description = fmt.Sprintf("token endpoint answered %d", status)
 		if re.Code == CodeInvalidResponse {
 			re.Description += " with an error code that is not passed on (not of RFC 6749's form, too long, or holding a secret)"
 		}
 		if rerr.ErrorDescription != "" {
-			re.Description += ": " + redact(rerr.ErrorDescription, refreshToken, c.ClientSecret)
+			re.Description += ": " + redact(rerr.ErrorDescription, secrets...)
 		}
 		unavailable := status >= 500 || status == http.StatusTooManyRequests
 		re.Temporary = unavailable || !permanentCodes[re.Code]
@@ -204,12 +230,12 @@ func (c *tokenClient) classify(keySet string, err error, refreshToken string) *E
 	case errors.Is(err, context.DeadlineExceeded):
 		re.Description = fmt.Sprintf("token endpoint did not answer within %s", c.Timeout)
 	case errors.As(err, &netErr):
-		re.Description = "token endpoint unreachable: " + redact(netErr.Error(), refreshToken, c.ClientSecret)
+		re.Description = "token endpoint unreachable: " + redact(netErr.Error(), secrets...)
 	default:
 		// x/oauth2's own errors (a 200 without access_token, a body that
 		// does not parse) quote no values.
 		re.Code = CodeInvalidTokenResponse
-		re.Description = redact(err.Error(), refreshToken, c.ClientSecret)
+		re.Description = redact(err.Error(), secrets...)
 	}
 	return re
 }

@@ -36,6 +36,22 @@ const (
 	minRefreshInterval = 250 * time.Millisecond
 )
 
+// minTokenLife is the credential engine's: a token with less left counts
+// as expired, so it is refreshed by then whatever the skew.
+const minTokenLife = time.Second
+
+// refreshWindow is when the sidecar refreshes a token granted at granted
+// (zero: unknown) that expires at expiry, with expiry_skew skew: the skew,
+// at most half the lifetime, before the expiry, each generation at its own
+// point down to half of that (the engine's spread), and in any case once
+// less than minTokenLife is left.
+func refreshWindow(granted, expiry time.Time, skew time.Duration) (earliest, latest time.Time) {
+	if !granted.IsZero() {
+		skew = min(skew, expiry.Sub(granted)/2)
+	}
+	return expiry.Add(-max(skew, minTokenLife)), expiry.Add(-max(skew/2, minTokenLife))
+}
+
 // keySetName is the key set every scenario uses unless it says otherwise.
 const keySetName = "default"
 
@@ -99,6 +115,10 @@ type spec struct {
 	port int
 	// client is the OAuth2 client; nil: DefaultClientID.
 	client *authserver.Client
+	// tokenURL, when set, replaces auth's token endpoint (another server's).
+	tokenURL string
+	// env is added to the sidecar's environment (NAME=value).
+	env []string
 }
 
 var logSeq atomic.Int64
@@ -114,8 +134,12 @@ func newSidecar(t *testing.T, s spec) *sidecar.Process {
 	if s.client != nil {
 		client = *s.client
 	}
+	tokenURL := s.tokenURL
+	if tokenURL == "" {
+		tokenURL = s.auth.TokenURL()
+	}
 	lines := []string{
-		"token_url " + s.auth.TokenURL(),
+		"token_url " + tokenURL,
 		"client_id " + client.ID,
 		"client_secret {env.CLIENT_SECRET}",
 		"keystore " + s.keystore,
@@ -135,7 +159,7 @@ func newSidecar(t *testing.T, s spec) *sidecar.Process {
 		Handler:  strings.Join(lines, "\n"),
 		Upstream: s.upstream,
 		Proxy:    s.proxy,
-		Env:      []string{"CLIENT_SECRET=" + client.Secret, "SEED=" + s.seed},
+		Env:      append([]string{"CLIENT_SECRET=" + client.Secret, "SEED=" + s.seed}, s.env...),
 		Debug:    true,
 		LogPath:  filepath.Join(logDir, name),
 	})

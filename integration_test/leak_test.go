@@ -16,8 +16,18 @@ import (
 // suiteServers are every authorization server the suite started, kept after
 // their test ends so that the leak check knows every token they issued.
 var suiteServers struct {
-	mu      sync.Mutex // guards servers
+	mu      sync.Mutex // guards servers and others
 	servers []*authserver.Server
+	// others report the tokens of other issuers (popserver).
+	others []func() []string
+}
+
+// registerTokenIssuer adds the tokens that tokenValues reports to the
+// leak check.
+func registerTokenIssuer(tokenValues func() []string) {
+	suiteServers.mu.Lock()
+	defer suiteServers.mu.Unlock()
+	suiteServers.others = append(suiteServers.others, tokenValues)
 }
 
 func registerAuthServer(s *authserver.Server) {
@@ -70,6 +80,9 @@ func checkLogsHoldNoTokens() int {
 	var values []string
 	for _, s := range suiteServers.servers {
 		values = append(values, s.TokenValues()...)
+	}
+	for _, tokenValues := range suiteServers.others {
+		values = append(values, tokenValues()...)
 	}
 	suiteServers.mu.Unlock()
 	logs, err := filepath.Glob(filepath.Join(logDir, "*.log"))

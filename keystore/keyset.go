@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -42,6 +43,12 @@ type KeySet struct {
 	// before key sets were bound; an engine adopts those and binds them
 	// on its next write.
 	Client *Binding `json:"client,omitempty"`
+
+	// ProofKey is the private key, a JWK, that the key set's tokens are
+	// bound to (DPoP, RFC 9449): made at the key set's first grant and kept
+	// from generation to generation. Absent without DPoP. A secret like
+	// the tokens, encrypted with the rest of the document.
+	ProofKey json.RawMessage `json:"proof_key,omitempty"`
 }
 
 // Binding names the OAuth2 client a key set belongs to.
@@ -121,8 +128,8 @@ func (ks *KeySet) ExpiresWithin(now time.Time, skew time.Duration) bool {
 
 // Next returns the key set that follows ks after a grant answered with
 // response: the next generation, the response verbatim, ks's refresh token
-// kept when the response has none (as Salesforce and Google do), and ks's
-// client binding.
+// kept when the response has none (as Salesforce and Google do), ks's
+// client binding and its proof key.
 func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 	token := response.Clone()
 	if token.RefreshToken() == "" {
@@ -142,6 +149,7 @@ func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 		Expiry:     expiry.UTC(),
 		Token:      token,
 		Client:     client,
+		ProofKey:   slices.Clone(ks.ProofKey),
 	}
 }
 

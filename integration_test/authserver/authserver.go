@@ -8,12 +8,15 @@
 // validating tokens while the identity provider is down.
 //
 // Grants are refresh_token (rotating on every grant, with fosite's reuse
-// detection revoking the whole token family), client_credentials, and
-// authorization_code, the last used only in-process by Seed.
+// detection revoking the whole token family), client_credentials, RFC 7523
+// jwt-bearer, and authorization_code, the last used only in-process by
+// Seed. Clients authenticate with a secret (Basic or form) or a
+// private_key_jwt client assertion (jwtclient.go).
 package authserver
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -76,6 +79,10 @@ type Config struct {
 	// Profile shapes token responses like a given provider. Default: the
 	// zero Profile, a rotating provider (Microsoft, Okta, Hydra).
 	Profile Profile
+
+	// JWTIssuers are trusted to sign jwt-bearer grant assertions
+	// (GrantJWTBearer, jwtclient.go). Default: none.
+	JWTIssuers []JWTIssuer
 }
 
 // Client is one registered OAuth2 client.
@@ -85,9 +92,17 @@ type Client struct {
 	// Secret is the client_secret in clear; the server stores a bcrypt hash.
 	Secret string
 	// AuthMethod is the only client authentication method the token
-	// endpoint accepts from this client: AuthMethodBasic or AuthMethodPost.
-	// fosite enforces it, as a strict provider would. Default: AuthMethodBasic.
+	// endpoint accepts from this client: AuthMethodBasic, AuthMethodPost or
+	// AuthMethodPrivateKeyJWT. fosite enforces it, as a strict provider
+	// would. Default: AuthMethodBasic.
 	AuthMethod string
+	// Key is a private_key_jwt client's key, instead of a Secret: the
+	// server registers its public half, and Seed signs its code exchange
+	// with it, standing in for the client.
+	Key crypto.Signer
+	// RedirectURIs are where the authorization endpoint (authorize.go) may
+	// send a browser back with a code, besides Seed's.
+	RedirectURIs []string
 	// Scopes the client may request. Default: DefaultScopes.
 	Scopes []string
 }
@@ -141,7 +156,9 @@ func New(cfg Config) (*Server, error) {
 			compose.OAuth2AuthorizeExplicitFactory,
 			compose.OAuth2ClientCredentialsGrantFactory,
 			compose.OAuth2RefreshTokenGrantFactory,
+			compose.OAuth2PKCEFactory,
 			compose.OAuth2TokenIntrospectionFactory,
+			compose.RFC7523AssertionGrantFactory,
 		),
 		strategy: strategy,
 		store:    store,
@@ -152,7 +169,14 @@ func New(cfg Config) (*Server, error) {
 	if err := s.startAPI(); err != nil {
 		return nil, err
 	}
-	addr, err := s.startToken("127.0.0.1:0")
+	addr, err := reserveTokenAddr()
+	if err == nil {
+		fositeConfig.TokenURL = "http://" + addr + "/token" // the aud of assertions
+		err = registerIssuers(store, cfg.JWTIssuers)
+	}
+	if err == nil {
+		addr, err = s.startToken(addr)
+	}
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -199,8 +223,8 @@ func registerClients(store *tokenStore, cfg *fosite.Config, configured []Client)
 	all := append([]Client{{ID: ResourceServerClientID, Secret: ResourceServerClientSecret}}, configured...)
 	clients := make(map[string]Client, len(all))
 	for _, c := range all {
-		if c.ID == "" || c.Secret == "" {
-			return nil, fmt.Errorf("authserver: client %q needs an ID and a secret", c.ID)
+		if c.ID == "" || (c.Secret == "") != (c.AuthMethod == AuthMethodPrivateKeyJWT) {
+			return nil, fmt.Errorf("authserver: client %q needs an ID and a secret (or, with %s, no secret)", c.ID, AuthMethodPrivateKeyJWT)
 		}
 		if _, dup := clients[c.ID]; dup {
 			return nil, fmt.Errorf("authserver: client %q registered twice", c.ID)
@@ -208,28 +232,37 @@ func registerClients(store *tokenStore, cfg *fosite.Config, configured []Client)
 		switch c.AuthMethod {
 		case "":
 			c.AuthMethod = AuthMethodBasic
-		case AuthMethodBasic, AuthMethodPost:
+		case AuthMethodBasic, AuthMethodPost, AuthMethodPrivateKeyJWT:
 		default:
 			return nil, fmt.Errorf("authserver: client %q: unsupported auth method %q", c.ID, c.AuthMethod)
 		}
 		if len(c.Scopes) == 0 {
 			c.Scopes = DefaultScopes
 		}
-		hash, err := cfg.ClientSecretsHasher.Hash(context.Background(), []byte(c.Secret))
-		if err != nil {
-			return nil, fmt.Errorf("authserver: hash secret of client %q: %w", c.ID, err)
+		var hash []byte // none for private_key_jwt: no secret may authenticate it
+		if c.Secret != "" {
+			var err error
+			if hash, err = cfg.ClientSecretsHasher.Hash(context.Background(), []byte(c.Secret)); err != nil {
+				return nil, fmt.Errorf("authserver: hash secret of client %q: %w", c.ID, err)
+			}
 		}
-		store.Clients[c.ID] = &fosite.DefaultOpenIDConnectClient{
+		client := &fosite.DefaultOpenIDConnectClient{
 			DefaultClient: &fosite.DefaultClient{
 				ID:            c.ID,
 				Secret:        hash,
-				RedirectURIs:  []string{seedRedirectURI},
-				GrantTypes:    []string{"authorization_code", "refresh_token", "client_credentials"},
+				RedirectURIs:  append([]string{seedRedirectURI}, c.RedirectURIs...),
+				GrantTypes:    []string{"authorization_code", "refresh_token", "client_credentials", GrantJWTBearer},
 				ResponseTypes: []string{"code"},
 				Scopes:        c.Scopes,
 			},
 			TokenEndpointAuthMethod: c.AuthMethod,
 		}
+		if c.AuthMethod == AuthMethodPrivateKeyJWT {
+			if err := configureJWTClient(client, c); err != nil {
+				return nil, err
+			}
+		}
+		store.Clients[c.ID] = client
 		clients[c.ID] = c
 	}
 	return clients, nil
@@ -342,6 +375,7 @@ func (s *Server) startToken(addr string) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /token", s.faults.wrap(s.serveToken))
+	s.routeAuthorize(mux)
 	srv, done, ln, err := serve(addr, mux)
 	if err != nil {
 		return "", fmt.Errorf("authserver: start token endpoint on %s: %w", addr, err)

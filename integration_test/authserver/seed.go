@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -84,9 +85,16 @@ func (s *Server) exchangeCode(ctx context.Context, client Client, code string) (
 		"code":         {code},
 		"redirect_uri": {seedRedirectURI},
 	}
-	if client.AuthMethod == AuthMethodPost {
+	switch client.AuthMethod {
+	case AuthMethodPost:
 		form.Set("client_id", client.ID)
 		form.Set("client_secret", client.Secret)
+	case AuthMethodPrivateKeyJWT:
+		auth, err := clientAssertion(client, s.TokenURL())
+		if err != nil {
+			return nil, fmt.Errorf("client assertion: %w", err)
+		}
+		maps.Copy(form, auth)
 	}
 	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://127.0.0.1/token", strings.NewReader(form.Encode()))
 	if err != nil {

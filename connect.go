@@ -1,0 +1,313 @@
+package oauth2upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+func init() {
+	caddy.RegisterModule(Connect{})
+}
+
+const (
+	// defaultCallbackPath is where the provider sends the browser back.
+	defaultCallbackPath = "/callback"
+	// defaultFlowTimeout bounds how long a person may take between
+	// Connect and the provider's redirect back.
+	defaultFlowTimeout = 10 * time.Minute
+	// connectTimeout bounds one page's keystore work and grant.
+	connectTimeout = 2 * time.Minute
+	// keySetsPath is the prefix of the per key set routes.
+	keySetsPath = "/key_sets/"
+)
+
+// authorizeParamsReserved are the authorization request's parameters that
+// the handler sets itself (RFC 6749 section 4.1.1, RFC 7636 section 4.3).
+var authorizeParamsReserved = []string{"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"}
+
+// Connect is an operator's page for the key sets of the oauth2_upstream
+// handlers in its config: their status (never a token value), a Connect
+// button per key set that runs the provider's authorization-code flow with
+// PKCE in the operator's browser and stores the tokens it yields as the key
+// set's next generation, and a Refresh now button. It authenticates no one:
+// serve it on a site of its own behind basic_auth or forward_auth.
+//
+//	GET  /                            the status page, ?limit= (default 100) and ?after=
+//	GET  /key_sets/<name>/connect     a page with the Connect button of one key set
+//	POST /key_sets/<name>/connect     start the authorization-code flow (CSRF token)
+//	POST /key_sets/<name>/refresh     make a grant now (CSRF token)
+//	GET  <callback_path>              the provider's redirect back (RFC 6749 section 4.1.2)
+type Connect struct {
+	// AuthorizeURL is the provider's authorization endpoint (RFC 6749
+	// section 3.1). It must be https unless its host is loopback or
+	// InsecureHTTP is set. Placeholders are replaced when the handler
+	// starts. Required.
+	AuthorizeURL string `json:"authorize_url"`
+
+	// InsecureHTTP allows an http AuthorizeURL on a host other than
+	// loopback.
+	InsecureHTTP bool `json:"insecure_http,omitempty"`
+
+	// CallbackPath is the path of this handler's redirection endpoint,
+	// where the provider sends the browser back with the code. Default:
+	// the path of RedirectURL when that is set, else /callback.
+	CallbackPath string `json:"callback_path,omitempty"`
+
+	// RedirectURL is the redirect_uri sent to the provider, which must be
+	// registered there exactly. Default: the scheme and host the page was
+	// reached at, and CallbackPath. Set it when the page is reached under
+	// another name than the provider should redirect to, and for the
+	// connect-url command.
+	RedirectURL string `json:"redirect_url,omitempty"`
+
+	// Scopes are requested in the authorization request. Default: the
+	// scopes of the oauth2_upstream handler that serves the key set.
+	Scopes []string `json:"scopes,omitempty"`
+
+	// AuthorizeParams are extra parameters of the authorization request,
+	// such as prompt=consent, or access_type=offline, which Google needs
+	// to issue a refresh token. They cannot replace the parameters the
+	// flow sets (response_type, client_id, redirect_uri, scope, state,
+	// code_challenge, code_challenge_method).
+	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
+
+	// Issuer is the provider's issuer identifier (RFC 8414). A redirect
+	// back that carries iss (RFC 9207) must carry exactly this. Default:
+	// iss, when sent, must have the scheme, host and port of AuthorizeURL.
+	Issuer string `json:"issuer,omitempty"`
+
+	// ClientID narrows the page to the oauth2_upstream handlers of this
+	// client. Default: every handler of the config; set it when they use
+	// several clients, with one connect handler per provider.
+	ClientID string `json:"client_id,omitempty"`
+
+	// FlowTimeout is how long a started authorization may take before the
+	// redirect back. Default: 10m.
+	FlowTimeout caddy.Duration `json:"flow_timeout,omitempty"`
+
+	config          *prometheus.Registry // identifies the config whose handlers count
+	handlers        func() []*Handler    // tests narrow the live handlers to theirs
+	logger          *zap.Logger
+	now             func() time.Time
+	mux             *http.ServeMux
+	authorizeOrigin string // scheme://host[:port] of AuthorizeURL, for the CSP and iss
+	listenBase      string // the server's first listener as a URL, for connect-url
+}
+
+// CaddyModule returns the Caddy module information.
+func (Connect) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oauth2_upstream_connect",
+		New: func() caddy.Module { return new(Connect) },
+	}
+}
+
+// Provision replaces placeholders, sets defaults and builds the routes.
+func (c *Connect) Provision(ctx caddy.Context) error {
+	c.logger = ctx.Logger()
+	c.config = ctx.GetMetricsRegistry()
+	c.now = time.Now
+	repl := caddy.NewReplacer()
+	for _, field := range []*string{&c.AuthorizeURL, &c.RedirectURL, &c.Issuer, &c.ClientID} {
+		*field = repl.ReplaceKnown(*field, "")
+	}
+	if c.CallbackPath == "" {
+		c.CallbackPath = defaultCallbackPath
+		if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
+			c.CallbackPath = u.Path
+		}
+	}
+	if c.FlowTimeout == 0 {
+		c.FlowTimeout = caddy.Duration(defaultFlowTimeout)
+	}
+	if u, err := url.Parse(c.AuthorizeURL); err == nil {
+		c.authorizeOrigin = origin(u)
+	}
+	if srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv != nil {
+		c.listenBase = listenBase(srv)
+	}
+	c.routes()
+	registerConnect(c)
+	return nil
+}
+
+// Validate rejects a configuration that cannot work, naming the option.
+func (c *Connect) Validate() error {
+	if c.AuthorizeURL == "" {
+		return errors.New("authorize_url is required")
+	}
+	if err := credential.CheckSecretsURL("authorize_url", c.AuthorizeURL, c.InsecureHTTP,
+		"the authorization request and its state cross it", "insecure_http is set"); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(c.CallbackPath, "/") || c.CallbackPath == "/" || strings.HasPrefix(c.CallbackPath, keySetsPath) {
+		return fmt.Errorf("callback_path %q: must be a path of its own, starting with /, outside / and %s", c.CallbackPath, keySetsPath)
+	}
+	if c.RedirectURL != "" {
+		u, err := url.Parse(c.RedirectURL)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("redirect_url %q: must be an absolute http(s) URL without query or fragment", c.RedirectURL)
+		}
+		if u.Path != c.CallbackPath {
+			return fmt.Errorf("redirect_url %q: its path must be callback_path %q", c.RedirectURL, c.CallbackPath)
+		}
+	}
+	for name := range c.AuthorizeParams {
+		for _, reserved := range authorizeParamsReserved {
+			if name == reserved {
+				return fmt.Errorf("authorize_param %q: the flow sets it itself", name)
+			}
+		}
+	}
+	if c.Issuer != "" {
+		if u, err := url.Parse(c.Issuer); err != nil || u.Host == "" || u.Scheme == "" {
+			return fmt.Errorf("issuer %q: must be an absolute URL", c.Issuer)
+		}
+	}
+	if c.FlowTimeout <= 0 {
+		return fmt.Errorf("flow_timeout must be positive")
+	}
+	return nil
+}
+
+// Cleanup takes the handler out of the connect-url lookup. Flows it
+// started stay valid: the callback of a reloaded config finishes them.
+func (c *Connect) Cleanup() error {
+	unregisterConnect(c)
+	return nil
+}
+
+// routes builds the handler's ServeMux.
+func (c *Connect) routes() {
+	mux := http.NewServeMux()
+	one := keySetsPath + "{name}"
+	mux.HandleFunc("GET /{$}", c.statusPage)
+	mux.HandleFunc("GET "+one+"/connect", c.withName(c.confirmPage))
+	mux.HandleFunc("POST "+one+"/connect", c.withName(c.startConnect))
+	mux.HandleFunc("POST "+one+"/refresh", c.withName(c.refreshNow))
+	mux.HandleFunc("GET "+c.CallbackPath, c.callback)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		c.message(w, r, http.StatusNotFound, "Not found", "There is no page at this address.", "")
+	})
+	c.mux = mux
+}
+
+// ServeHTTP answers the page; it never calls next. Every answer carries a
+// strict Content-Security-Policy and is never cached.
+func (c *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	setPageHeaders(w.Header(), c.authorizeOrigin)
+	ctx, cancel := context.WithTimeout(r.Context(), connectTimeout)
+	defer cancel()
+	c.mux.ServeHTTP(w, r.WithContext(ctx))
+	return nil
+}
+
+// withName checks the {name} of the path before h acts on it.
+func (c *Connect) withName(h func(w http.ResponseWriter, r *http.Request, name string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if err := keystore.ValidateName(name); err != nil {
+			c.message(w, r, http.StatusBadRequest, "Invalid key set name", err.Error(), "")
+			return
+		}
+		h(w, r, name)
+	}
+}
+
+// live returns the oauth2_upstream handlers the page acts on: those of its
+// config, of ClientID when it is set.
+func (c *Connect) live() []*Handler {
+	var all []*Handler
+	if c.handlers != nil {
+		all = c.handlers()
+	} else {
+		all = handlersOfConfig(c.config)
+	}
+	if c.ClientID == "" {
+		return all
+	}
+	var out []*Handler
+	for _, h := range all {
+		if h.ClientID == c.ClientID {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// serving returns the live handlers that can use key set name.
+func (c *Connect) serving(name string) []*Handler {
+	var out []*Handler
+	for _, h := range c.live() {
+		if h.serves(name) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// clientOf is the client a handler grants for: its tokens, and so the
+// codes the provider issues to it, are that client's only.
+func clientOf(h *Handler) keystore.Binding {
+	return keystore.Binding{TokenURL: h.TokenURL, ClientID: h.ClientID}
+}
+
+// connectable returns the handler whose client a key set served by
+// handlers is connected for: they must all be of one client, with the
+// refresh_token grant.
+func connectable(name string, handlers []*Handler) (*Handler, error) {
+	first := handlers[0]
+	for _, h := range handlers {
+		if h.Grant != credential.GrantRefreshToken {
+			return nil, fmt.Errorf("key set %q is granted with %s, which needs no authorization; use Refresh now", name, h.Grant)
+		}
+		if clientOf(h) != clientOf(first) {
+			return nil, fmt.Errorf("handlers of several clients serve key set %q; give each provider a connect handler of its own, with client_id", name)
+		}
+	}
+	return first, nil
+}
+
+// origin is the scheme, host and port of u: what browsers and RFC 6454
+// compare.
+func origin(u *url.URL) string {
+	return u.Scheme + "://" + u.Host
+}
+
+// redirectURI is the redirect_uri of a flow started by r.
+func (c *Connect) redirectURI(r *http.Request) string {
+	if c.RedirectURL != "" {
+		return c.RedirectURL
+	}
+	return requestOrigin(r) + c.CallbackPath
+}
+
+// requestOrigin is the scheme and host r reached the page at.
+func requestOrigin(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Connect)(nil)
+	_ caddy.Validator             = (*Connect)(nil)
+	_ caddy.CleanerUpper          = (*Connect)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Connect)(nil)
+)

@@ -1,0 +1,248 @@
+package oauth2upstream
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// maxPendingFlows bounds the authorizations started and not yet finished:
+// each is a few hundred bytes, kept until its callback or its expiry.
+const maxPendingFlows = 1000
+
+// Why a redirect back is refused; the page says it to the operator.
+var (
+	errStateMissing  = errors.New("the redirect back has no state, or this browser holds no flow in progress (it may have expired): start again with Connect")
+	errStateMismatch = errors.New("the redirect back's state is not the one this browser started: start again with Connect")
+	errFlowUnknown   = errors.New("the flow is unknown or was already finished (a redirect back is good for one use): start again with Connect")
+	errFlowExpired   = errors.New("the flow took too long: start again with Connect")
+)
+
+// pendingFlow is an authorization a browser started and the redirect back
+// has not finished.
+type pendingFlow struct {
+	keySet      string
+	verifier    string           // the PKCE code verifier (RFC 7636 section 4.1)
+	redirectURI string           // sent again with the code (RFC 6749 section 4.1.3)
+	client      keystore.Binding // the client the code is issued to
+	expires     time.Time
+}
+
+// flowStore holds the pending flows by state. It is the process's, not a
+// handler's: a config reload between Connect and the redirect back must not
+// lose the flow.
+type flowStore struct {
+	mu    sync.Mutex // guards flows
+	flows map[string]pendingFlow
+}
+
+var connectFlows = &flowStore{flows: make(map[string]pendingFlow)}
+
+// add keeps flow under state, after dropping the expired ones; it refuses
+// when maxPendingFlows are pending.
+func (s *flowStore) add(state string, flow pendingFlow, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, f := range s.flows {
+		if now.After(f.expires) {
+			delete(s.flows, k)
+		}
+	}
+	if len(s.flows) >= maxPendingFlows {
+		return fmt.Errorf("%d authorizations are in progress; try again in a few minutes", len(s.flows))
+	}
+	s.flows[state] = flow
+	return nil
+}
+
+// take removes and returns the flow of state: a redirect back is good for
+// one use, whatever its outcome.
+func (s *flowStore) take(state string, now time.Time) (pendingFlow, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, ok := s.flows[state]
+	if !ok {
+		return pendingFlow{}, errFlowUnknown
+	}
+	delete(s.flows, state)
+	if now.After(f.expires) {
+		return pendingFlow{}, errFlowExpired
+	}
+	return f, nil
+}
+
+// randomToken returns 32 random bytes, base64url without padding: a state,
+// a CSRF cookie.
+func randomToken() string {
+	b := make([]byte, 32)
+	rand.Read(b) // never fails (crypto/rand: it crashes the program instead)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// startConnect starts the authorization-code flow for key set name: it
+// keeps a pending flow under a new state, binds the state to this browser
+// with a cookie, and sends the browser to the provider with a PKCE S256
+// challenge (RFC 7636 section 4.3).
+func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name string) {
+	if err := checkCSRF(r); err != nil {
+		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
+		return
+	}
+	handlers := c.serving(name)
+	if len(handlers) == 0 {
+		c.message(w, r, http.StatusNotFound, "Unknown key set", fmt.Sprintf("No oauth2_upstream handler of this page can use key set %q.", name), name)
+		return
+	}
+	h, err := connectable(name, handlers)
+	if err != nil {
+		c.message(w, r, http.StatusConflict, "Cannot connect", err.Error(), name)
+		return
+	}
+	state, verifier := randomToken(), oauth2.GenerateVerifier()
+	flow := pendingFlow{keySet: name, verifier: verifier, redirectURI: c.redirectURI(r),
+		client: clientOf(h), expires: c.now().Add(time.Duration(c.FlowTimeout))}
+	if err := connectFlows.add(state, flow, c.now()); err != nil {
+		c.message(w, r, http.StatusServiceUnavailable, "Busy", err.Error(), name)
+		return
+	}
+	http.SetCookie(w, flowCookie(r, state, time.Duration(c.FlowTimeout)))
+	scopes := c.Scopes
+	if len(scopes) == 0 {
+		scopes = h.Scopes
+	}
+	cfg := oauth2.Config{ClientID: h.ClientID, Endpoint: oauth2.Endpoint{AuthURL: c.AuthorizeURL},
+		RedirectURL: flow.redirectURI, Scopes: scopes}
+	options := []oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier)}
+	for k, v := range c.AuthorizeParams {
+		options = append(options, oauth2.SetAuthURLParam(k, v))
+	}
+	c.logger.Info("connecting key set: sent the browser to the provider", zap.String("key_set", name))
+	http.Redirect(w, r, cfg.AuthCodeURL(state, options...), http.StatusSeeOther)
+}
+
+// callback is the redirection endpoint (RFC 6749 section 4.1.2): it checks
+// that the redirect back finishes a flow this browser started, exchanges
+// the code, and shows the status page.
+func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var cookieState string
+	if cookie, err := r.Cookie(cookieName(r, flowCookieName)); err == nil {
+		cookieState = cookie.Value
+	}
+	// The flow's cookie is spent whatever follows.
+	http.SetCookie(w, flowCookie(r, "", -1))
+	flow, stateErr := c.takeFlow(q.Get("state"), cookieState)
+	if code := q.Get("error"); code != "" {
+		// RFC 6749 section 4.1.2.1: the person declined (access_denied),
+		// or the provider refused the request.
+		detail := "The provider answered " + code
+		if d := q.Get("error_description"); d != "" {
+			detail += ": " + d
+		}
+		c.message(w, r, http.StatusBadRequest, "Not connected", detail+".", flow.keySet)
+		return
+	}
+	if stateErr != nil {
+		c.message(w, r, http.StatusBadRequest, "Not connected", stateErr.Error(), "")
+		return
+	}
+	if err := c.checkIssuer(q); err != nil {
+		c.message(w, r, http.StatusBadRequest, "Not connected", err.Error(), flow.keySet)
+		return
+	}
+	code := q.Get("code")
+	if code == "" {
+		c.message(w, r, http.StatusBadRequest, "Not connected", "The redirect back carries no code.", flow.keySet)
+		return
+	}
+	ks, err := c.exchange(r.Context(), flow, code)
+	if err != nil {
+		c.logger.Error("connecting key set failed", zap.String("key_set", flow.keySet), zap.Error(err))
+		c.failure(w, r, "Not connected", err, flow.keySet)
+		return
+	}
+	c.logger.Info("connected key set", zap.String("key_set", flow.keySet), zap.Int64("generation", ks.Generation),
+		zap.Bool("has_refresh_token", ks.Token.RefreshToken() != ""))
+	http.Redirect(w, r, "/?"+url.Values{"connected": {flow.keySet}}.Encode(), http.StatusSeeOther)
+}
+
+// takeFlow finds the flow of the redirect back's state, which must be the
+// state this browser's cookie holds (compared in constant time), and ends
+// it: a second redirect back with the same state is refused.
+func (c *Connect) takeFlow(state, cookieState string) (pendingFlow, error) {
+	if state == "" || cookieState == "" {
+		return pendingFlow{}, errStateMissing
+	}
+	if subtle.ConstantTimeCompare([]byte(state), []byte(cookieState)) != 1 {
+		// The browser's own flow is ended too: someone tried to finish
+		// it with a redirect it did not start.
+		connectFlows.take(cookieState, c.now())
+		return pendingFlow{}, errStateMismatch
+	}
+	return connectFlows.take(state, c.now())
+}
+
+// checkIssuer compares the redirect back's iss, when the provider sends
+// one, with the provider the flow was started at (RFC 9207 section 2.4): a
+// code from another authorization server must not be sent to this one's
+// token endpoint.
+func (c *Connect) checkIssuer(q url.Values) error {
+	if _, sent := q["iss"]; !sent {
+		return nil
+	}
+	iss := q.Get("iss")
+	if c.Issuer != "" {
+		if iss != c.Issuer {
+			return fmt.Errorf("the redirect back comes from issuer %q, not %q (RFC 9207): not connected", iss, c.Issuer)
+		}
+		return nil
+	}
+	u, err := url.Parse(iss)
+	if err != nil || u.Host == "" || origin(u) != c.authorizeOrigin {
+		return fmt.Errorf("the redirect back comes from issuer %q, not from %s, where the flow started (RFC 9207): not connected", iss, c.authorizeOrigin)
+	}
+	return nil
+}
+
+// exchange redeems code with the engine of a handler serving the flow's
+// key set for the flow's client, and stores the tokens through every other
+// keystore such a handler uses: a code is good for one exchange.
+func (c *Connect) exchange(ctx context.Context, flow pendingFlow, code string) (*keystore.KeySet, error) {
+	var handlers []*Handler
+	for _, h := range c.serving(flow.keySet) {
+		if clientOf(h) == flow.client {
+			handlers = append(handlers, h)
+		}
+	}
+	if len(handlers) == 0 {
+		return nil, &credential.Error{KeySet: flow.keySet, Code: credential.CodeNoKeySet,
+			Description: "no oauth2_upstream handler of this page serves the key set for the client the flow started with"}
+	}
+	var exchanged *keystore.KeySet
+	ks, err := oncePerKeystore(ctx, flow.keySet, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
+		if exchanged != nil {
+			return skipForeign(e.Put(ctx, flow.keySet, exchanged.Token))
+		}
+		ks, err := skipForeign(e.Exchange(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
+		exchanged = ks
+		return ks, err
+	})
+	if err == nil && ks == nil {
+		err = &credential.Error{KeySet: flow.keySet, Code: credential.CodeKeySetForeign,
+			Description: "the stored key set is bound to another client; remove it from the keystore to connect it anew"}
+	}
+	return ks, err
+}

@@ -1,0 +1,102 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Exchange redeems an authorization code (RFC 6749 section 4.1.3) at the
+// engine's token endpoint, with the PKCE code verifier of the authorization
+// request (RFC 7636 section 4.5) and the redirect URI it named, and stores
+// the response as the next generation of key set name: a person connected
+// the account in a browser. The client authenticates as it does for
+// refreshes. The key set is stored as Put stores one (under the keystore's
+// lock, bound to the engine's client, fenced by its generation) and taken
+// into use at once; a key set bound to another client is refused before the
+// code is spent. Only engines of the refresh_token grant exchange codes:
+// the others make their tokens from the client's own credentials. Errors
+// are *Error, as a refresh's are, and hold neither the code nor the
+// verifier.
+func (e *Engine) Exchange(ctx context.Context, name, code, verifier, redirectURI string) (*keystore.KeySet, error) {
+	if err := keystore.ValidateName(name); err != nil {
+		return nil, err
+	}
+	if e.client.Grant != GrantRefreshToken {
+		return nil, &Error{KeySet: name, Code: CodeUnsupportedGrant,
+			Description: "the handler's grant is " + e.client.Grant + ", which needs no authorization code"}
+	}
+	if code == "" || verifier == "" || redirectURI == "" {
+		return nil, errors.New("an authorization code exchange needs the code, the PKCE verifier and the redirect URI")
+	}
+	return e.storeNext(ctx, name, func(current *keystore.KeySet) (grantResult, error) {
+		start := e.now()
+		e.logger.Info("exchanging an authorization code", zap.String("key_set", name),
+			zap.Int64("replaces_generation", current.Generation), zap.String("cause", causeConnected))
+		// With DPoP the exchange is proved with the key set's key (made now
+		// for a new one), so that its tokens are bound as a refresh's are.
+		res, err := e.client.exchange(e.client.proving(ctx, current), name, code, verifier, redirectURI)
+		e.observer.GrantDone(name, err, e.now().Sub(start))
+		if err != nil {
+			e.logRefreshFailure(name, current.Generation, start, err)
+		}
+		return res, err
+	})
+}
+
+// CodeUnsupportedGrant: an authorization code was offered to an engine
+// whose grant needs none.
+const CodeUnsupportedGrant = "unsupported_grant"
+
+// causeConnected is the cause logged with a code exchange: a person
+// connected the account.
+const causeConnected = "connected"
+
+// exchange makes the authorization_code grant. Like grant, it sends the
+// request through the signing and capturing transports (client assertions,
+// DPoP proofs, the configured params, the whole response kept), follows no redirect,
+// keeps a successful response that x/oauth2 rejects, and classifies a
+// failure with the code and the verifier redacted.
+func (c *tokenClient) exchange(ctx context.Context, keySet, code, verifier, redirectURI string) (grantResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+
+	signing := &signingTransport{base: c.Transport, client: c}
+	capture := &capturingTransport{base: signing, params: c.Params}
+	httpClient := &http.Client{
+		Transport: capture,
+		// A redirected token request would carry the client secret and the
+		// code to another address; refuse instead.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, httpClient)
+	requested := c.now()
+
+	style, clientID, clientSecret := c.oauth2Client()
+	cfg := oauth2.Config{
+		ClientID: clientID, ClientSecret: clientSecret, RedirectURL: redirectURI,
+		Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: style},
+	}
+	if _, err := cfg.Exchange(ctx, code, oauth2.VerifierOption(verifier)); err != nil {
+		if res, ok := salvage(capture, requested); ok {
+			res.proofKey = freshProofKey(ctx)
+			return res, nil
+		}
+		return grantResult{}, c.classify(keySet, err, append(signing.sent, code, verifier)...)
+	}
+	token, err := parseTokenResponse(capture.header, capture.body)
+	if err != nil {
+		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
+			Description: err.Error(), Temporary: true, Err: err}
+	}
+	if token.AccessToken() == "" {
+		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
+			Description: "token response has no access_token", Temporary: true}
+	}
+	return grantResult{token: token, expiry: expiryOf(token, requested), proofKey: freshProofKey(ctx)}, nil
+}

@@ -1,0 +1,196 @@
+package oauth2upstream
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+)
+
+// dpopScheme is the Authorization scheme of a DPoP-bound token (RFC 9449
+// section 7.1).
+const dpopScheme = "DPoP"
+
+// useDPoPNonceError is the error of a challenge asking for a server's
+// nonce (RFC 9449 section 9).
+const useDPoPNonceError = "use_dpop_nonce"
+
+// DPoPOptions bind the tokens to a key the sidecar holds (RFC 9449): a
+// stolen token is useless without it. Handler embeds them.
+type DPoPOptions struct {
+	// DPoP, when set, sends a DPoP proof with every token request and
+	// every upstream request, and the token as "Authorization: DPoP
+	// <token>". Default: none (bearer tokens).
+	DPoP *DPoPConfig `json:"dpop,omitempty"`
+
+	prover *credential.DPoP
+}
+
+// DPoPConfig configures DPoP.
+type DPoPConfig struct {
+	// Resource is the upstream API's URL as the API knows itself, such as
+	// https://api.example.com: the htu of a proof is it followed by the
+	// request's path. Request placeholders are replaced per request
+	// ({http.oauth2_upstream.extra.instance_url}). Required.
+	Resource string `json:"resource"`
+
+	// Key is the EC P-256 private key (PEM: a file's path, or the PEM
+	// itself, usually {env.DPOP_KEY}) that every key set's tokens are
+	// bound to. Default: each key set gets its own at its first grant,
+	// stored in the key set document (encrypted with encryption_key), so
+	// that every replica and every restart proves with it.
+	Key string `json:"key,omitempty"`
+}
+
+// provisionDPoP loads the DPoP key, if any. Errors name the option.
+func (o *DPoPOptions) provisionDPoP(repl *caddy.Replacer) error {
+	if o.DPoP == nil {
+		return nil
+	}
+	var err error
+	raw := o.DPoP.Key
+	if o.DPoP.Key = repl.ReplaceKnown(raw, ""); o.DPoP.Key == "" {
+		o.prover, err = credential.NewDPoP(nil)
+		return err
+	}
+	data, err := readPEM("dpop key", raw, o.DPoP.Key)
+	if err != nil {
+		return err
+	}
+	key, err := credential.ParsePrivateKey(data)
+	if err != nil {
+		return fmt.Errorf("dpop key: %w", err)
+	}
+	if o.prover, err = credential.NewDPoP(key); err != nil {
+		return fmt.Errorf("dpop key: %w", err)
+	}
+	return nil
+}
+
+// validateDPoP checks the DPoP options against the credential header.
+func (h *Handler) validateDPoP() error {
+	if h.DPoP == nil {
+		return nil
+	}
+	if !strings.EqualFold(h.HeaderName, defaultHeaderName) || h.HeaderScheme != dpopScheme {
+		return fmt.Errorf("dpop: a DPoP-bound token goes in \"Authorization: DPoP <token>\" (RFC 9449 section 7.1), not %s %q", h.HeaderName, h.HeaderScheme)
+	}
+	resource := h.DPoP.Resource
+	if resource == "" {
+		return errors.New("dpop: the upstream's URL is required (dpop <url>): it is the htu of every proof")
+	}
+	if strings.Contains(resource, "{") {
+		return nil // checked once replaced, per request
+	}
+	u, err := url.Parse(resource)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("dpop %q: must be an absolute http(s) URL without query or fragment", resource)
+	}
+	return nil
+}
+
+// proving wraps next so that every attempt of the exchange x (the first,
+// a nonce retry, a replay after a refresh) goes upstream with a proof of
+// its own (RFC 9449 section 7: the jti is never reused, the ath is of the
+// token sent), and the server's DPoP-Nonce, if it sent one, is kept.
+func (h *Handler) proving(next caddyhttp.Handler, x *exchange) caddyhttp.Handler {
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		target := h.DPoP.Resource
+		if strings.Contains(target, "{") {
+			target = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).ReplaceAll(target, "")
+		}
+		target = strings.TrimSuffix(target, "/") + r.URL.EscapedPath()
+		proof, err := h.engine.Proof(x.vars.cred, r.Method, target)
+		if err != nil {
+			return writeProblem(w, err)
+		}
+		r.Header.Set("DPoP", proof) // whatever the client sent is replaced
+		err = next.ServeHTTP(w, r)
+		h.engine.NoteNonce(target, w.Header().Get("DPoP-Nonce"))
+		return err
+	})
+}
+
+// asksDPoPNonce reports whether a held 401's headers are a resource
+// server's request for its nonce (RFC 9449 section 9): a DPoP challenge
+// with error="use_dpop_nonce", and a DPoP-Nonce.
+func asksDPoPNonce(header http.Header) bool {
+	if header.Get("DPoP-Nonce") == "" {
+		return false
+	}
+	for _, field := range header.Values("WWW-Authenticate") {
+		found := false
+		eachAuthParam(field, func(name, value string) bool {
+			found = strings.EqualFold(name, "error") && value == useDPoPNonceError
+			return !found
+		})
+		if found {
+			return true
+		}
+	}
+	return false
+}
+
+// retryWithNonce sends the request once more after a resource server's
+// use_dpop_nonce 401, with the same token (no grant: it was not rejected)
+// and a proof carrying the nonce; once per request. With triggers (the
+// nonce was asked of the first attempt) a rejection of the retry is
+// answered as the first attempt's would be; without (it was asked of the
+// replay after a refresh) the retry's answer goes to the client.
+func (h *Handler) retryWithNonce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *exchange, body *replayBody, before http.Header, triggers bool) error {
+	x.nonceRetried = true
+	attempt := &x.attempt
+	if body != nil {
+		replay, err := body.rewind()
+		if err != nil {
+			h.ops.countReplay(x.vars.keySet, replayNotReplayable)
+			return attempt.sendHeld()
+		}
+		r.Body = replay
+	}
+	restoreHeader(w.Header(), before)
+	attempt.free()
+	if !triggers {
+		attempt.reset(w, nil, false)
+		return next.ServeHTTP(attempt, r)
+	}
+	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
+	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
+		return err
+	}
+	return h.answerRejection(w, r, next, x, body, before)
+}
+
+// unmarshalDPoPOption reads the dpop option; ok reports whether d is at
+// it. Syntax:
+//
+//	dpop <upstream url> {
+//		key <file|pem>
+//	}
+func (o *DPoPOptions) unmarshalDPoPOption(d *caddyfile.Dispenser, option string) (ok bool, err error) {
+	if option != "dpop" {
+		return false, nil
+	}
+	o.DPoP = new(DPoPConfig)
+	if !d.AllArgs(&o.DPoP.Resource) {
+		return true, d.Errf("dpop: want <upstream url>, the htu of the proofs")
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "key":
+			if !d.AllArgs(&o.DPoP.Key) {
+				return true, d.Errf("dpop key: want <file|pem>")
+			}
+		default:
+			return true, d.Errf("unrecognized dpop option %q", d.Val())
+		}
+	}
+	return true, nil
+}

@@ -1,0 +1,81 @@
+package oauth2upstream
+
+import (
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+)
+
+// readPEM reads the PEM that an option gives as a file's path or as the
+// PEM itself: value is the option after placeholder replacement, raw the
+// option as configured. A value that came from a placeholder may be a key
+// gone wrong (base64 without its PEM lines, say), so errors quote raw,
+// never value, when the two differ.
+func readPEM(option, raw, value string) ([]byte, error) {
+	if strings.Contains(value, "-----BEGIN ") {
+		return []byte(value), nil
+	}
+	shown := raw // a path written in the configuration, or a placeholder
+	if strings.ContainsAny(value, "\r\n") {
+		if raw == value {
+			shown = "(given inline)"
+		}
+		return nil, fmt.Errorf("%s %s: neither PEM (no -----BEGIN line) nor a file's path", option, shown)
+	}
+	data, err := os.ReadFile(value)
+	if err != nil {
+		var pathErr *os.PathError
+		if errors.As(err, &pathErr) {
+			err = pathErr.Err // the path is shown once, as configured
+		}
+		return nil, fmt.Errorf("%s %s: reading the PEM file: %v", option, shown, err)
+	}
+	return data, nil
+}
+
+// loadClientCertificate reads client_certificate (a PEM chain, leaf first)
+// and client_certificate_key, and checks that the key is the leaf's.
+func loadClientCertificate(rawCert, cert, rawKey, key string) (tls.Certificate, error) {
+	certPEM, err := readPEM("client_certificate", rawCert, cert)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := readPEM("client_certificate_key", rawKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	var chain [][]byte
+	for rest := certPEM; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type == "CERTIFICATE" {
+			chain = append(chain, block.Bytes)
+		}
+	}
+	if len(chain) == 0 {
+		return tls.Certificate{}, errors.New("client_certificate: no CERTIFICATE block in the PEM")
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("client_certificate: the first certificate does not parse: %v", err)
+	}
+	signer, err := credential.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("client_certificate_key: %w", err)
+	}
+	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(signer.Public()) {
+		return tls.Certificate{}, fmt.Errorf("client_certificate: the certificate (subject %q) does not match client_certificate_key: they are not a pair",
+			leaf.Subject.String())
+	}
+	return tls.Certificate{Certificate: chain, PrivateKey: signer, Leaf: leaf}, nil
+}
