@@ -5,9 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
-	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -23,32 +21,13 @@ func init() {
 // endpoint, beside the AdminAPI's.
 const connectAdminPrefix = adminPrefix + "connect/"
 
-// liveConnects is every oauth2_upstream_connect handler of the process
-// between its Provision and its Cleanup, for connect-url.
-var liveConnects struct {
-	mu       sync.Mutex // guards handlers
-	handlers []*Connect
-}
+// liveConnects is every live oauth2_upstream_connect handler of the
+// process, for connect-url.
+var liveConnects liveSet[*Connect]
 
-func registerConnect(c *Connect) {
-	liveConnects.mu.Lock()
-	defer liveConnects.mu.Unlock()
-	if !slices.Contains(liveConnects.handlers, c) {
-		liveConnects.handlers = append(liveConnects.handlers, c)
-	}
-}
-
-func unregisterConnect(c *Connect) {
-	liveConnects.mu.Lock()
-	defer liveConnects.mu.Unlock()
-	liveConnects.handlers = slices.DeleteFunc(liveConnects.handlers, func(x *Connect) bool { return x == c })
-}
-
-func registeredConnects() []*Connect {
-	liveConnects.mu.Lock()
-	defer liveConnects.mu.Unlock()
-	return slices.Clone(liveConnects.handlers)
-}
+func registerConnect(c *Connect)     { liveConnects.add(c) }
+func unregisterConnect(c *Connect)   { liveConnects.remove(c) }
+func registeredConnects() []*Connect { return liveConnects.all() }
 
 // ConnectAdmin is the admin endpoint's route that tells where a key set is
 // connected: the address of its Connect button on the connect page of a

@@ -13,36 +13,14 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 )
 
-// liveHandlers is every oauth2_upstream handler of the process between its
-// Provision and its Cleanup, in the order they were provisioned: the admin
-// API, the health route and the expiry gauge find key sets through it.
-// Caddy provisions a new config before it cleans up the old one, so during a
-// reload the handlers of both configs are here.
-var liveHandlers struct {
-	mu       sync.Mutex // guards handlers
-	handlers []*Handler
-}
+// liveHandlers is every live oauth2_upstream handler of the process: the
+// admin API, the health route, the metrics and the connect page find key
+// sets through it.
+var liveHandlers liveSet[*Handler]
 
-func registerHandler(h *Handler) {
-	liveHandlers.mu.Lock()
-	defer liveHandlers.mu.Unlock()
-	if !slices.Contains(liveHandlers.handlers, h) {
-		liveHandlers.handlers = append(liveHandlers.handlers, h)
-	}
-}
-
-func unregisterHandler(h *Handler) {
-	liveHandlers.mu.Lock()
-	defer liveHandlers.mu.Unlock()
-	liveHandlers.handlers = slices.DeleteFunc(liveHandlers.handlers, func(x *Handler) bool { return x == h })
-}
-
-// registeredHandlers returns a snapshot of the live handlers.
-func registeredHandlers() []*Handler {
-	liveHandlers.mu.Lock()
-	defer liveHandlers.mu.Unlock()
-	return slices.Clone(liveHandlers.handlers)
-}
+func registerHandler(h *Handler)     { liveHandlers.add(h) }
+func unregisterHandler(h *Handler)   { liveHandlers.remove(h) }
+func registeredHandlers() []*Handler { return liveHandlers.all() }
 
 // handlersOfConfig returns the live handlers provisioned in the Caddy config
 // whose metrics registry is config. Caddy gives every loaded config its own
