@@ -89,14 +89,5 @@ func (c *tokenClient) exchange(ctx context.Context, keySet, code, verifier, redi
 		}
 		return grantResult{}, c.classify(keySet, err, append(signing.sent, code, verifier)...)
 	}
-	token, err := parseTokenResponse(capture.header, capture.body)
-	if err != nil {
-		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
-			Description: err.Error(), Temporary: true, Err: err}
-	}
-	if token.AccessToken() == "" {
-		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
-			Description: "token response has no access_token", Temporary: true}
-	}
-	return grantResult{token: token, expiry: expiryOf(token, requested), proofKey: freshProofKey(ctx)}, nil
+	return captured(ctx, keySet, capture, requested)
 }

@@ -141,6 +141,12 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 		}
 		return grantResult{}, c.classify(keySet, err, append(signing.sent, refreshToken)...)
 	}
+	return captured(ctx, keySet, capture, requested)
+}
+
+// captured is the grant result of the token response that capture holds,
+// requested at requested: it must parse and hold an access token.
+func captured(ctx context.Context, keySet string, capture *capturingTransport, requested time.Time) (grantResult, error) {
 	token, err := parseTokenResponse(capture.header, capture.body)
 	if err != nil {
 		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
