@@ -259,6 +259,21 @@ func (c *Connect) serving(name string) []*Handler {
 	return out
 }
 
+// postFor checks a form POST about key set name (its CSRF token) and
+// returns the handlers that serve name. Else it answers the refusal, or 404
+// for a name no handler serves, and returns nil.
+func (c *Connect) postFor(w http.ResponseWriter, r *http.Request, name string) []*Handler {
+	if err := checkCSRF(r); err != nil {
+		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
+		return nil
+	}
+	handlers := c.serving(name)
+	if len(handlers) == 0 {
+		c.message(w, r, http.StatusNotFound, "Unknown key set", fmt.Sprintf("No oauth2_upstream handler of this page can use key set %q.", name), name)
+	}
+	return handlers
+}
+
 // clientOf is the client a handler grants for: its tokens, and so the
 // codes the provider issues to it, are that client's only.
 func clientOf(h *Handler) keystore.Binding {

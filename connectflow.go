@@ -97,13 +97,8 @@ func randomToken() string {
 // with a cookie, and sends the browser to the provider with a PKCE S256
 // challenge (RFC 7636 section 4.3).
 func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name string) {
-	if err := checkCSRF(r); err != nil {
-		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
-		return
-	}
-	handlers := c.serving(name)
-	if len(handlers) == 0 {
-		c.message(w, r, http.StatusNotFound, "Unknown key set", fmt.Sprintf("No oauth2_upstream handler of this page can use key set %q.", name), name)
+	handlers := c.postFor(w, r, name)
+	if handlers == nil {
 		return
 	}
 	h, err := connectable(name, handlers)

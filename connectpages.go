@@ -155,13 +155,8 @@ func (c *Connect) confirmPage(w http.ResponseWriter, r *http.Request, name strin
 // refreshNow makes a grant for key set name now, once per keystore, and
 // shows the status page.
 func (c *Connect) refreshNow(w http.ResponseWriter, r *http.Request, name string) {
-	if err := checkCSRF(r); err != nil {
-		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
-		return
-	}
-	handlers := c.serving(name)
-	if len(handlers) == 0 {
-		c.message(w, r, http.StatusNotFound, "Unknown key set", fmt.Sprintf("No oauth2_upstream handler of this page can use key set %q.", name), name)
+	handlers := c.postFor(w, r, name)
+	if handlers == nil {
 		return
 	}
 	ctx := r.Context()
