@@ -3,7 +3,6 @@ package credential
 import (
 	"context"
 	"errors"
-	"net/http"
 
 	"go.uber.org/zap"
 	"golang.org/x/oauth2"
@@ -57,37 +56,17 @@ const CodeUnsupportedGrant = "unsupported_grant"
 // connected the account.
 const causeConnected = "connected"
 
-// exchange makes the authorization_code grant. Like grant, it sends the
-// request through the signing and capturing transports (client assertions,
-// DPoP proofs, the configured params, the whole response kept), follows no redirect,
-// keeps a successful response that x/oauth2 rejects, and classifies a
-// failure with the code and the verifier redacted.
+// exchange makes the authorization_code grant, through the same request
+// path as grant (request), with the code and the verifier redacted from
+// its errors.
 func (c *tokenClient) exchange(ctx context.Context, keySet, code, verifier, redirectURI string) (grantResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
-
-	signing := &signingTransport{base: c.Transport, client: c}
-	capture := &capturingTransport{base: signing, params: c.Params}
-	httpClient := &http.Client{
-		Transport: capture,
-		// A redirected token request would carry the client secret and the
-		// code to another address; refuse instead.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	ctx = context.WithValue(ctx, oauth2.HTTPClient, httpClient)
-	requested := c.now()
-
 	style, clientID, clientSecret := c.oauth2Client()
 	cfg := oauth2.Config{
 		ClientID: clientID, ClientSecret: clientSecret, RedirectURL: redirectURI,
 		Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: style},
 	}
-	if _, err := cfg.Exchange(ctx, code, oauth2.VerifierOption(verifier)); err != nil {
-		if res, ok := salvage(capture, requested); ok {
-			res.proofKey = freshProofKey(ctx)
-			return res, nil
-		}
-		return grantResult{}, c.classify(keySet, err, append(signing.sent, code, verifier)...)
-	}
-	return captured(ctx, keySet, capture, requested)
+	return c.request(ctx, keySet, c.Params, []string{code, verifier}, func(ctx context.Context) error {
+		_, err := cfg.Exchange(ctx, code, oauth2.VerifierOption(verifier))
+		return err
+	})
 }

@@ -95,21 +95,6 @@ type grantResult struct {
 // the refresh_token grant. Errors are *Error, classified temporary or
 // permanent, with no token value in their message.
 func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (grantResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
-	defer cancel()
-
-	signing := &signingTransport{base: c.Transport, client: c}
-	capture := &capturingTransport{base: signing, params: c.extraParams()}
-	httpClient := &http.Client{
-		Transport: capture,
-		// A redirected token request would carry the client secret and the
-		// refresh token to another address; refuse instead.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	ctx = context.WithValue(ctx, oauth2.HTTPClient, httpClient)
-	requested := c.now()
-
-	var err error
 	style, clientID, clientSecret := c.oauth2Client()
 	switch c.Grant {
 	case GrantClientCredentials, GrantJWTBearer:
@@ -117,29 +102,54 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 			ClientID: clientID, ClientSecret: clientSecret, TokenURL: c.URL,
 			Scopes: c.Scopes, EndpointParams: c.endpointParams(), AuthStyle: style,
 		}
-		_, err = cc.Token(ctx)
-	default:
-		if refreshToken == "" {
-			return grantResult{}, &Error{KeySet: keySet, Code: CodeNoKeySet,
-				Description: "the key set has no refresh_token; seed one with the refresh_token option or the keystore"}
-		}
-		cfg := oauth2.Config{
-			ClientID: clientID, ClientSecret: clientSecret, Scopes: c.Scopes,
-			Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: style},
-		}
-		// An expired token with only a refresh token makes x/oauth2 refresh.
-		_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
+		return c.request(ctx, keySet, c.extraParams(), nil, func(ctx context.Context) error {
+			_, err := cc.Token(ctx)
+			return err
+		})
 	}
-	if err != nil {
+	if refreshToken == "" {
+		return grantResult{}, &Error{KeySet: keySet, Code: CodeNoKeySet,
+			Description: "the key set has no refresh_token; seed one with the refresh_token option or the keystore"}
+	}
+	cfg := oauth2.Config{
+		ClientID: clientID, ClientSecret: clientSecret, Scopes: c.Scopes,
+		Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: style},
+	}
+	return c.request(ctx, keySet, c.extraParams(), []string{refreshToken}, func(ctx context.Context) error {
+		// An expired token with only a refresh token makes x/oauth2 refresh.
+		_, err := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: refreshToken}).Token()
+		return err
+	})
+}
+
+// request makes one token request: send makes it with x/oauth2 on ctx, whose
+// HTTP client signs it (client assertions, DPoP proofs), adds params, keeps
+// the provider's whole response, and follows no redirect: a redirected
+// token request would carry the client's credentials and the refresh token
+// or code to another address. A failure is classified with secrets, and
+// what the signer sent, redacted.
+func (c *tokenClient) request(ctx context.Context, keySet string, params url.Values, secrets []string, send func(context.Context) error) (grantResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+
+	signing := &signingTransport{base: c.Transport, client: c}
+	capture := &capturingTransport{base: signing, params: params}
+	httpClient := &http.Client{
+		Transport:     capture,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, httpClient)
+	requested := c.now()
+	if err := send(ctx); err != nil {
 		if res, ok := salvage(capture, requested); ok {
 			// x/oauth2 refused a 200 that holds an access token (it wants
 			// expires_in to be a whole number). The provider has already
-			// spent the old refresh token: throwing this away would lose
-			// the credential.
+			// spent the old refresh token (or the code): throwing this
+			// away would lose the credential.
 			res.proofKey = freshProofKey(ctx)
 			return res, nil
 		}
-		return grantResult{}, c.classify(keySet, err, append(signing.sent, refreshToken)...)
+		return grantResult{}, c.classify(keySet, err, append(signing.sent, secrets...)...)
 	}
 	return captured(ctx, keySet, capture, requested)
 }
