@@ -3,6 +3,7 @@ package credential
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -41,12 +42,7 @@ func NewUnstored() *Unstored {
 func (u *Unstored) Names() []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	names := make([]string, 0, len(u.byName))
-	for name := range u.byName {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(u.byName))
 }
 
 func (u *Unstored) get(name string) *keystore.KeySet {

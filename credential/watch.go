@@ -2,6 +2,7 @@ package credential
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"time"
 
@@ -83,11 +84,7 @@ func (e *Engine) keepaliveNames(ctx context.Context) []string {
 func (e *Engine) loadedNames() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	names := make([]string, 0, len(e.states))
-	for name := range e.states {
-		names = append(names, name)
-	}
-	return names
+	return slices.Collect(maps.Keys(e.states))
 }
 
 // refreshNow refreshes key set name for cause when due says its key set
