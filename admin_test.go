@@ -4,39 +4,81 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/admin"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// adminFor is the admin API acting on the given handlers only: the registry
-// of live handlers is process-wide, and parallel tests have theirs in it.
-// It still reads the registry, so a handler that is not registered (never
-// provisioned, or cleaned up) stays invisible.
-func adminFor(hs ...*Handler) (*AdminAPI, *observer.ObservedLogs) {
-	core, logs := observer.New(zap.DebugLevel)
-	return &AdminAPI{logger: zap.New(core), handlers: func() []*Handler {
-		return slices.DeleteFunc(registeredHandlers(), func(h *Handler) bool { return !slices.Contains(hs, h) })
-	}}, logs
+// adminFor is the admin API over the test's registry of live handlers (a
+// handler never provisioned, or cleaned up, stays invisible), provisioned
+// as Caddy's admin endpoint provisions it, in a config whose logs go to a
+// file at debug level.
+func adminFor(t *testing.T) (*admin.API, *logFile) {
+	t.Helper()
+	logs := &logFile{path: filepath.Join(t.TempDir(), "caddy.log")}
+	writer, _ := json.Marshal(map[string]string{"output": "file", "filename": logs.path})
+	cfg := &caddy.Config{Logging: &caddy.Logging{Logs: map[string]*caddy.CustomLog{"default": {
+		BaseLog: caddy.BaseLog{WriterRaw: writer, EncoderRaw: json.RawMessage(`{"format":"json"}`), Level: "DEBUG"}}}}}
+	provisionMu.Lock()
+	ctx, err := caddy.ProvisionContext(cfg)
+	provisionMu.Unlock()
+	if err != nil {
+		t.Fatalf("ProvisionContext() = %v", err)
+	}
+	a := new(admin.API)
+	if err := a.Provision(live.WithRegistry(ctx, testRegistry(t))); err != nil {
+		t.Fatalf("Provision() = %v", err)
+	}
+	return a, logs
+}
+
+// logFile is what a Caddy config logged to a file, one JSON entry a line.
+type logFile struct{ path string }
+
+// text is the whole log.
+func (l *logFile) text(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(l.path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// count is how many entries have the message msg.
+func (l *logFile) count(t *testing.T, msg string) int {
+	t.Helper()
+	n := 0
+	for _, line := range strings.Split(l.text(t), "\n") {
+		var entry struct {
+			Msg string `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.Msg == msg {
+			n++
+		}
+	}
+	return n
 }
 
 // adminCall sends one request to the admin API's route, as Caddy's admin
 // endpoint would.
-func adminCall(t *testing.T, a *AdminAPI, method, path, body string) *httptest.ResponseRecorder {
+func adminCall(t *testing.T, a *admin.API, method, path, body string) *httptest.ResponseRecorder {
 	t.Helper()
 	routes := a.Routes()
 	if len(routes) != 1 || routes[0].Pattern != "/oauth2_upstream/" {
@@ -62,7 +104,7 @@ func decodeStatus(t *testing.T, rec *httptest.ResponseRecorder) credential.Statu
 	return s
 }
 
-func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder, wantStatus int) problem {
+func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder, wantStatus int) answer.Problem {
 	t.Helper()
 	if rec.Code != wantStatus {
 		t.Fatalf("status = %d (%s); want %d", rec.Code, rec.Body, wantStatus)
@@ -70,7 +112,7 @@ func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder, wantStatus int)
 	if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
 		t.Fatalf("Content-Type = %q; want application/problem+json", ct)
 	}
-	var p problem
+	var p answer.Problem
 	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
 		t.Fatalf("decoding %s: %v", rec.Body, err)
 	}
@@ -115,7 +157,7 @@ func TestAdminListKeySets(t *testing.T) {
 	api2 := newAPIServer(t, "Bearer at-1")
 	selected := newSidecar(t, &Handler{TokenURL: te2.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api2.server.URL))
 	selected.seedStore(t, "list-a", "rt-a")
-	a, _ := adminFor(static.handler, selected.handler)
+	a, _ := adminFor(t)
 
 	list := func() []credential.Status {
 		t.Helper()
@@ -185,10 +227,10 @@ func TestAdminGetKeySet(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	seeded := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-seeded", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-missing"}, hostPort(t, api.server.URL))
+	newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "get-missing"}, hostPort(t, api.server.URL))
 	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
 	selected.seedStore(t, "get-stored", "rt-x")
-	a, _ := adminFor(seeded.handler, missing.handler, selected.handler)
+	a, _ := adminFor(t)
 	seeded.get(t, "/x")
 
 	tests := []struct {
@@ -243,7 +285,7 @@ func TestAdminPutTakesEffect(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-live", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	a, _ := adminFor(s.handler)
+	a, _ := adminFor(t)
 	if resp, _ := s.get(t, "/warm-up"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("warm-up status = %d; want 200", resp.StatusCode)
 	}
@@ -310,7 +352,7 @@ func TestAdminPutOncePerKeystore(t *testing.T) {
 	own := newSidecar(t, onDir(t.TempDir()), hostPort(t, api.server.URL))
 	first.seedStore(t, "put-shared", "rt-0")
 	own.seedStore(t, "put-shared", "rt-own")
-	a, logs := adminFor(first.handler, sameDir.handler, sameInstance.handler, own.handler)
+	a, logs := adminFor(t)
 
 	rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/put-shared", `{"access_token":"put-access","expires_in":3600}`)
 	if rec.Code != http.StatusOK {
@@ -331,7 +373,7 @@ func TestAdminPutOncePerKeystore(t *testing.T) {
 	if g := te.Grants.Load(); g != 0 {
 		t.Errorf("grants = %d; want 0", g)
 	}
-	if n := logs.FilterMessage("stored key set from the admin API").Len(); n != 1 {
+	if n := logs.count(t, "stored key set from the admin API"); n != 1 {
 		t.Errorf("logged %d PUTs; want 1", n)
 	}
 }
@@ -343,7 +385,7 @@ func TestAdminPutRejectsBadInput(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "put-bad", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	a, _ := adminFor(s.handler)
+	a, _ := adminFor(t)
 	s.get(t, "/warm-up") // generation 2
 
 	tests := []struct {
@@ -361,7 +403,7 @@ func TestAdminPutRejectsBadInput(t *testing.T) {
 		{name: "empty object", keySet: "put-bad", body: `{}`, wantStatus: http.StatusBadRequest},
 		{name: "empty tokens", keySet: "put-bad", body: `{"access_token":"","refresh_token":""}`, wantStatus: http.StatusBadRequest},
 		{name: "token not a string", keySet: "put-bad", body: `{"refresh_token":12345}`, wantStatus: http.StatusBadRequest},
-		{name: "too large", keySet: "put-bad", body: `{"access_token":"` + strings.Repeat("A", maxAdminBody) + `"}`, wantStatus: http.StatusRequestEntityTooLarge},
+		{name: "too large", keySet: "put-bad", body: `{"access_token":"` + strings.Repeat("A", 1<<20 /* the admin API reads at most 1 MiB */) + `"}`, wantStatus: http.StatusRequestEntityTooLarge},
 		{name: "invalid name", keySet: "-bad", body: `{"access_token":"SECRET-ok"}`, wantStatus: http.StatusBadRequest},
 		{name: "name nobody serves", keySet: "put-nobody", body: `{"access_token":"SECRET-ok"}`, wantStatus: http.StatusNotFound},
 	}
@@ -390,8 +432,8 @@ func TestAdminRefresh(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "refresh-me", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
-	a, _ := adminFor(s.handler, selected.handler)
+	newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
+	a, _ := adminFor(t)
 	const path = "/oauth2_upstream/key_sets/refresh-me/refresh"
 
 	rec := adminCall(t, a, http.MethodPost, path, "")
@@ -437,8 +479,6 @@ func TestAdminRefresh(t *testing.T) {
 
 	decodeProblem(t, adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/refresh-unknown/refresh", ""), http.StatusNotFound)
 	decodeProblem(t, adminCall(t, a, http.MethodGet, path, ""), http.StatusMethodNotAllowed)
-	onlyStatic, _ := adminFor(s.handler)
-	decodeProblem(t, adminCall(t, onlyStatic, http.MethodPost, "/oauth2_upstream/key_sets/refresh-other/refresh", ""), http.StatusNotFound)
 }
 
 // Invariant 7: no token value appears in the admin API's answers, the
@@ -470,8 +510,8 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 		RefreshToken: "LEAK-SEED" + marker, NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "LEAK-NOTIFY-SECRET" + marker,
 			NotifyIncludeTokens: true, NotifyHeaders: http.Header{"Authorization": {"Bearer LEAK-NOTIFY-KEY" + marker}}}}
 	s := newSidecar(t, h, hostPort(t, api.server.URL))
-	a, adminLogs := adminFor(s.handler)
-	health := &Health{config: s.handler.ops.config}
+	a, adminLogs := adminFor(t)
+	health := healthFor(t, s.ctx)
 
 	var out strings.Builder
 	collect := func(rec *httptest.ResponseRecorder) { out.WriteString(rec.Body.String()) }
@@ -495,14 +535,13 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	rec := httptest.NewRecorder()
 	health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil)
 	collect(rec)
-	out.WriteString(scrape(t, s.handler.ops.config))
+	out.WriteString(scrape(t, s.ctx.GetMetricsRegistry()))
 	rcv.WaitFor(t, 5) // seed, grants 1 and 2, PUT, grant 3
 	s.handler.Cleanup()
-	for _, logs := range []*observer.ObservedLogs{s.logs, adminLogs} {
-		for _, e := range logs.All() {
-			fmt.Fprintf(&out, "%s %v\n", e.Message, e.ContextMap())
-		}
+	for _, e := range s.logs.All() {
+		fmt.Fprintf(&out, "%s %v\n", e.Message, e.ContextMap())
 	}
+	out.WriteString(adminLogs.text(t))
 
 	if strings.Contains(out.String(), marker) {
 		t.Errorf("a token value leaked into operator output:\n%s", out.String())
@@ -525,14 +564,14 @@ func TestAdminSkipsHandlersOfOtherClients(t *testing.T) {
 	api := newAPIServer(t, "Bearer at-1")
 	dir := t.TempDir()
 	raw, _ := json.Marshal(map[string]string{"backend": "file", "path": dir})
-	other := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "other-client", KeySet: "{http.request.header.X-Account}",
+	newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "other-client", KeySet: "{http.request.header.X-Account}",
 		KeySetAllow: "[a-z-]+", KeystoreRaw: raw}, hostPort(t, api.server.URL))
 	owner := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "owner", KeySet: "shared-ks", RefreshToken: "rt-0", KeystoreRaw: raw},
 		hostPort(t, api.server.URL))
 	if resp, _ := owner.get(t, "/"); resp.StatusCode != http.StatusOK { // seeds and binds the key set to "owner"
 		t.Fatalf("owner's first request = %d; want 200", resp.StatusCode)
 	}
-	a, _ := adminFor(other.handler, owner.handler)
+	a, _ := adminFor(t)
 
 	rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/shared-ks", `{"access_token":"put-at","expires_in":3600}`)
 	if rec.Code != http.StatusOK {

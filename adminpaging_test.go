@@ -11,6 +11,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
 )
 
 // The key set list comes a page at a time (100 by default), by name, each
@@ -20,7 +21,7 @@ func TestAdminListPages(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
-	static := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "page-150x", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "page-150x", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
 	var want []string
 	for i := range 250 {
@@ -33,7 +34,7 @@ func TestAdminListPages(t *testing.T) {
 	}
 	want = append(want, "page-150x")
 	slices.Sort(want)
-	a, _ := adminFor(static.handler, selected.handler)
+	a, _ := adminFor(t)
 
 	next := regexp.MustCompile(`^<(/oauth2_upstream/key_sets\?[^>]+)>; rel="next"$`)
 	var got []string
@@ -82,10 +83,10 @@ func TestAdminListPages(t *testing.T) {
 // A page that cannot be read is a 400 problem naming the parameter.
 func TestAdminListBadPage(t *testing.T) {
 	t.Parallel()
-	a, _ := adminFor()
+	a, _ := adminFor(t)
 	for _, query := range []string{"limit=0", "limit=1001", "limit=ten", "after=no%20spaces"} {
 		rec := adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets?"+query, "")
-		var p problem
+		var p answer.Problem
 		json.Unmarshal(rec.Body.Bytes(), &p)
 		if rec.Code != http.StatusBadRequest || p.Detail == "" {
 			t.Errorf("GET key_sets?%s = %d %+v; want 400 with a detail", query, rec.Code, p)

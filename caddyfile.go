@@ -3,14 +3,14 @@ package oauth2upstream
 import (
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/caddyfileopt"
 )
 
 func init() {
@@ -18,13 +18,6 @@ func init() {
 	// The token must be on the request before reverse_proxy sends it, so
 	// no Caddyfile needs an `order` option or a `route` block for this.
 	httpcaddyfile.RegisterDirectiveOrder("oauth2_upstream", httpcaddyfile.Before, "reverse_proxy")
-
-	httpcaddyfile.RegisterHandlerDirective("oauth2_upstream_health", parseHealthCaddyfile)
-	// It answers by itself, like respond; before respond also puts it
-	// ahead of oauth2_upstream (ordered before reverse_proxy), so that
-	// `oauth2_upstream_health /healthz` in a proxying site answers the
-	// probe instead of proxying it.
-	httpcaddyfile.RegisterDirectiveOrder("oauth2_upstream_health", httpcaddyfile.Before, "respond")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -85,7 +78,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		if target, ok := h.durationOptions()[option]; ok {
 			// Zero would silently mean the default: refused.
-			if err := parseDuration(d, target, true); err != nil {
+			if err := caddyfileopt.Duration(d, target, true); err != nil {
 				return err
 			}
 			continue
@@ -149,9 +142,9 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			h.HeaderScheme = args[1]
 		}
 	case "replay_memory":
-		return parseSize(d, &h.ReplayMemory, "", 0)
+		return caddyfileopt.Size(d, &h.ReplayMemory, "", 0)
 	case "max_replay_body":
-		return parseSize(d, &h.MaxReplayBody, "off", -1)
+		return caddyfileopt.Size(d, &h.MaxReplayBody, "off", -1)
 	case "keystore":
 		return h.parseKeystore(d)
 	case "notify_include_tokens":
@@ -174,13 +167,13 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			return d.Errf("encryption_key: want <key> [<older key>...]")
 		}
 	case "body_timeout":
-		return parseDurationOrOff(d, &h.BodyTimeout)
+		return caddyfileopt.DurationOrOff(d, &h.BodyTimeout)
 	case "min_refresh_interval":
-		return parseDurationOrOff(d, &h.MinRefreshInterval)
+		return caddyfileopt.DurationOrOff(d, &h.MinRefreshInterval)
 	case "keepalive":
-		return parseDurationOrOff(d, &h.Keepalive)
+		return caddyfileopt.DurationOrOff(d, &h.Keepalive)
 	case "max_concurrent_grants":
-		return parseCountOrOff(d, &h.MaxConcurrentGrants)
+		return caddyfileopt.CountOrOff(d, &h.MaxConcurrentGrants)
 	default:
 		return h.unmarshalKeyOption(d, option)
 	}
@@ -221,225 +214,5 @@ func (h *Handler) parseKeystore(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseDuration reads the one duration argument of the current option;
-// with positive, a duration of zero or less is refused.
-func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration, positive bool) error {
-	option := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return d.Errf("%s: %q is not a duration: %v", option, s, err)
-	}
-	if positive && dur <= 0 {
-		return d.Errf("%s must be a positive duration, got %q", option, s)
-	}
-	*dst = caddy.Duration(dur)
-	return nil
-}
-
-// parseDurationOrOff reads the one argument of the current option: a
-// positive duration, or "off" for -1.
-func parseDurationOrOff(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	if d.CountRemainingArgs() == 1 && d.NextArg() {
-		if d.Val() == "off" {
-			*dst = -1
-			return nil
-		}
-		d.Prev() // back to the option's name, for parseDuration
-	}
-	return parseDuration(d, dst, true)
-}
-
-// parseCountOrOff reads a positive whole number, or "off" as -1.
-func parseCountOrOff(d *caddyfile.Dispenser, dst *int) error {
-	option := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	if s == "off" {
-		*dst = -1
-		return nil
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return d.Errf("%s must be a positive whole number or off, got %q", option, s)
-	}
-	*dst = n
-	return nil
-}
-
-// parseSize reads a size such as 64MiB, 1MB or 1048576 (bytes); the word
-// keyword, when not empty, stands for the value keywordValue.
-func parseSize(d *caddyfile.Dispenser, dst *int64, keyword string, keywordValue int64) error {
-	option := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	if keyword != "" && s == keyword {
-		*dst = keywordValue
-		return nil
-	}
-	size, err := humanize.ParseBytes(s)
-	if err != nil || size > 1<<62 {
-		return d.Errf("%s: %q is not a size (like 64MiB or 1048576)", option, strings.TrimSpace(s))
-	}
-	if size == 0 {
-		// Zero would silently mean the default.
-		if keyword != "" {
-			return d.Errf("%s: must be a positive size, or %s", option, keyword)
-		}
-		return d.Errf("%s: must be a positive size", option)
-	}
-	*dst = int64(size)
-	return nil
-}
-
-func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	health := new(Health)
-	err := health.UnmarshalCaddyfile(h.Dispenser)
-	return health, err
-}
-
-// UnmarshalCaddyfile sets up the health route from Caddyfile tokens. It
-// takes no options. Syntax:
-//
-//	oauth2_upstream_health [<matcher>]
-func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(0) {
-		return d.Errf("oauth2_upstream_health takes no options, got %q", d.Val())
-	}
-	return nil
-}
-
-// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
-//
-//	keystore file [<directory>]
-func (f *FileKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the backend name
-	if d.NextArg() {
-		f.Path = d.Val()
-	}
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(d.Nesting()) {
-		return d.Errf("keystore file takes no block, got %q", d.Val())
-	}
-	return nil
-}
-
-// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
-//
-//	keystore redis [<address>...] {
-//		address     <host:port>...   # several: Cluster, or Sentinels with master_name
-//		username    <user>
-//		password    <password>       # e.g. {env.REDIS_PASSWORD}
-//		db          <number>
-//		key_prefix  <prefix>
-//		master_name <name>
-//		tls         [<server_name>]
-//		lock_ttl    <duration>
-//		lock_wait   <duration>
-//		dial_timeout <duration>
-//		read_timeout <duration>
-//	}
-func (r *RedisKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the backend name
-	r.Addresses = append(r.Addresses, d.RemainingArgs()...)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if err := r.unmarshalOption(d); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// unmarshalOption reads the option of the block that d is at, with its
-// arguments.
-func (r *RedisKeystore) unmarshalOption(d *caddyfile.Dispenser) error {
-	switch option := d.Val(); option {
-	case "address":
-		args := d.RemainingArgs()
-		if len(args) == 0 {
-			return d.ArgErr()
-		}
-		r.Addresses = append(r.Addresses, args...)
-	case "username":
-		if !d.AllArgs(&r.Username) {
-			return d.ArgErr()
-		}
-	case "password":
-		if !d.AllArgs(&r.Password) {
-			return d.ArgErr()
-		}
-	case "key_prefix":
-		if !d.AllArgs(&r.KeyPrefix) {
-			return d.ArgErr()
-		}
-	case "master_name":
-		if !d.AllArgs(&r.MasterName) {
-			return d.ArgErr()
-		}
-	case "db":
-		var db string
-		if !d.AllArgs(&db) {
-			return d.ArgErr()
-		}
-		n, err := strconv.Atoi(db)
-		if err != nil || n < 0 {
-			return d.Errf("db must be a database number, got %q", db)
-		}
-		r.DB = n
-	case "tls":
-		r.TLS = true
-		if d.NextArg() {
-			r.TLSServerName = d.Val()
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-	case "lock_ttl":
-		return parseDuration(d, &r.LockTTL, true)
-	case "lock_wait":
-		return parseDuration(d, &r.LockWait, true)
-	case "dial_timeout":
-		return parseDuration(d, &r.DialTimeout, true)
-	case "read_timeout":
-		return parseDuration(d, &r.ReadTimeout, true)
-	default:
-		return d.Errf("unrecognized keystore redis option %q", option)
-	}
-	return nil
-}
-
-// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
-//
-//	keystore caddy_storage
-func (s *CaddyStorageKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the backend name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.NextBlock(d.Nesting()) {
-		return d.Errf("keystore caddy_storage takes no block, got %q", d.Val())
-	}
-	return nil
-}
-
-// Interface guards
-var (
-	_ caddyfile.Unmarshaler = (*Handler)(nil)
-	_ caddyfile.Unmarshaler = (*Health)(nil)
-	_ caddyfile.Unmarshaler = (*FileKeystore)(nil)
-	_ caddyfile.Unmarshaler = (*RedisKeystore)(nil)
-	_ caddyfile.Unmarshaler = (*CaddyStorageKeystore)(nil)
-)
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

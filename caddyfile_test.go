@@ -12,7 +12,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 )
 
 // The Caddyfile adapts to the JSON in testdata/caddyfile_adapt (golden
@@ -210,7 +212,7 @@ func TestValidateErrors(t *testing.T) {
 			h := valid()
 			tt.modify(&h)
 			h.setDefaults()
-			h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
+			h.keySets = live.KeySetRule{Name: h.KeySet}
 			err := h.Validate()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Validate() = %v; want an error containing %q", err, tt.want)

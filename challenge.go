@@ -12,14 +12,31 @@ import (
 // new token may cure it; insufficient_scope and invalid_request it cannot.
 const invalidTokenError = "invalid_token"
 
+// useDPoPNonceError is the error of a challenge asking for a server's
+// nonce (RFC 9449 section 9).
+const useDPoPNonceError = "use_dpop_nonce"
+
 // rejectsToken reports whether a response's WWW-Authenticate fields carry
 // the auth-param error="invalid_token" in any challenge (Bearer, and DPoP,
 // RFC 9449 section 7.1, which uses the same codes).
 func rejectsToken(h http.Header) bool {
+	return challengeError(h, invalidTokenError)
+}
+
+// asksDPoPNonce reports whether a held 401's headers are a resource
+// server's request for its nonce (RFC 9449 section 9): a DPoP challenge
+// with error="use_dpop_nonce", and a DPoP-Nonce.
+func asksDPoPNonce(h http.Header) bool {
+	return h.Get("DPoP-Nonce") != "" && challengeError(h, useDPoPNonceError)
+}
+
+// challengeError reports whether a response's WWW-Authenticate fields carry
+// the auth-param error=code in any challenge.
+func challengeError(h http.Header, code string) bool {
 	for _, field := range h.Values("WWW-Authenticate") {
 		found := false
 		eachAuthParam(field, func(name, value string) bool {
-			found = strings.EqualFold(name, "error") && value == invalidTokenError
+			found = strings.EqualFold(name, "error") && value == code
 			return !found
 		})
 		if found {

@@ -105,13 +105,9 @@ func (o *ClientAuthOptions) provisionClientAuth(repl *caddy.Replacer) error {
 		*field = repl.ReplaceKnown(*field, "")
 	}
 	if o.SigningKey != "" {
-		data, err := readPEM("signing_key", rawKey, o.SigningKey)
+		key, err := loadPrivateKey("signing_key", rawKey, o.SigningKey)
 		if err != nil {
 			return err
-		}
-		key, err := credential.ParsePrivateKey(data)
-		if err != nil {
-			return fmt.Errorf("signing_key: %w", err)
 		}
 		if o.signer, err = credential.NewSigner(key, o.SigningAlg, o.SigningKeyID); err != nil {
 			return fmt.Errorf("signing_key: %w (signing_alg %q)", err, o.SigningAlg)

@@ -24,6 +24,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 )
 
 // writePEM writes one PEM block to a file in dir and returns its path.
@@ -100,7 +101,7 @@ func TestValidateClientAuthErrors(t *testing.T) {
 			h := Handler{TokenURL: "https://login.example.com/token", ClientID: "c"}
 			tt.modify(&h)
 			h.setDefaults()
-			h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
+			h.keySets = live.KeySetRule{Name: h.KeySet}
 			err := h.Validate()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Validate() = %v; want an error containing %q", err, tt.want)

@@ -71,7 +71,7 @@ func TestAlwaysRejectedPathMakesNoGrantStorm(t *testing.T) {
 			if n := len(api.seen()); n != tt.wantUpstreamTo {
 				t.Errorf("upstream saw %d requests; want %d", n, tt.wantUpstreamTo)
 			}
-			text := scrape(t, s.handler.ops.config)
+			text := scrape(t, s.ctx.GetMetricsRegistry())
 			for outcome, want := range map[string]float64{"too_recent": tt.wantTooRecent, "replayed": tt.wantReplayed} {
 				series := `caddy_oauth2_upstream_replays_total{key_set="storm",outcome="` + outcome + `"}`
 				if got, _ := sample(text, series); got != want {

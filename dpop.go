@@ -3,13 +3,11 @@ package oauth2upstream
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 )
@@ -17,10 +15,6 @@ import (
 // dpopScheme is the Authorization scheme of a DPoP-bound token (RFC 9449
 // section 7.1).
 const dpopScheme = "DPoP"
-
-// useDPoPNonceError is the error of a challenge asking for a server's
-// nonce (RFC 9449 section 9).
-const useDPoPNonceError = "use_dpop_nonce"
 
 // DPoPOptions bind the tokens to a key the sidecar holds (RFC 9449): a
 // stolen token is useless without it. Handler embeds them.
@@ -60,13 +54,9 @@ func (o *DPoPOptions) provisionDPoP(repl *caddy.Replacer) error {
 		o.prover, err = credential.NewDPoP(nil)
 		return err
 	}
-	data, err := readPEM("dpop key", raw, o.DPoP.Key)
+	key, err := loadPrivateKey("dpop key", raw, o.DPoP.Key)
 	if err != nil {
 		return err
-	}
-	key, err := credential.ParsePrivateKey(data)
-	if err != nil {
-		return fmt.Errorf("dpop key: %w", err)
 	}
 	if o.prover, err = credential.NewDPoP(key); err != nil {
 		return fmt.Errorf("dpop key: %w", err)
@@ -94,78 +84,6 @@ func (h *Handler) validateDPoP() error {
 		return fmt.Errorf("dpop %q: must be an absolute http(s) URL without query or fragment", resource)
 	}
 	return nil
-}
-
-// proving wraps next so that every attempt of the exchange x (the first,
-// a nonce retry, a replay after a refresh) goes upstream with a proof of
-// its own (RFC 9449 section 7: the jti is never reused, the ath is of the
-// token sent), and the server's DPoP-Nonce, if it sent one, is kept.
-func (h *Handler) proving(next caddyhttp.Handler, x *exchange) caddyhttp.Handler {
-	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		target := h.DPoP.Resource
-		if strings.Contains(target, "{") {
-			target = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).ReplaceAll(target, "")
-		}
-		target = strings.TrimSuffix(target, "/") + r.URL.EscapedPath()
-		proof, err := h.engine.Proof(x.vars.cred, r.Method, target)
-		if err != nil {
-			return writeProblem(w, err)
-		}
-		r.Header.Set("DPoP", proof) // whatever the client sent is replaced
-		err = next.ServeHTTP(w, r)
-		h.engine.NoteNonce(target, w.Header().Get("DPoP-Nonce"))
-		return err
-	})
-}
-
-// asksDPoPNonce reports whether a held 401's headers are a resource
-// server's request for its nonce (RFC 9449 section 9): a DPoP challenge
-// with error="use_dpop_nonce", and a DPoP-Nonce.
-func asksDPoPNonce(header http.Header) bool {
-	if header.Get("DPoP-Nonce") == "" {
-		return false
-	}
-	for _, field := range header.Values("WWW-Authenticate") {
-		found := false
-		eachAuthParam(field, func(name, value string) bool {
-			found = strings.EqualFold(name, "error") && value == useDPoPNonceError
-			return !found
-		})
-		if found {
-			return true
-		}
-	}
-	return false
-}
-
-// retryWithNonce sends the request once more after a resource server's
-// use_dpop_nonce 401, with the same token (no grant: it was not rejected)
-// and a proof carrying the nonce; once per request. With triggers (the
-// nonce was asked of the first attempt) a rejection of the retry is
-// answered as the first attempt's would be; without (it was asked of the
-// replay after a refresh) the retry's answer goes to the client.
-func (h *Handler) retryWithNonce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *exchange, body *replayBody, before http.Header, triggers bool) error {
-	x.nonceRetried = true
-	attempt := &x.attempt
-	if body != nil {
-		replay, err := body.rewind()
-		if err != nil {
-			h.ops.countReplay(x.vars.keySet, replayNotReplayable)
-			return attempt.sendHeld()
-		}
-		r.Body = replay
-	}
-	restoreHeader(w.Header(), before)
-	attempt.free()
-	if !triggers {
-		attempt.reset(w, nil, false)
-		return next.ServeHTTP(attempt, r)
-	}
-	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
-	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
-		return err
-	}
-	return h.answerRejection(w, r, next, x, body, before)
 }
 
 // unmarshalDPoPOption reads the dpop option; ok reports whether d is at

@@ -24,6 +24,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -335,7 +336,7 @@ func TestRefreshFailureResponses(t *testing.T) {
 			if resp.Header.Get("WWW-Authenticate") != "" {
 				t.Errorf("the upstream's 401 headers leaked into the problem: %v", resp.Header)
 			}
-			var p problem
+			var p answer.Problem
 			if err := json.Unmarshal(body, &p); err != nil {
 				t.Fatalf("decoding problem %q: %v", body, err)
 			}
@@ -379,7 +380,7 @@ func TestKeySetSelection(t *testing.T) {
 		{account: "../etc/passwd", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
 		{account: "", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
 		// Stored, but outside key_set_allow: another client's key set.
-		{account: "Salesforce", wantStatus: http.StatusForbidden, wantCode: codeKeySetNotAllowed},
+		{account: "Salesforce", wantStatus: http.StatusForbidden, wantCode: credential.CodeKeySetNotAllowed},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest(http.MethodGet, s.server.URL+"/x", nil)
@@ -390,7 +391,7 @@ func TestKeySetSelection(t *testing.T) {
 			continue
 		}
 		if tt.wantCode != "" {
-			var p problem
+			var p answer.Problem
 			if err := json.Unmarshal(body, &p); err != nil || p.OAuthError != tt.wantCode {
 				t.Errorf("X-Account %q: problem %s; want oauth_error %s", tt.account, body, tt.wantCode)
 			}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -52,7 +53,7 @@ func TestTokenEndpointMalformedAnswers(t *testing.T) {
 			api := newAPIServer(t, "Bearer at-1")
 			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
 			resp, body := s.get(t, "/")
-			var p problem
+			var p answer.Problem
 			json.Unmarshal(body, &p)
 			if resp.StatusCode != http.StatusServiceUnavailable || p.OAuthError != credential.CodeInvalidTokenResponse {
 				t.Errorf("status %d, problem %+v; want 503 %s", resp.StatusCode, p, credential.CodeInvalidTokenResponse)
@@ -169,7 +170,7 @@ func TestKeystoreDirectoryGone(t *testing.T) {
 	}
 	api.setValid("Bearer at-2")
 	resp, body := s.get(t, "/")
-	var p problem
+	var p answer.Problem
 	json.Unmarshal(body, &p)
 	if resp.StatusCode != http.StatusServiceUnavailable || p.OAuthError != credential.CodeKeystoreUnavailable {
 		t.Errorf("status %d, problem %+v; want 503 %s", resp.StatusCode, p, credential.CodeKeystoreUnavailable)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,15 +19,43 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystores"
 )
 
 var provisionMu sync.Mutex // serialises Caddy provisioning across parallel tests
+
+// testRegistries holds each top-level test's registry of live handlers:
+// its sidecars, admin API, health routes and connect pages share it, and
+// see no other test's.
+var testRegistries sync.Map // top-level test name -> *live.Registry
+
+// testRegistry is the registry of the test t belongs to.
+func testRegistry(t *testing.T) *live.Registry {
+	top, _, _ := strings.Cut(t.Name(), "/")
+	reg, _ := testRegistries.LoadOrStore(top, new(live.Registry))
+	return reg.(*live.Registry)
+}
+
+// provisionContext is a Caddy context of its own (a config of its own)
+// that registers in the test's registry.
+func provisionContext(t *testing.T) caddy.Context {
+	t.Helper()
+	provisionMu.Lock()
+	defer provisionMu.Unlock()
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		t.Fatalf("ProvisionContext() = %v", err)
+	}
+	return live.WithRegistry(ctx, testRegistry(t))
+}
 
 // sidecar is the handler under test in front of Caddy's real reverse_proxy,
 // served on a loopback listener.
 type sidecar struct {
 	handler *Handler
+	ctx     caddy.Context  // the handler's context: its config, in the test's registry
 	store   *keystore.File // the handler's store, when it is a file keystore
 	dir     string         // its directory
 	server  *httptest.Server
@@ -53,6 +82,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	if err != nil {
 		t.Fatalf("ProvisionContext() = %v", err)
 	}
+	ctx = live.WithRegistry(ctx, testRegistry(t))
 
 	dir := t.TempDir()
 	if h.KeystoreRaw == nil {
@@ -67,8 +97,8 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	// Rebuild what logs, so that it logs to the observer; unregistered
-	// meanwhile, since other tests' scrapes read the live handlers.
-	unregisterHandler(h)
+	// meanwhile, since scrapes and probes read the live handlers.
+	h.unregister()
 	h.logger = zap.New(core)
 	h.ops.stop()
 	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(), h.logger); err != nil {
@@ -76,7 +106,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	}
 	h.engine.Close()
 	h.engine = h.newEngine(h.engine.Store(), time.Now)
-	registerHandler(h)
+	h.register(live.ConfigOf(ctx))
 	t.Cleanup(func() { h.Cleanup() })
 
 	if err := proxy.Provision(ctx); err != nil {
@@ -105,8 +135,8 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	}
 	srv.Start()
 	t.Cleanup(srv.Close)
-	s := &sidecar{handler: h, server: srv, logs: logs}
-	if fk, ok := h.engine.Store().(*FileKeystore); ok {
+	s := &sidecar{handler: h, ctx: ctx, server: srv, logs: logs}
+	if fk, ok := h.engine.Store().(*keystores.FileKeystore); ok {
 		s.store, s.dir = fk.File, fk.Path
 	}
 	return s
@@ -137,10 +167,10 @@ func ageTokens(clock *credentialtest.Clock) {
 
 // replaceEngine gives the handler a new engine over store, reading the
 // clock now, before the first request. The handler is unregistered
-// meanwhile: other tests' scrapes and health probes read the live handlers.
+// meanwhile: scrapes and health probes read the live handlers.
 func (s *sidecar) replaceEngine(store keystore.Store, now func() time.Time) {
-	unregisterHandler(s.handler)
-	defer registerHandler(s.handler)
+	s.handler.unregister()
+	defer s.handler.register(live.ConfigOf(s.ctx))
 	s.handler.engine.Close()
 	s.handler.engine = s.handler.newEngine(store, now)
 }

@@ -10,13 +10,38 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/admin"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
+// healthAnswer is the health route's answer.
+type healthAnswer struct {
+	Status  string          `json:"status"`
+	KeySets []failingKeySet `json:"key_sets,omitempty"`
+}
+
+// failingKeySet is a key set that cannot serve, as the health route shows it.
+type failingKeySet struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	ErrorCode string `json:"error_code,omitempty"`
+}
+
+// healthFor is the health route provisioned in ctx: it speaks for ctx's
+// config.
+func healthFor(t *testing.T, ctx caddy.Context) *admin.Health {
+	t.Helper()
+	health := new(admin.Health)
+	if err := health.Provision(ctx); err != nil {
+		t.Fatalf("Provision() = %v", err)
+	}
+	return health
+}
+
 // probe asks the health route and decodes its answer.
-func probe(t *testing.T, health *Health) (int, healthAnswer) {
+func probe(t *testing.T, health *admin.Health) (int, healthAnswer) {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	if err := health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil); err != nil {
@@ -40,7 +65,7 @@ func TestHealthFollowsKeySetState(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "health-ks", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	health := &Health{config: s.handler.ops.config}
+	health := healthFor(t, s.ctx)
 
 	if code, answer := probe(t, health); code != http.StatusOK || !reflect.DeepEqual(answer, healthAnswer{Status: "ok"}) {
 		t.Errorf("before any request: %d %+v; want 200 {status ok}", code, answer)
@@ -59,7 +84,7 @@ func TestHealthFollowsKeySetState(t *testing.T) {
 		t.Errorf("after invalid_grant: %d %+v; want 503 %+v", code, answer, want)
 	}
 
-	a, _ := adminFor(s.handler)
+	a, _ := adminFor(t)
 	if rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/health-ks", `{"refresh_token":"revoked"}`); rec.Code != http.StatusOK {
 		t.Fatalf("PUT = %d (%s)", rec.Code, rec.Body)
 	}
@@ -78,12 +103,12 @@ func TestHealthFailingKeySets(t *testing.T) {
 
 	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "health-missing"}, hostPort(t, api.server.URL))
 	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-missing", State: credential.StateNeedsReauthorization, ErrorCode: credential.CodeNoKeySet}}}
-	if code, answer := probe(t, &Health{config: missing.handler.ops.config}); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
+	if code, answer := probe(t, healthFor(t, missing.ctx)); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
 		t.Errorf("missing key set: %d %+v; want 503 %+v", code, answer, want)
 	}
 
 	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
-	health := &Health{config: selected.handler.ops.config}
+	health := healthFor(t, selected.ctx)
 	if code, answer := probe(t, health); code != http.StatusOK {
 		t.Errorf("placeholder key_set, nothing selected: %d %+v; want 200", code, answer)
 	}
@@ -104,29 +129,22 @@ func TestHealthFailingKeySets(t *testing.T) {
 // cleaned-up handler no longer counts.
 func TestHealthScopedToItsConfig(t *testing.T) {
 	t.Parallel()
-	provisionMu.Lock()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
-	if err != nil {
-		provisionMu.Unlock()
-		t.Fatal(err)
-	}
+	ctx := provisionContext(t)
 	raw, _ := json.Marshal(map[string]string{"backend": "file", "path": t.TempDir()})
 	h := &Handler{TokenURL: "https://login.example.com/token", ClientID: "c", KeySet: "health-scoped", KeystoreRaw: raw}
-	err = h.Provision(ctx)
-	health := new(Health)
-	if err == nil {
-		err = health.Provision(ctx)
-	}
+	provisionMu.Lock()
+	err := h.Provision(ctx)
 	provisionMu.Unlock()
 	if err != nil {
 		t.Fatalf("Provision() = %v", err)
 	}
 	t.Cleanup(func() { h.Cleanup() })
+	health := healthFor(t, ctx)
 
 	if code, answer := probe(t, health); code != http.StatusServiceUnavailable || len(answer.KeySets) != 1 || answer.KeySets[0].Name != "health-scoped" {
 		t.Errorf("own config with a missing key set: %d %+v; want 503 naming health-scoped", code, answer)
 	}
-	if code, answer := probe(t, &Health{config: prometheus.NewRegistry()}); code != http.StatusOK {
+	if code, answer := probe(t, healthFor(t, provisionContext(t))); code != http.StatusOK {
 		t.Errorf("another config: %d %+v; want 200 (not this config's handler)", code, answer)
 	}
 	h.Cleanup()

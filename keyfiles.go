@@ -40,6 +40,20 @@ func readPEM(option, raw, value string) ([]byte, error) {
 	return data, nil
 }
 
+// loadPrivateKey reads the PEM private key that an option gives as a
+// file's path or as the PEM itself (see readPEM).
+func loadPrivateKey(option, raw, value string) (crypto.Signer, error) {
+	data, err := readPEM(option, raw, value)
+	if err != nil {
+		return nil, err
+	}
+	key, err := credential.ParsePrivateKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", option, err)
+	}
+	return key, nil
+}
+
 // loadClientCertificate reads client_certificate (a PEM chain, leaf first)
 // and client_certificate_key, and checks that the key is the leaf's.
 func loadClientCertificate(rawCert, cert, rawKey, key string) (tls.Certificate, error) {

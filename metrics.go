@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -45,7 +46,7 @@ type upstreamMetrics struct {
 	keystoreErrors *prometheus.CounterVec
 }
 
-func newUpstreamMetrics(registry prometheus.Registerer) (*upstreamMetrics, error) {
+func newUpstreamMetrics(registry prometheus.Registerer, handlers *live.Registry, config live.Config) (*upstreamMetrics, error) {
 	m := &upstreamMetrics{
 		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "grants_total",
@@ -78,10 +79,8 @@ func newUpstreamMetrics(registry prometheus.Registerer) (*upstreamMetrics, error
 	if m.keystoreErrors, err = register(registry, m.keystoreErrors); err != nil {
 		return nil, err
 	}
-	if config, ok := registry.(*prometheus.Registry); ok {
-		if _, err := register(registry, newKeySetCollector(config)); err != nil {
-			return nil, err
-		}
+	if _, err := register(registry, newKeySetCollector(handlers, config)); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -141,14 +140,16 @@ var keySetStates = []string{
 // replica, the first load, time passing). Key sets whose expiry is unknown
 // have no expiry sample.
 type keySetCollector struct {
-	config *prometheus.Registry
-	expiry *prometheus.Desc
-	state  *prometheus.Desc
+	handlers *live.Registry
+	config   live.Config
+	expiry   *prometheus.Desc
+	state    *prometheus.Desc
 }
 
-func newKeySetCollector(config *prometheus.Registry) *keySetCollector {
+func newKeySetCollector(handlers *live.Registry, config live.Config) *keySetCollector {
 	return &keySetCollector{
-		config: config,
+		handlers: handlers,
+		config:   config,
 		expiry: prometheus.NewDesc(
 			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "token_expiry_timestamp_seconds"),
 			"When the access token in use expires, in seconds since the Unix epoch, by key set.",
@@ -171,8 +172,8 @@ func (c *keySetCollector) Describe(ch chan<- *prometheus.Desc) {
 // that have it (credential.MergeStatuses).
 func (c *keySetCollector) Collect(ch chan<- prometheus.Metric) {
 	var all []credential.Status
-	for _, h := range handlersOfConfig(c.config) {
-		all = append(all, h.engine.Statuses()...)
+	for _, h := range c.handlers.HandlersOf(c.config) {
+		all = append(all, h.Engine.Statuses()...)
 	}
 	for _, s := range credential.MergeStatuses(all) {
 		for _, state := range keySetStates {

@@ -13,9 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 )
 
 // scrape returns what a Prometheus scrape of reg reads, in the text format.
@@ -53,7 +55,7 @@ func TestMetricsAfterRequests(t *testing.T) {
 		BodyOptions: BodyOptions{ReplayMemory: 1024, MaxReplayBody: 1024}}, hostPort(t, api.server.URL))
 	clock := credentialtest.NewClock()
 	s.useClock(clock)
-	reg := s.handler.ops.config
+	reg := s.ctx.GetMetricsRegistry()
 
 	s.get(t, "/first") // grant 1
 	ageTokens(clock)
@@ -124,15 +126,15 @@ func TestMetricsExpiryFollowsPut(t *testing.T) {
 	clock := credentialtest.NewClock()
 	s.useClock(clock)
 	const series = `caddy_oauth2_upstream_token_expiry_timestamp_seconds{key_set="metrics-put"}`
-	if v, ok := sample(scrape(t, s.handler.ops.config), series); ok {
+	if v, ok := sample(scrape(t, s.ctx.GetMetricsRegistry()), series); ok {
 		t.Errorf("before any key set is loaded: %s = %v; want no sample", series, v)
 	}
-	a, _ := adminFor(s.handler)
+	a, _ := adminFor(t)
 	if rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/metrics-put", `{"access_token":"x","expires_in":120}`); rec.Code != http.StatusOK {
 		t.Fatalf("PUT = %d (%s)", rec.Code, rec.Body)
 	}
 	want := float64(clock.Now().Add(2 * time.Minute).Unix())
-	if v, ok := sample(scrape(t, s.handler.ops.config), series); !ok || v != want {
+	if v, ok := sample(scrape(t, s.ctx.GetMetricsRegistry()), series); !ok || v != want {
 		t.Errorf("after PUT: %s = %v (present %v); want %v", series, v, ok, want)
 	}
 }
@@ -142,11 +144,11 @@ func TestMetricsExpiryFollowsPut(t *testing.T) {
 func TestMetricsSharedRegistry(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewPedanticRegistry()
-	first, err := newUpstreamMetrics(reg)
+	first, err := newUpstreamMetrics(reg, new(live.Registry), live.Config{})
 	if err != nil {
 		t.Fatalf("newUpstreamMetrics() = %v", err)
 	}
-	second, err := newUpstreamMetrics(reg)
+	second, err := newUpstreamMetrics(reg, new(live.Registry), live.Config{})
 	if err != nil {
 		t.Fatalf("second newUpstreamMetrics() = %v; want the registered collectors reused", err)
 	}

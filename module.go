@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -20,6 +18,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/selfproxy"
 )
 
 func init() {
@@ -149,13 +149,14 @@ type Handler struct {
 	// NotifyOptions configure change notifications (notify.go).
 	NotifyOptions
 
-	engine           *credential.Engine
-	keySetIsTemplate bool
-	keySetAllow      *regexp.Regexp // KeySetAllow, anchored; nil without one
-	headerKey        string         // HeaderName, canonical: its key in http.Header
-	logger           *zap.Logger
-	ops              *operations          // metrics and notifications (live.go)
-	unstored         *credential.Unstored // shared with handlers over the same keystore (unstored.go)
+	engine    *credential.Engine
+	keySets   live.KeySetRule // KeySet and KeySetAllow
+	headerKey string          // HeaderName, canonical: its key in http.Header
+	logger    *zap.Logger
+	ops       *operations          // metrics and notifications (operations.go)
+	unstored  *credential.Unstored // shared with handlers over the same keystore (live.Registry.Unstored)
+	registry  *live.Registry       // where the handler registers what it serves
+	live      *live.Handler        // what it registered
 }
 
 // CaddyModule returns the Caddy module information.
@@ -170,24 +171,25 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // credentials, loads the keystore and starts the credential engine.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.registry = live.From(ctx)
 	repl := caddy.NewReplacer()
 	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken} {
 		*field = repl.ReplaceKnown(*field, "")
 	}
 	h.NotifyOptions.replacePlaceholders(repl)
-	if err := h.provisionKeys(repl); err != nil {
+	err := h.provisionKeys(repl)
+	if err != nil {
 		return err
 	}
 	h.setDefaults()
 	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
-	h.keySetIsTemplate = strings.Contains(h.KeySet, "{")
-	if err := h.compileKeySetAllow(); err != nil {
-		return err
+	if h.keySets, err = live.NewKeySetRule(h.KeySet, h.KeySetAllow); err != nil {
+		return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
 	}
 	if err := h.checkHeaderIsNotLogged(ctx); err != nil {
 		return err
 	}
-	if err := refuseSelfProxy(ctx, h.logger); err != nil {
+	if err := selfproxy.Refuse(ctx, h.logger); err != nil {
 		return err
 	}
 	store, err := h.loadKeystore(ctx, repl)
@@ -198,7 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.engine = h.newEngine(store, time.Now)
-	registerHandler(h)
+	h.register(live.ConfigOf(ctx))
 	return nil
 }
 
@@ -220,65 +222,13 @@ func (h *Handler) Validate() error {
 // Cleanup waits for refreshes in flight to store their result, then stops
 // the change notifier after it delivered them.
 func (h *Handler) Cleanup() error {
-	unregisterHandler(h)
+	h.unregister()
 	if h.engine != nil {
 		h.engine.Close()
 	}
 	h.ops.stop()
 	h.cleanupClientAuth()
 	return nil
-}
-
-// ServeHTTP sends the request on with the key set's token, and when the
-// upstream answers a trigger status, refreshes and replays it once.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	name := h.KeySet
-	if h.keySetIsTemplate {
-		name = repl.ReplaceAll(h.KeySet, "")
-		if err := h.allowKeySet(name); err != nil {
-			return writeProblem(w, err)
-		}
-	}
-	cred, err := h.engine.Current(r.Context(), name)
-	if err != nil {
-		return writeProblem(w, err)
-	}
-	x := &exchange{vars: requestPlaceholders{keySet: name, cred: cred}}
-	repl.Map(x.vars.lookup)
-
-	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody, h.headerKey)
-	if body != nil {
-		defer body.release()
-		body.idleTimeout(w, r, time.Duration(h.BodyTimeout))
-		r.Body = body
-	}
-	// The held answer's headers (WWW-Authenticate, ...) go into the real
-	// writer's map: a replay starts again from this copy.
-	before := w.Header().Clone()
-	// Set, not Add: whatever the client sent in this header is replaced.
-	r.Header.Set(h.HeaderName, cred.Header)
-	if body != nil {
-		h.setUpstreamExpect(r)
-	}
-
-	attempt := &x.attempt
-	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
-	defer attempt.free()
-	if h.DPoP != nil {
-		next, attempt.dpopNonce = h.proving(next, x), true
-	}
-	err = next.ServeHTTP(attempt, r)
-	if attempt.tooLarge {
-		h.ops.countReplay(name, replayNotReplayable)
-		h.logger.Debug("not replaying: the trigger answer's body is larger than is held",
-			zap.String("key_set", name), zap.Int("max_held_body", maxHeldBody))
-	}
-	if err != nil || !attempt.held {
-		return err
-	}
-
-	return h.answerRejection(w, r, next, x, body, before)
 }
 
 // Interface guards

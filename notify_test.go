@@ -26,7 +26,7 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 	rcv := credentialtest.NewReceiver(t)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0",
 		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "order-secret", NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
-	a, _ := adminFor(s.handler)
+	a, _ := adminFor(t)
 
 	clock := credentialtest.NewClock()
 	s.useClock(clock)
@@ -127,7 +127,7 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "{env.OAUTH2UPSTREAM_TEST_NOTIFY_SECRET}",
 			NotifyHeaders: http.Header{"Authorization": {"Bearer {env.OAUTH2UPSTREAM_TEST_NOTIFY_KEY}"}}}},
 		hostPort(t, api.server.URL))
-	a, _ := adminFor(s.handler)
+	a, _ := adminFor(t)
 
 	s.get(t, "/first")                                                                                                            // seed (1), grant (2)
 	if rec := adminCall(t, a, http.MethodPost, "/oauth2_upstream/key_sets/notify-plain/refresh", ""); rec.Code != http.StatusOK { // (3)

@@ -3,7 +3,6 @@ package oauth2upstream
 import (
 	"fmt"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -137,7 +136,7 @@ func (h *Handler) validateOptions() error {
 // validateKeySet checks key_set and the seed that goes with it.
 func (h *Handler) validateKeySet() error {
 	switch {
-	case !h.keySetIsTemplate:
+	case !h.keySets.PerRequest():
 		if err := keystore.ValidateName(h.KeySet); err != nil {
 			return fmt.Errorf("key_set: %w", err)
 		}
@@ -150,7 +149,7 @@ func (h *Handler) validateKeySet() error {
 	case h.KeySetAllow == "":
 		return fmt.Errorf("key_set %q has placeholders, so clients choose the key set: key_set_allow <regexp> must say which names they may choose", h.KeySet)
 	}
-	if h.KeySetAllow != "" && !h.keySetIsTemplate {
+	if h.KeySetAllow != "" && !h.keySets.PerRequest() {
 		return fmt.Errorf("key_set_allow is for a key_set with placeholders; key_set %q names one key set", h.KeySet)
 	}
 	if h.RefreshToken != "" && h.grantNeedsNoSeed() {
@@ -192,7 +191,7 @@ func (h *Handler) validateLimits() error {
 // reading the clock now.
 func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credential.Engine {
 	seedName := ""
-	if !h.keySetIsTemplate {
+	if !h.keySets.PerRequest() {
 		seedName = h.KeySet
 	}
 	endpoint := credential.TokenEndpoint{
@@ -217,7 +216,7 @@ func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credent
 		Unstored:            h.unstored,
 		Keepalive:           time.Duration(h.Keepalive),
 		MaxConcurrentGrants: h.MaxConcurrentGrants,
-		Serves:              h.serves,
+		Serves:              h.keySets.Serves,
 	})
 }
 
@@ -236,7 +235,7 @@ func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystor
 		h.KeystoreRaw = []byte(`{"backend":"file"}`)
 	}
 	// Before LoadModule, which drops the raw JSON.
-	h.unstored = unstoredFor(h.KeystoreRaw)
+	h.unstored = h.registry.Unstored(h.KeystoreRaw)
 	mod, err := ctx.LoadModule(h, "KeystoreRaw")
 	if err != nil {
 		return nil, fmt.Errorf("loading keystore: %w", err)
@@ -264,15 +263,25 @@ func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystor
 	return store, nil
 }
 
-// allowKeySet checks a key set name that a request selected: a valid name
-// that key_set_allow admits.
-func (h *Handler) allowKeySet(name string) error {
-	if err := keystore.ValidateName(name); err != nil {
-		return &credential.Error{KeySet: name, Code: credential.CodeInvalidKeySetName, Description: err.Error(), Err: err}
+// lockLeaseMargin is how much longer than token_timeout a refresh lock must
+// last without renewal. Besides the token request, its holder re-reads the
+// key set before it and saves the result after it: one keystore round trip
+// each, milliseconds normally, with room here for a slow Redis.
+const lockLeaseMargin = 5 * time.Second
+
+// checkLockLease refuses a keystore whose refresh locks, left unrenewed,
+// could expire during one token request of at most tokenTimeout: a holder
+// cut off from Redis would still be granting when another replica takes
+// the lock and grants too, spending a rotating refresh token twice
+// (DESIGN.md invariant 4). Keystores whose locks do not expire pass.
+func checkLockLease(store keystore.Store, tokenTimeout time.Duration) error {
+	lease, ok := store.(interface{ LockLease() time.Duration })
+	if !ok {
+		return nil
 	}
-	if h.keySetAllow == nil || !h.keySetAllow.MatchString(name) {
-		return &credential.Error{KeySet: name, Code: codeKeySetNotAllowed,
-			Description: "the request selected a key set that key_set_allow does not admit"}
+	if ttl, need := lease.LockLease(), tokenTimeout+lockLeaseMargin; ttl < need {
+		return fmt.Errorf("keystore lock_ttl %v: must be at least token_timeout %v plus %v, so that a refresh lock that cannot be renewed outlasts a token request",
+			ttl, tokenTimeout, lockLeaseMargin)
 	}
 	return nil
 }
@@ -295,17 +304,4 @@ func (h *Handler) checkHeaderIsNotLogged(ctx caddy.Context) error {
 	return fmt.Errorf("header %s: reverse_proxy logs at debug level, and its \"upstream roundtrip\" lines would hold the token "+
 		"(Caddy redacts only %s); log http.handlers.reverse_proxy at info or above, or carry the token in Authorization",
 		h.HeaderName, strings.Join(headersCaddyRedacts, ", "))
-}
-
-// compileKeySetAllow compiles key_set_allow, anchored at both ends.
-func (h *Handler) compileKeySetAllow() error {
-	if h.KeySetAllow == "" {
-		return nil
-	}
-	allow, err := regexp.Compile(`^(?:` + h.KeySetAllow + `)$`)
-	if err != nil {
-		return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
-	}
-	h.keySetAllow = allow
-	return nil
 }

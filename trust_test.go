@@ -103,7 +103,7 @@ func TestLargeTriggerBodyIsNotHeld(t *testing.T) {
 		t.Errorf("grants = %d; want 1 (no refresh for an answer that could not be replayed)", got)
 	}
 	series := `caddy_oauth2_upstream_replays_total{key_set="default",outcome="not_replayable"}`
-	if v, ok := sample(scrape(t, s.handler.ops.config), series); !ok || v != 1 {
+	if v, ok := sample(scrape(t, s.ctx.GetMetricsRegistry()), series); !ok || v != 1 {
 		t.Errorf("%s = %v (present %v); want 1", series, v, ok)
 	}
 }

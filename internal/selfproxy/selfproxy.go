@@ -1,4 +1,8 @@
-package oauth2upstream
+// Package selfproxy refuses, when a config is loaded, a sidecar whose
+// reverse_proxy would dial one of its own server's listeners: every request
+// would come back to the oauth2_upstream handler, which injects the token
+// again and proxies again.
+package selfproxy
 
 import (
 	"context"
@@ -34,13 +38,13 @@ import (
 // judged: reverse_proxy could not dial it either.
 const selfProxyLookupTimeout = 2 * time.Second
 
-// refuseSelfProxy returns an error when a reverse_proxy that runs after an oauth2_upstream
+// Refuse returns an error when a reverse_proxy that runs after an oauth2_upstream
 // handler, in the routes of the HTTP server being provisioned, would dial one of that
 // server's own listeners. Upstreams are resolved as reverse_proxy's HTTP transport resolves
 // them: its resolver when one is set, the system's otherwise. Upstreams with placeholders
 // (known only per request), dynamic upstreams and upstreams reached through a forward proxy
 // (the proxy resolves the name) are not judged.
-func refuseSelfProxy(ctx caddy.Context, logger *zap.Logger) error {
+func Refuse(ctx caddy.Context, logger *zap.Logger) error {
 	// The http app provisions each server with itself in the context (caddyhttp.App.Provision),
 	// so a handler knows the server whose routes hold it; outside one there is nothing to judge.
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)

@@ -1,4 +1,4 @@
-package oauth2upstream
+package admin
 
 import (
 	"bytes"
@@ -20,6 +20,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -51,7 +53,7 @@ working directory), else Caddy's default, ` + caddy.DefaultAdminListen + `.`,
 			flags.Bool("json", false, "Print the admin endpoint's JSON answer")
 			status := &cobra.Command{Use: "status [<key set>]", Short: "Shows the state of every key set, or of one",
 				Args: cobra.MaximumNArgs(1), RunE: caddycmd.WrapCommandFuncForCobra(cmdStatus)}
-			status.Flags().Int("page-size", defaultListLimit, "Key sets asked for per page")
+			status.Flags().Int("page-size", live.DefaultListLimit, "Key sets asked for per page")
 			seed := &cobra.Command{Use: "seed <key set>", Short: "Stores a token response (or a refresh token) from --file or standard input",
 				Args: cobra.ExactArgs(1), RunE: caddycmd.WrapCommandFuncForCobra(cmdSeed)}
 			seed.Flags().String("file", "", "File holding the token response or refresh token (default: standard input)")
@@ -65,7 +67,7 @@ working directory), else Caddy's default, ` + caddy.DefaultAdminListen + `.`,
 }
 
 // maxSeedInput caps what seed reads: the admin endpoint takes at most this.
-const maxSeedInput = maxAdminBody
+const maxSeedInput = maxBody
 
 // adminAddress is the admin endpoint the flags name.
 func adminAddress(fl caddycmd.Flags) (string, error) {
@@ -106,14 +108,14 @@ func adminDo(fl caddycmd.Flags, method, uri string, body io.Reader) ([]byte, htt
 func cmdStatus(fl caddycmd.Flags) (int, error) {
 	var statuses []credential.Status
 	if name := fl.Arg(0); name != "" {
-		s, err := oneStatus(fl, http.MethodGet, adminPrefix+"key_sets/"+url.PathEscape(name), nil)
+		s, err := oneStatus(fl, http.MethodGet, answer.AdminPrefix+"key_sets/"+url.PathEscape(name), nil)
 		if err != nil {
 			return caddy.ExitCodeFailedStartup, err
 		}
 		statuses = append(statuses, s)
 	} else {
 		size := fl.Int("page-size")
-		next := adminPrefix + "key_sets?" + url.Values{"limit": {strconv.Itoa(size)}}.Encode()
+		next := answer.AdminPrefix + "key_sets?" + url.Values{"limit": {strconv.Itoa(size)}}.Encode()
 		for next != "" {
 			data, header, err := adminDo(fl, http.MethodGet, next, nil)
 			if err != nil {
@@ -152,7 +154,7 @@ func cmdSeed(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	s, err := oneStatus(fl, http.MethodPut, adminPrefix+"key_sets/"+name, bytes.NewReader(body))
+	s, err := oneStatus(fl, http.MethodPut, answer.AdminPrefix+"key_sets/"+name, bytes.NewReader(body))
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
@@ -181,7 +183,7 @@ func seedBody(in io.Reader) ([]byte, error) {
 
 // cmdRefresh makes a grant for the key set now.
 func cmdRefresh(fl caddycmd.Flags) (int, error) {
-	s, err := oneStatus(fl, http.MethodPost, adminPrefix+"key_sets/"+url.PathEscape(fl.Arg(0))+"/refresh", nil)
+	s, err := oneStatus(fl, http.MethodPost, answer.AdminPrefix+"key_sets/"+url.PathEscape(fl.Arg(0))+"/refresh", nil)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
@@ -190,7 +192,7 @@ func cmdRefresh(fl caddycmd.Flags) (int, error) {
 
 // cmdConnectURL prints where the key set is connected in a browser.
 func cmdConnectURL(fl caddycmd.Flags) (int, error) {
-	data, _, err := adminDo(fl, http.MethodGet, connectAdminPrefix+url.PathEscape(fl.Arg(0)), nil)
+	data, _, err := adminDo(fl, http.MethodGet, answer.ConnectAdminPrefix+url.PathEscape(fl.Arg(0)), nil)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
@@ -198,11 +200,11 @@ func cmdConnectURL(fl caddycmd.Flags) (int, error) {
 		os.Stdout.Write(data)
 		return caddy.ExitCodeSuccess, nil
 	}
-	var answer connectURLAnswer
-	if err := json.Unmarshal(data, &answer); err != nil {
+	var connectURL answer.ConnectURL
+	if err := json.Unmarshal(data, &connectURL); err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the answer: %w", err)
 	}
-	fmt.Println(answer.ConnectURL)
+	fmt.Println(connectURL.ConnectURL)
 	return caddy.ExitCodeSuccess, nil
 }
 

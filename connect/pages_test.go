@@ -1,4 +1,4 @@
-package oauth2upstream
+package connect
 
 import (
 	"crypto/sha256"
@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -95,7 +97,7 @@ func TestConnectPagesHeadersAndNoTokenValues(t *testing.T) {
 func TestConnectRefreshNeedsCSRFToken(t *testing.T) {
 	t.Parallel()
 	rig := newConnectRig(t, nil)
-	if _, err := rig.sidecar.handler.engine.Put(t.Context(), "crm", keystore.Token{"refresh_token": json.RawMessage(`"rt-0"`)}); err != nil {
+	if _, err := rig.handler.Engine.Put(t.Context(), "crm", keystore.Token{"refresh_token": json.RawMessage(`"rt-0"`)}); err != nil {
 		t.Fatal(err)
 	}
 	token := rig.csrf(t, rig.client)
@@ -157,17 +159,17 @@ func TestConnectUnknownKeySet(t *testing.T) {
 func TestConnectStatusPagePages(t *testing.T) {
 	t.Parallel()
 	rig := newConnectRig(t, nil)
-	h := rig.sidecar.handler
-	h.KeySet, h.keySetIsTemplate, h.KeySetAllow = "{http.request.header.X-Account}", true, "acct-[0-9]+"
-	if err := h.compileKeySetAllow(); err != nil {
+	perRequest, err := live.NewKeySetRule("{http.request.header.X-Account}", "acct-[0-9]+")
+	if err != nil {
 		t.Fatal(err)
 	}
+	rig.handler.KeySets = perRequest // before the first request
 	now := time.Now()
 	for _, name := range []string{"acct-1", "acct-2", "acct-3", "other"} {
 		ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: now.Add(-time.Hour), Expiry: now.Add(time.Hour), Token: keystore.Token{}}
 		ks.Token.SetString(keystore.FieldAccessToken, "at-"+name)
 		ks.Token.SetString(keystore.FieldRefreshToken, "rt-"+name)
-		if err := rig.sidecar.store.Save(t.Context(), ks); err != nil {
+		if err := rig.store.Save(t.Context(), ks); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -218,17 +220,17 @@ func TestConnectAdminAnswersConnectURL(t *testing.T) {
 		}
 		return rec
 	}
-	a := &ConnectAdmin{connects: func() []*Connect { return []*Connect{rig.connect} }}
+	a := &ConnectAdmin{registry: rig.registry}
 	rec := call(a, "/oauth2_upstream/connect/crm")
-	var answer connectURLAnswer
-	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &answer) != nil ||
-		answer.ConnectURL != "https://ops.example.com:9443/key_sets/crm/connect" {
+	var got answer.ConnectURL
+	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &got) != nil ||
+		got.ConnectURL != "https://ops.example.com:9443/key_sets/crm/connect" {
 		t.Errorf("GET connect/crm = %d %s; want the Connect page on the redirect_url's origin", rec.Code, rec.Body)
 	}
 	if rec := call(a, "/oauth2_upstream/connect/billing"); rec.Code != http.StatusNotFound {
 		t.Errorf("GET connect/billing = %d; want 404", rec.Code)
 	}
-	none := &ConnectAdmin{connects: func() []*Connect { return nil }}
+	none := &ConnectAdmin{registry: new(live.Registry)}
 	if rec := call(none, "/oauth2_upstream/connect/crm"); rec.Code != http.StatusNotFound {
 		t.Errorf("GET connect/crm without a connect page = %d; want 404", rec.Code)
 	}
@@ -260,43 +262,5 @@ func TestConnectValidate(t *testing.T) {
 				t.Errorf("Validate() = %v; want an error saying %q", err, tt.want)
 			}
 		})
-	}
-}
-
-// The status command follows the list's Link rel="next" (RFC 8288).
-func TestNextLink(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		values []string
-		want   string
-	}{
-		{[]string{`</oauth2_upstream/key_sets?after=b&limit=2>; rel="next"`}, "/oauth2_upstream/key_sets?after=b&limit=2"},
-		{[]string{`<https://x/help>; rel="help", </p?after=c>; rel="Next"`}, "/p?after=c"},
-		{[]string{`</p>; rel="prev"`}, ""},
-		{nil, ""},
-	}
-	for _, tt := range tests {
-		if got := nextLink(tt.values); got != tt.want {
-			t.Errorf("nextLink(%q) = %q; want %q", tt.values, got, tt.want)
-		}
-	}
-}
-
-// seed takes a token response as it is, and a bare refresh token as the
-// refresh_token of one.
-func TestSeedBody(t *testing.T) {
-	t.Parallel()
-	tests := []struct{ in, want string }{
-		{"rt-abc\n", `{"refresh_token":"rt-abc"}`},
-		{` {"access_token":"a","refresh_token":"r"}` + "\n", `{"access_token":"a","refresh_token":"r"}`},
-	}
-	for _, tt := range tests {
-		got, err := seedBody(strings.NewReader(tt.in))
-		if err != nil || string(got) != tt.want {
-			t.Errorf("seedBody(%q) = %s, %v; want %s", tt.in, got, err, tt.want)
-		}
-	}
-	if _, err := seedBody(strings.NewReader(" \n")); err == nil {
-		t.Errorf("seedBody(blank) = nil error; want one")
 	}
 }

@@ -1,57 +1,18 @@
-package oauth2upstream
+package keystores
 
 import (
-	"errors"
-	"fmt"
-	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/caddyfileopt"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/caddystorage"
 )
 
 func init() {
-	caddy.RegisterModule(FileKeystore{})
 	caddy.RegisterModule(RedisKeystore{})
-	caddy.RegisterModule(CaddyStorageKeystore{})
-}
-
-// FileKeystore is the default keystore: one JSON document per key set in a
-// directory, written atomically and durably (temporary file, fsync, rename,
-// fsync of the directory), files 0600 in a 0700 directory. Processes sharing
-// the directory coordinate through flock(2) lock files beside the documents.
-type FileKeystore struct {
-	// Path is the directory that holds the documents, created 0700 if
-	// missing (and tightened to 0700 if it exists). Default: the
-	// "oauth2_upstream" folder in Caddy's data directory.
-	Path string `json:"path,omitempty"`
-
-	// File is the store in Path, opened by Provision.
-	*keystore.File `json:"-"`
-}
-
-// CaddyModule returns the Caddy module information.
-func (FileKeystore) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "oauth2_upstream.keystores.file",
-		New: func() caddy.Module { return new(FileKeystore) },
-	}
-}
-
-// Provision implements caddy.Provisioner: it opens the directory, creating
-// it if needed.
-func (f *FileKeystore) Provision(caddy.Context) error {
-	if f.Path == "" {
-		f.Path = filepath.Join(caddy.AppDataDir(), "oauth2_upstream")
-	}
-	store, err := keystore.NewFile(f.Path)
-	if err != nil {
-		return err
-	}
-	f.File = store
-	return nil
 }
 
 // RedisKeystore keeps key set documents in Redis, so that replicas share
@@ -184,83 +145,102 @@ func (r *RedisKeystore) Cleanup() error {
 	return r.Redis.Close()
 }
 
-// lockLeaseMargin is how much longer than token_timeout a refresh lock must
-// last without renewal. Besides the token request, its holder re-reads the
-// key set before it and saves the result after it: one keystore round trip
-// each, milliseconds normally, with room here for a slow Redis.
-const lockLeaseMargin = 5 * time.Second
-
 // LockLease is how long a refresh lock lasts when its holder cannot renew
 // it: LockTTL, with its default applied by Provision.
 func (r *RedisKeystore) LockLease() time.Duration { return time.Duration(r.LockTTL) }
 
-// checkLockLease refuses a keystore whose refresh locks, left unrenewed,
-// could expire during one token request of at most tokenTimeout: a holder
-// cut off from Redis would still be granting when another replica takes
-// the lock and grants too, spending a rotating refresh token twice
-// (invariant 4). Keystores whose locks do not expire pass.
-func checkLockLease(store keystore.Store, tokenTimeout time.Duration) error {
-	lease, ok := store.(interface{ LockLease() time.Duration })
-	if !ok {
-		return nil
-	}
-	if ttl, need := lease.LockLease(), tokenTimeout+lockLeaseMargin; ttl < need {
-		return fmt.Errorf("keystore lock_ttl %v: must be at least token_timeout %v plus %v, so that a refresh lock that cannot be renewed outlasts a token request",
-			ttl, tokenTimeout, lockLeaseMargin)
-	}
-	return nil
-}
-
-// CaddyStorageKeystore keeps key set documents in the storage Caddy is
-// configured with (the global "storage" option: the file system by default,
-// or a shared backend such as Redis, Consul or S3 that a cluster of Caddy
-// instances already uses for certificates). Documents live under
-// oauth2_upstream/<name>.json.
+// UnmarshalCaddyfile sets up the store from Caddyfile tokens. Syntax:
 //
-// Coordination uses the storage's own locks, built for certificate renewals:
-// they may go stale (the file storage's after a few seconds without its
-// holder's heartbeat) and are polled (each second, for the file storage).
-// The generation check still fences a holder whose lock went stale, but a
-// storage whose writes are not atomic or whose locks do not exclude can lose
-// a rotated refresh token; prefer the file or redis keystore where they fit.
-type CaddyStorageKeystore struct {
-	// Store is the store over Caddy's storage, made by Provision.
-	*caddystorage.Store `json:"-"`
-}
-
-// CaddyModule returns the Caddy module information.
-func (CaddyStorageKeystore) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{
-		ID:  "oauth2_upstream.keystores.caddy_storage",
-		New: func() caddy.Module { return new(CaddyStorageKeystore) },
+//	keystore redis [<address>...] {
+//		address     <host:port>...   # several: Cluster, or Sentinels with master_name
+//		username    <user>
+//		password    <password>       # e.g. {env.REDIS_PASSWORD}
+//		db          <number>
+//		key_prefix  <prefix>
+//		master_name <name>
+//		tls         [<server_name>]
+//		lock_ttl    <duration>
+//		lock_wait   <duration>
+//		dial_timeout <duration>
+//		read_timeout <duration>
+//	}
+func (r *RedisKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the backend name
+	r.Addresses = append(r.Addresses, d.RemainingArgs()...)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := r.unmarshalOption(d); err != nil {
+			return err
+		}
 	}
-}
-
-// Provision implements caddy.Provisioner: it takes the storage of ctx, the
-// one Caddy is configured with.
-func (s *CaddyStorageKeystore) Provision(ctx caddy.Context) error {
-	storage := ctx.Storage()
-	if storage == nil {
-		return errors.New("caddy_storage keystore: Caddy has no storage configured")
-	}
-	s.Store = caddystorage.New(storage)
 	return nil
 }
 
-// Interface guards: the handler asserts keystore.Store on the loaded module,
-// UseCodec for encryption_key, and LockLease to check token_timeout.
-var (
-	_ keystore.Store                        = (*FileKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*FileKeystore)(nil)
-	_ caddy.Provisioner                     = (*FileKeystore)(nil)
+// unmarshalOption reads the option of the block that d is at, with its
+// arguments.
+func (r *RedisKeystore) unmarshalOption(d *caddyfile.Dispenser) error {
+	switch option := d.Val(); option {
+	case "address":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		r.Addresses = append(r.Addresses, args...)
+	case "username":
+		if !d.AllArgs(&r.Username) {
+			return d.ArgErr()
+		}
+	case "password":
+		if !d.AllArgs(&r.Password) {
+			return d.ArgErr()
+		}
+	case "key_prefix":
+		if !d.AllArgs(&r.KeyPrefix) {
+			return d.ArgErr()
+		}
+	case "master_name":
+		if !d.AllArgs(&r.MasterName) {
+			return d.ArgErr()
+		}
+	case "db":
+		var db string
+		if !d.AllArgs(&db) {
+			return d.ArgErr()
+		}
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			return d.Errf("db must be a database number, got %q", db)
+		}
+		r.DB = n
+	case "tls":
+		r.TLS = true
+		if d.NextArg() {
+			r.TLSServerName = d.Val()
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	case "lock_ttl":
+		return caddyfileopt.Duration(d, &r.LockTTL, true)
+	case "lock_wait":
+		return caddyfileopt.Duration(d, &r.LockWait, true)
+	case "dial_timeout":
+		return caddyfileopt.Duration(d, &r.DialTimeout, true)
+	case "read_timeout":
+		return caddyfileopt.Duration(d, &r.ReadTimeout, true)
+	default:
+		return d.Errf("unrecognized keystore redis option %q", option)
+	}
+	return nil
+}
 
+// Interface guards: the handler asserts keystore.Store on the loaded
+// module, UseCodec for encryption_key, and LockLease to check
+// token_timeout.
+var (
 	_ keystore.Store                         = (*RedisKeystore)(nil)
 	_ interface{ UseCodec(keystore.Codec) }  = (*RedisKeystore)(nil)
+	_ interface{ LockLease() time.Duration } = (*RedisKeystore)(nil)
 	_ caddy.Provisioner                      = (*RedisKeystore)(nil)
 	_ caddy.CleanerUpper                     = (*RedisKeystore)(nil)
-	_ interface{ LockLease() time.Duration } = (*RedisKeystore)(nil)
-
-	_ keystore.Store                        = (*CaddyStorageKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*CaddyStorageKeystore)(nil)
-	_ caddy.Provisioner                     = (*CaddyStorageKeystore)(nil)
+	_ caddyfile.Unmarshaler                  = (*RedisKeystore)(nil)
 )

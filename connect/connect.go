@@ -1,4 +1,10 @@
-package oauth2upstream
+// Package connect is the oauth2_upstream_connect page, where an operator
+// connects an account in a browser (the authorization-code flow with PKCE)
+// and sees every key set's state, and its admin route, which tells the
+// `caddy oauth2-upstream connect-url` command where a key set's Connect
+// button is. It reads the live oauth2_upstream handlers from their registry
+// (internal/live), never their fields.
+package connect
 
 import (
 	"context"
@@ -11,11 +17,10 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 )
 
 func init() {
@@ -98,13 +103,13 @@ type Connect struct {
 	// redirect back. Default: 10m.
 	FlowTimeout caddy.Duration `json:"flow_timeout,omitempty"`
 
-	config          *prometheus.Registry // identifies the config whose handlers count
-	handlers        func() []*Handler    // tests narrow the live handlers to theirs
+	registry        *live.Registry
+	page            *live.Page // the page as the registry shows it
+	state           *familyState
 	logger          *zap.Logger
 	now             func() time.Time
 	mux             *http.ServeMux
 	authorizeOrigin string // scheme://host[:port] of AuthorizeURL, for the CSP and iss
-	listenBase      string // the server's first listener as a URL, for connect-url
 }
 
 // CaddyModule returns the Caddy module information.
@@ -118,7 +123,6 @@ func (Connect) CaddyModule() caddy.ModuleInfo {
 // Provision replaces placeholders, sets defaults and builds the routes.
 func (c *Connect) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
-	c.config = ctx.GetMetricsRegistry()
 	c.now = time.Now
 	repl := caddy.NewReplacer()
 	for _, field := range []*string{&c.AuthorizeURL, &c.RedirectURL, &c.Issuer, &c.ClientID} {
@@ -136,11 +140,15 @@ func (c *Connect) Provision(ctx caddy.Context) error {
 	if u, err := url.Parse(c.AuthorizeURL); err == nil {
 		c.authorizeOrigin = origin(u)
 	}
-	if srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv != nil {
-		c.listenBase = listenBase(srv)
-	}
+	c.page = &live.Page{Config: live.ConfigOf(ctx), ClientID: c.ClientID, Base: c.publicBase(ctx)}
 	c.routes()
-	registerConnect(c)
+	c.registry = live.From(ctx)
+	state, err := loadFamilyState()
+	if err != nil {
+		return err
+	}
+	c.state = state
+	c.registry.Pages.Add(c.page)
 	return nil
 }
 
@@ -186,8 +194,11 @@ func (c *Connect) Validate() error {
 // Cleanup takes the handler out of the connect-url lookup. Flows it
 // started stay valid: the callback of a reloaded config finishes them.
 func (c *Connect) Cleanup() error {
-	unregisterConnect(c)
-	return nil
+	if c.state == nil {
+		return nil // Provision failed before it took a share of the state
+	}
+	c.registry.Pages.Remove(c.page)
+	return releaseFamilyState()
 }
 
 // routes builds the handler's ServeMux.
@@ -215,55 +226,23 @@ func (c *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return nil
 }
 
-// withName checks the {name} of the path before h acts on it.
-func (c *Connect) withName(h func(w http.ResponseWriter, r *http.Request, name string)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		if err := keystore.ValidateName(name); err != nil {
-			c.message(w, r, http.StatusBadRequest, "Invalid key set name", err.Error(), "")
-			return
-		}
-		h(w, r, name)
-	}
+// withName checks the {name} of the path before serve acts on it.
+func (c *Connect) withName(serve func(w http.ResponseWriter, r *http.Request, name string)) http.HandlerFunc {
+	return live.WithKeySetName(func(w http.ResponseWriter, r *http.Request, err error) {
+		c.message(w, r, http.StatusBadRequest, "Invalid key set name", err.Error(), "")
+	}, serve)
 }
 
-// live returns the oauth2_upstream handlers the page acts on: those of its
-// config, of ClientID when it is set.
-func (c *Connect) live() []*Handler {
-	var all []*Handler
-	if c.handlers != nil {
-		all = c.handlers()
-	} else {
-		all = handlersOfConfig(c.config)
-	}
-	if c.ClientID == "" {
-		return all
-	}
-	var out []*Handler
-	for _, h := range all {
-		if h.ClientID == c.ClientID {
-			out = append(out, h)
-		}
-	}
-	return out
-}
-
-// serving returns the live handlers that can use key set name.
-func (c *Connect) serving(name string) []*Handler {
-	var out []*Handler
-	for _, h := range c.live() {
-		if h.serves(name) {
-			out = append(out, h)
-		}
-	}
-	return out
+// serving returns the live handlers of the page that can use key set name.
+func (c *Connect) serving(name string) []*live.Handler {
+	return live.Serving(c.registry.PageHandlers(c.page), name)
 }
 
 // postFor checks a form POST about key set name (its CSRF token) and
 // returns the handlers that serve name. Else it answers the refusal, or 404
 // for a name no handler serves, and returns nil.
-func (c *Connect) postFor(w http.ResponseWriter, r *http.Request, name string) []*Handler {
-	if err := checkCSRF(r); err != nil {
+func (c *Connect) postFor(w http.ResponseWriter, r *http.Request, name string) []*live.Handler {
+	if err := c.state.checkCSRF(r); err != nil {
 		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
 		return nil
 	}
@@ -274,22 +253,16 @@ func (c *Connect) postFor(w http.ResponseWriter, r *http.Request, name string) [
 	return handlers
 }
 
-// clientOf is the client a handler grants for: its tokens, and so the
-// codes the provider issues to it, are that client's only.
-func clientOf(h *Handler) keystore.Binding {
-	return keystore.Binding{TokenURL: h.TokenURL, ClientID: h.ClientID}
-}
-
 // connectable returns the handler whose client a key set served by
 // handlers is connected for: they must all be of one client, with the
 // refresh_token grant.
-func connectable(name string, handlers []*Handler) (*Handler, error) {
+func connectable(name string, handlers []*live.Handler) (*live.Handler, error) {
 	first := handlers[0]
 	for _, h := range handlers {
 		if h.Grant != credential.GrantRefreshToken {
 			return nil, fmt.Errorf("key set %q is granted with %s, which needs no authorization; use Refresh now", name, h.Grant)
 		}
-		if clientOf(h) != clientOf(first) {
+		if h.Client != first.Client {
 			return nil, fmt.Errorf("handlers of several clients serve key set %q; give each provider a connect handler of its own, with client_id", name)
 		}
 	}

@@ -1,4 +1,4 @@
-package oauth2upstream
+package selfproxy_test
 
 import (
 	"encoding/json"
@@ -6,10 +6,15 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/oauth2upstream/caddy-oauth2-upstream" // the oauth2_upstream handler, which runs the check
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/selfproxy"
 )
 
 // selfProxyPort is the port of the servers below. caddy.Validate provisions a config without
@@ -123,6 +128,11 @@ func selfProxyHandler(t *testing.T) string {
 	return string(raw)
 }
 
+// provisionMu serialises Caddy provisioning across parallel tests:
+// caddy.Validate and reverse_proxy's Provision set package-level state
+// without a lock.
+var provisionMu sync.Mutex
+
 // validateConfig provisions the JSON config as Caddy would load it, without listening.
 func validateConfig(t *testing.T, config string) error {
 	t.Helper()
@@ -137,7 +147,7 @@ func validateConfig(t *testing.T, config string) error {
 
 // interfaceIP returns an address of a non-loopback interface, "" without one.
 func interfaceIP() string {
-	for _, ip := range localIPs() {
+	for _, ip := range selfproxy.LocalIPs() {
 		if !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
 			return ip.String()
 		}

@@ -1,4 +1,4 @@
-package oauth2upstream
+package connect
 
 import (
 	"bytes"
@@ -16,19 +16,21 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // The connect page's templates and style sheet: plain server-rendered
 // HTML, no script.
 //
-//go:embed connect/pages.html connect/style.css
-var connectFiles embed.FS
+//go:embed pages.html style.css
+var pageFiles embed.FS
 
 var (
 	pageTemplates = template.Must(template.New("pages").Funcs(template.FuncMap{"at": formatAt}).
-			ParseFS(connectFiles, "connect/pages.html"))
-	pageStyle = template.CSS(mustRead(connectFiles, "connect/style.css"))
+			ParseFS(pageFiles, "pages.html"))
+	pageStyle = template.CSS(mustRead(pageFiles, "style.css"))
 	// styleHash admits the inline <style> element and nothing else
 	// (CSP Level 3 hash-source): the page loads no script at all.
 	styleHash = func() string {
@@ -105,13 +107,8 @@ func (c *Connect) message(w http.ResponseWriter, _ *http.Request, status int, ti
 // 503 when it may pass, 502 when a person must act.
 func (c *Connect) failure(w http.ResponseWriter, r *http.Request, title string, err error, keySet string) {
 	status := http.StatusInternalServerError
-	var ce *credential.Error
-	if errors.As(err, &ce) {
-		status = http.StatusBadGateway
-		if ce.Temporary {
-			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(ce)))
-		}
+	if errors.As(err, new(*credential.Error)) {
+		status, _ = answer.FailureStatus(w.Header(), err)
 	}
 	c.message(w, r, status, title, err.Error(), keySet)
 }
@@ -119,13 +116,13 @@ func (c *Connect) failure(w http.ResponseWriter, r *http.Request, title string, 
 // statusPage lists the key sets a page at a time, by name.
 func (c *Connect) statusPage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	after, limit, err := listPage(q)
+	after, limit, err := live.ParsePage(q)
 	if err != nil {
 		c.message(w, r, http.StatusBadRequest, "Bad page", err.Error(), "")
 		return
 	}
 	rows, more, warnings := c.listKeySets(r.Context(), after, limit)
-	data := pageData{Title: "Key sets", CSRF: csrfToken(w, r), Rows: rows, After: after, Warnings: warnings}
+	data := pageData{Title: "Key sets", CSRF: c.state.csrfToken(w, r), Rows: rows, After: after, Warnings: warnings}
 	if more {
 		data.Next = "/?" + url.Values{"after": {rows[len(rows)-1].Name}, "limit": {strconv.Itoa(limit)}}.Encode()
 	}
@@ -149,7 +146,7 @@ func (c *Connect) confirmPage(w http.ResponseWriter, r *http.Request, name strin
 		c.message(w, r, http.StatusConflict, "Cannot connect", err.Error(), name)
 		return
 	}
-	c.render(w, http.StatusOK, "confirm", pageData{Title: "Connect " + name, CSRF: csrfToken(w, r), KeySet: name, Provider: c.authorizeOrigin})
+	c.render(w, http.StatusOK, "confirm", pageData{Title: "Connect " + name, CSRF: c.state.csrfToken(w, r), KeySet: name, Provider: c.authorizeOrigin})
 }
 
 // refreshNow makes a grant for key set name now, once per keystore, and
@@ -159,14 +156,7 @@ func (c *Connect) refreshNow(w http.ResponseWriter, r *http.Request, name string
 	if handlers == nil {
 		return
 	}
-	ctx := r.Context()
-	ks, err := oncePerKeystore(ctx, name, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
-		ks, err := e.ForceRefresh(ctx, name)
-		if errors.Is(err, keystore.ErrNotFound) {
-			return nil, nil
-		}
-		return skipForeign(ks, err)
-	})
+	ks, err := live.ForceRefresh(r.Context(), name, handlers)
 	if err != nil {
 		c.failure(w, r, "Not refreshed", err, name)
 		return

@@ -1,8 +1,7 @@
-package oauth2upstream
+package connect
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -40,16 +40,16 @@ type keySetRow struct {
 // and every stored one it may serve (when its keystore can list them).
 // warnings say what could not be listed.
 func (c *Connect) listKeySets(ctx context.Context, after string, limit int) (rows []keySetRow, more bool, warnings []string) {
-	handlers := c.live()
+	handlers := c.registry.PageHandlers(c.page)
 	names := make(map[string]bool)
 	for _, h := range handlers {
-		if !h.keySetIsTemplate && h.KeySet > after {
-			names[h.KeySet] = true
+		if !h.KeySets.PerRequest() && h.KeySets.Name > after {
+			names[h.KeySets.Name] = true
 		}
-		for _, s := range h.engine.StatusesAfter(after, limit+1) {
+		for _, s := range h.Engine.StatusesAfter(after, limit+1) {
 			names[s.Name] = true
 		}
-		lister, ok := h.engine.Store().(keystore.Lister)
+		lister, ok := h.Engine.Store().(keystore.Lister)
 		if !ok {
 			continue
 		}
@@ -60,7 +60,7 @@ func (c *Connect) listKeySets(ctx context.Context, after string, limit int) (row
 			continue
 		}
 		for _, name := range stored {
-			if name > after && h.serves(name) {
+			if name > after && h.KeySets.Serves(name) {
 				names[name] = true
 			}
 		}
@@ -82,24 +82,17 @@ func (c *Connect) listKeySets(ctx context.Context, after string, limit int) (row
 // (credential.MergeStatuses), with the schedule of a handler that has it
 // loaded. ok is false when no handler has it (a placeholder key_set's name
 // that is not stored).
-func (c *Connect) row(ctx context.Context, name string, handlers []*Handler) (row keySetRow, ok bool) {
+func (c *Connect) row(ctx context.Context, name string, handlers []*live.Handler) (row keySetRow, ok bool) {
 	var statuses []credential.Status
 	var schedule credential.Schedule
-	for _, h := range handlers {
-		if !h.serves(name) {
+	for _, h := range live.Serving(handlers, name) {
+		s, ok := h.Status(ctx, name)
+		if !ok {
 			continue
 		}
-		s, err := h.engine.Status(ctx, name)
-		switch {
-		case err == nil:
-			statuses = append(statuses, s)
-			if sch, loaded := h.engine.Schedule(name); loaded && schedule == (credential.Schedule{}) {
-				schedule = sch
-			}
-		case h.keySetIsTemplate && errors.Is(err, keystore.ErrNotFound):
-			continue
-		default:
-			statuses = append(statuses, credential.FailedStatus(name, err))
+		statuses = append(statuses, s)
+		if sch, loaded := h.Engine.Schedule(name); loaded && schedule == (credential.Schedule{}) {
+			schedule = sch
 		}
 		row.Connect = row.Connect || h.Grant == credential.GrantRefreshToken
 		row.Refresh = row.Refresh || h.Grant != credential.GrantRefreshToken

@@ -1,4 +1,4 @@
-package oauth2upstream
+package connect
 
 import (
 	"crypto/sha256"
@@ -18,7 +18,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -33,12 +35,14 @@ const (
 // authorization codes as a provider would: the code it issued, the PKCE
 // verifier of the challenge sent, the same redirect_uri.
 type connectRig struct {
-	sidecar *sidecar
-	connect *Connect
-	server  *httptest.Server
-	client  *http.Client // keeps cookies, follows no redirect
-	te      *credentialtest.TokenEndpoint
-	clock   *credentialtest.Clock
+	handler  *live.Handler // the one oauth2_upstream handler the page serves
+	store    *keystore.File
+	connect  *Connect
+	registry *live.Registry // the page's, holding handler
+	server   *httptest.Server
+	client   *http.Client // keeps cookies, follows no redirect
+	te       *credentialtest.TokenEndpoint
+	clock    *credentialtest.Clock
 
 	mu          sync.Mutex // guards the fields below
 	challenge   string     // code_challenge of the last authorization request
@@ -52,26 +56,22 @@ func newConnectRig(t *testing.T, configure func(*Connect)) *connectRig {
 	t.Helper()
 	rig := &connectRig{te: credentialtest.NewTokenEndpoint(t, "rt-0"), clock: credentialtest.NewClock()}
 	rig.te.Respond = rig.respond
-	h := &Handler{TokenURL: rig.te.URL(), ClientID: "client-1", ClientSecret: "client-secret", KeySet: "crm", Scopes: []string{"api"}}
-	rig.sidecar = newSidecar(t, h, "127.0.0.1:1")
 	c := &Connect{AuthorizeURL: "https://login.example.com/authorize?tenant=7", AuthorizeParams: map[string]string{"prompt": "consent"}}
 	if configure != nil {
 		configure(c)
 	}
-	provisionMu.Lock()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
-	if err == nil {
-		err = c.Provision(ctx)
-	}
-	provisionMu.Unlock()
-	if err != nil {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	t.Cleanup(cancel)
+	rig.registry = new(live.Registry)
+	ctx = live.WithRegistry(ctx, rig.registry)
+	rig.handler, rig.store = newHandler(t, ctx, rig.te.URL())
+	if err := c.Provision(ctx); err != nil {
 		t.Fatalf("Provision() = %v", err)
 	}
 	t.Cleanup(func() { c.Cleanup() })
 	if err := c.Validate(); err != nil {
 		t.Fatalf("Validate() = %v", err)
 	}
-	c.handlers = func() []*Handler { return []*Handler{h} }
 	c.now = rig.clock.Now
 	c.logger = zap.NewNop()
 	rig.connect = c
@@ -79,6 +79,27 @@ func newConnectRig(t *testing.T, configure func(*Connect)) *connectRig {
 	t.Cleanup(rig.server.Close)
 	rig.client = newBrowser(t)
 	return rig
+}
+
+// newHandler registers, in ctx's registry, an oauth2_upstream handler as
+// the connect page sees it: key set "crm" of client "client-1" at tokenURL,
+// with the refresh_token grant, over a file keystore of its own.
+func newHandler(t *testing.T, ctx caddy.Context, tokenURL string) (*live.Handler, *keystore.File) {
+	t.Helper()
+	store, err := keystore.NewFile(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keySets := live.KeySetRule{Name: "crm"}
+	endpoint := credential.TokenEndpoint{URL: tokenURL, ClientID: "client-1", ClientSecret: "client-secret",
+		Grant: credential.GrantRefreshToken, Scopes: []string{"api"}}
+	engine := credential.New(store, credential.Config{Endpoint: endpoint, SeedName: "crm", MaxWait: 15 * time.Second,
+		Serves: func(name string) bool { return keySets.Serves(name) }})
+	t.Cleanup(engine.Close)
+	h := &live.Handler{Engine: engine, Client: keystore.Binding{TokenURL: tokenURL, ClientID: "client-1"},
+		Grant: credential.GrantRefreshToken, Scopes: endpoint.Scopes, KeySets: keySets, Config: live.ConfigOf(ctx)}
+	live.From(ctx).Handlers.Add(h)
+	return h, store
 }
 
 // newBrowser is a client that keeps cookies and shows redirects as they are.
@@ -202,7 +223,7 @@ func (rig *connectRig) callback(t *testing.T, q url.Values) page {
 
 func (rig *connectRig) stored(t *testing.T) *keystore.KeySet {
 	t.Helper()
-	ks, err := rig.sidecar.store.Load(t.Context(), "crm")
+	ks, err := rig.store.Load(t.Context(), "crm")
 	if err != nil {
 		return nil
 	}
@@ -260,7 +281,7 @@ func TestConnectRunsTheCodeFlowWithPKCE(t *testing.T) {
 	if ks == nil || ks.Generation != 1 || ks.Token.AccessToken() != codeAccessToken || ks.Client == nil || ks.Client.ClientID != "client-1" {
 		t.Fatalf("stored key set = %+v; want generation 1 with the code's tokens, bound to client-1", ks)
 	}
-	cred, err := rig.sidecar.handler.engine.Current(t.Context(), "crm")
+	cred, err := rig.handler.Engine.Current(t.Context(), "crm")
 	if err != nil || cred.KeySet.Generation != 1 {
 		t.Fatalf("Current(crm) = %v, %v; want generation 1 in use", cred, err)
 	}

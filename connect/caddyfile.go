@@ -1,9 +1,11 @@
-package oauth2upstream
+package connect
 
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/caddyfileopt"
 )
 
 func init() {
@@ -74,7 +76,7 @@ func (c *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			c.AuthorizeParams[name] = value
 		case "flow_timeout":
-			if err := parseDuration(d, &c.FlowTimeout, true); err != nil {
+			if err := caddyfileopt.Duration(d, &c.FlowTimeout, true); err != nil {
 				return err
 			}
 		default:
@@ -83,3 +85,6 @@ func (c *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	return nil
 }
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Connect)(nil)

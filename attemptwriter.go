@@ -2,15 +2,12 @@ package oauth2upstream
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"net/http"
 	"slices"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
-	"go.uber.org/zap"
 )
 
 // maxHeldBody is the most of a trigger answer's body that is held back for
@@ -153,78 +150,5 @@ func (aw *attemptWriter) free() {
 			heldBodyPool.Put(aw.body)
 		}
 		aw.body = nil
-	}
-}
-
-// answerRejection follows a held trigger answer: it gets a newer credential
-// (the current one if another request already refreshed) and replays the
-// request once with it, or sends the held answer on when no refresh is due
-// or the body cannot be replayed, or a problem when the refresh failed.
-func (h *Handler) answerRejection(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *exchange, body *replayBody, before http.Header) error {
-	attempt := &x.attempt
-	if h.DPoP != nil && asksDPoPNonce(w.Header()) {
-		if x.nonceRetried {
-			return attempt.sendHeld() // a nonce again: no grant would help
-		}
-		return h.retryWithNonce(w, r, next, x, body, before, true)
-	}
-	name, cred := x.vars.keySet, x.vars.cred
-	fresh, err := h.engine.Rejected(r.Context(), name, cred.KeySet.Generation)
-	var tooRecent *credential.TooRecentError
-	if errors.As(err, &tooRecent) {
-		// The token was granted moments ago: a new one would not cure
-		// this rejection, and no refresh token is spent on it.
-		h.ops.countReplay(name, replayTooRecent)
-		h.logger.Debug("not refreshing: the rejected token is younger than min_refresh_interval",
-			zap.String("key_set", name), zap.Int("rejected_status", attempt.status),
-			zap.Int64("rejected_generation", tooRecent.Generation), zap.Duration("age", tooRecent.Age))
-		return attempt.sendHeld()
-	}
-	if err != nil {
-		h.ops.countReplay(name, replayRefreshFailed)
-		restoreHeader(w.Header(), before)
-		return writeProblem(w, err)
-	}
-	if body != nil {
-		replay, err := body.rewind()
-		if err != nil {
-			h.ops.countReplay(name, replayNotReplayable)
-			h.logger.Debug("not replaying", zap.String("key_set", name), zap.String("reason", err.Error()))
-			return attempt.sendHeld()
-		}
-		r.Body = replay
-	}
-	restoreHeader(w.Header(), before)
-	x.vars.cred = fresh
-	r.Header.Set(h.HeaderName, fresh.Header)
-	h.logger.Debug("replaying request with refreshed token",
-		zap.String("key_set", name),
-		zap.Int("rejected_status", attempt.status),
-		zap.Int64("rejected_generation", cred.KeySet.Generation),
-		zap.Int64("generation", fresh.KeySet.Generation))
-	h.ops.countReplay(name, replayReplayed)
-	attempt.free()
-	attempt.reset(w, nil, false)
-	attempt.dpopNonce = h.DPoP != nil && !x.nonceRetried
-	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
-		return err
-	}
-	return h.retryWithNonce(w, r, next, x, body, before, false)
-}
-
-// exchange is what ServeHTTP keeps for one request, in one allocation: the
-// first attempt's writer and the placeholders (BenchmarkMiddleware: one
-// allocation fewer per request than two separate ones).
-type exchange struct {
-	attempt      attemptWriter
-	vars         requestPlaceholders
-	nonceRetried bool // the request was sent again with a DPoP nonce
-}
-
-// restoreHeader makes h what it was when saved was cloned from it.
-func restoreHeader(h, saved http.Header) {
-	clear(h)
-	for k, v := range saved {
-		h[k] = v
 	}
 }

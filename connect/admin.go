@@ -1,4 +1,4 @@
-package oauth2upstream
+package connect
 
 import (
 	"fmt"
@@ -10,24 +10,13 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 )
 
 func init() {
 	caddy.RegisterModule(ConnectAdmin{})
 }
-
-// connectAdminPrefix is where ConnectAdmin's route lives on Caddy's admin
-// endpoint, beside the AdminAPI's.
-const connectAdminPrefix = adminPrefix + "connect/"
-
-// liveConnects is every live oauth2_upstream_connect handler of the
-// process, for connect-url.
-var liveConnects liveSet[*Connect]
-
-func registerConnect(c *Connect)     { liveConnects.add(c) }
-func unregisterConnect(c *Connect)   { liveConnects.remove(c) }
-func registeredConnects() []*Connect { return liveConnects.all() }
 
 // ConnectAdmin is the admin endpoint's route that tells where a key set is
 // connected: the address of its Connect button on the connect page of a
@@ -36,14 +25,7 @@ func registeredConnects() []*Connect { return liveConnects.all() }
 //
 //	GET /oauth2_upstream/connect/<name>   {"key_set":"<name>","connect_url":"https://..."}
 type ConnectAdmin struct {
-	// connects returns the connect handlers to look in; tests narrow it.
-	connects func() []*Connect
-}
-
-// connectURLAnswer is the route's answer.
-type connectURLAnswer struct {
-	KeySet     string `json:"key_set"`
-	ConnectURL string `json:"connect_url"`
+	registry *live.Registry // the live connect pages and handlers
 }
 
 // CaddyModule returns the Caddy module information.
@@ -54,68 +36,69 @@ func (ConnectAdmin) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// Provision finds the registry of live connect pages.
+func (a *ConnectAdmin) Provision(ctx caddy.Context) error {
+	a.registry = live.From(ctx)
+	return nil
+}
+
 // Routes returns the route; its pattern is more specific than AdminAPI's,
 // so Caddy's admin mux sends it here.
 func (a *ConnectAdmin) Routes() []caddy.AdminRoute {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+connectAdminPrefix+"{name}", a.connectURL)
-	mux.HandleFunc(connectAdminPrefix+"{name}", methodNotAllowed(http.MethodGet))
-	mux.HandleFunc(connectAdminPrefix, func(w http.ResponseWriter, r *http.Request) {
-		adminProblem(w, http.StatusNotFound, "Not found", fmt.Sprintf("no such resource %q", r.URL.Path), "")
-	})
+	prefix := answer.ConnectAdminPrefix
+	mux.HandleFunc("GET "+prefix+"{name}", live.WithKeySetName(func(w http.ResponseWriter, _ *http.Request, err error) {
+		answer.AdminProblem(w, http.StatusBadRequest, "Invalid key set name", err.Error(), "")
+	}, a.connectURL))
+	mux.HandleFunc(prefix+"{name}", answer.MethodNotAllowed(http.MethodGet))
+	mux.HandleFunc(prefix, answer.NotFound)
 	serve := func(w http.ResponseWriter, r *http.Request) error {
 		mux.ServeHTTP(w, r)
 		return nil
 	}
-	return []caddy.AdminRoute{{Pattern: connectAdminPrefix, Handler: caddy.AdminHandlerFunc(serve)}}
+	return []caddy.AdminRoute{{Pattern: answer.ConnectAdminPrefix, Handler: caddy.AdminHandlerFunc(serve)}}
 }
 
 // connectURL answers the Connect address of key set name on the first
 // live connect page whose handlers serve it.
-func (a *ConnectAdmin) connectURL(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := keystore.ValidateName(name); err != nil {
-		adminProblem(w, http.StatusBadRequest, "Invalid key set name", err.Error(), "")
-		return
-	}
-	connects := registeredConnects()
-	if a.connects != nil {
-		connects = a.connects()
-	}
-	if len(connects) == 0 {
-		adminProblem(w, http.StatusNotFound, "No connect page",
+func (a *ConnectAdmin) connectURL(w http.ResponseWriter, _ *http.Request, name string) {
+	pages := a.registry.Pages.All()
+	if len(pages) == 0 {
+		answer.AdminProblem(w, http.StatusNotFound, "No connect page",
 			"no oauth2_upstream_connect handler is configured: add one on a site of its own", name)
 		return
 	}
-	for _, c := range connects {
-		handlers := c.serving(name)
+	for _, page := range pages {
+		handlers := live.Serving(a.registry.PageHandlers(page), name)
 		if len(handlers) == 0 {
 			continue
 		}
 		if _, err := connectable(name, handlers); err != nil {
-			adminProblem(w, http.StatusConflict, "Cannot connect", err.Error(), name)
+			answer.AdminProblem(w, http.StatusConflict, "Cannot connect", err.Error(), name)
 			return
 		}
-		base := c.publicBase()
-		if base == "" {
-			adminProblem(w, http.StatusConflict, "Connect page address unknown",
+		if page.Base == "" {
+			answer.AdminProblem(w, http.StatusConflict, "Connect page address unknown",
 				"the connect page's address is unknown: set its redirect_url", name)
 			return
 		}
-		writeJSON(w, http.StatusOK, connectURLAnswer{KeySet: name, ConnectURL: base + keySetsPath + name + "/connect"})
+		answer.JSON(w, http.StatusOK, answer.ConnectURL{KeySet: name, ConnectURL: page.Base + keySetsPath + name + "/connect"})
 		return
 	}
-	adminProblem(w, http.StatusNotFound, "Unknown key set",
+	answer.AdminProblem(w, http.StatusNotFound, "Unknown key set",
 		fmt.Sprintf("no connect page's oauth2_upstream handlers can use key set %q", name), name)
 }
 
 // publicBase is the connect page's scheme and host: those of RedirectURL
-// when it is set, else its server's first listener.
-func (c *Connect) publicBase() string {
+// when it is set, else the first listener of the server ctx provisions.
+func (c *Connect) publicBase(ctx caddy.Context) string {
 	if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
 		return origin(u)
 	}
-	return c.listenBase
+	if srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv != nil {
+		return listenBase(srv)
+	}
+	return ""
 }
 
 // listenBase is srv's first listen address as a URL: https when the
@@ -139,5 +122,8 @@ func listenBase(srv *caddyhttp.Server) string {
 	return scheme + "://" + net.JoinHostPort(host, strconv.FormatUint(uint64(addr.StartPort), 10))
 }
 
-// Interface guard
-var _ caddy.AdminRouter = (*ConnectAdmin)(nil)
+// Interface guards
+var (
+	_ caddy.Provisioner = (*ConnectAdmin)(nil)
+	_ caddy.AdminRouter = (*ConnectAdmin)(nil)
+)

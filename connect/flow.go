@@ -1,4 +1,4 @@
-package oauth2upstream
+package connect
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
@@ -41,15 +42,13 @@ type pendingFlow struct {
 	expires     time.Time
 }
 
-// flowStore holds the pending flows by state. It is the process's, not a
-// handler's: a config reload between Connect and the redirect back must not
-// lose the flow.
+// flowStore holds the pending flows by state. It is the pages' shared
+// state's (familyState), not a page's: a config reload between Connect and
+// the redirect back must not lose the flow.
 type flowStore struct {
 	mu    sync.Mutex // guards flows
 	flows map[string]pendingFlow
 }
-
-var connectFlows = &flowStore{flows: make(map[string]pendingFlow)}
 
 // add keeps flow under state, after dropping the expired ones; it refuses
 // when maxPendingFlows are pending.
@@ -108,8 +107,8 @@ func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name stri
 	}
 	state, verifier := randomToken(), oauth2.GenerateVerifier()
 	flow := pendingFlow{keySet: name, verifier: verifier, redirectURI: c.redirectURI(r),
-		client: clientOf(h), expires: c.now().Add(time.Duration(c.FlowTimeout))}
-	if err := connectFlows.add(state, flow, c.now()); err != nil {
+		client: h.Client, expires: c.now().Add(time.Duration(c.FlowTimeout))}
+	if err := c.state.flows.add(state, flow, c.now()); err != nil {
 		c.message(w, r, http.StatusServiceUnavailable, "Busy", err.Error(), name)
 		return
 	}
@@ -118,7 +117,7 @@ func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name stri
 	if len(scopes) == 0 {
 		scopes = h.Scopes
 	}
-	cfg := oauth2.Config{ClientID: h.ClientID, Endpoint: oauth2.Endpoint{AuthURL: c.AuthorizeURL},
+	cfg := oauth2.Config{ClientID: h.Client.ClientID, Endpoint: oauth2.Endpoint{AuthURL: c.AuthorizeURL},
 		RedirectURL: flow.redirectURI, Scopes: scopes}
 	options := []oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier)}
 	for k, v := range c.AuthorizeParams {
@@ -163,7 +162,7 @@ func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusBadRequest, "Not connected", "The redirect back carries no code.", flow.keySet)
 		return
 	}
-	ks, err := c.exchange(r.Context(), flow, code)
+	ks, err := c.redeem(r.Context(), flow, code)
 	if err != nil {
 		c.logger.Error("connecting key set failed", zap.String("key_set", flow.keySet), zap.Error(err))
 		c.failure(w, r, "Not connected", err, flow.keySet)
@@ -184,10 +183,10 @@ func (c *Connect) takeFlow(state, cookieState string) (pendingFlow, error) {
 	if subtle.ConstantTimeCompare([]byte(state), []byte(cookieState)) != 1 {
 		// The browser's own flow is ended too: someone tried to finish
 		// it with a redirect it did not start.
-		connectFlows.take(cookieState, c.now())
+		c.state.flows.take(cookieState, c.now())
 		return pendingFlow{}, errStateMismatch
 	}
-	return connectFlows.take(state, c.now())
+	return c.state.flows.take(state, c.now())
 }
 
 // checkIssuer compares the redirect back's iss, when the provider sends
@@ -212,13 +211,13 @@ func (c *Connect) checkIssuer(q url.Values) error {
 	return nil
 }
 
-// exchange redeems code with the engine of a handler serving the flow's
+// redeem redeems code with the engine of a handler serving the flow's
 // key set for the flow's client, and stores the tokens through every other
 // keystore such a handler uses: a code is good for one exchange.
-func (c *Connect) exchange(ctx context.Context, flow pendingFlow, code string) (*keystore.KeySet, error) {
-	var handlers []*Handler
+func (c *Connect) redeem(ctx context.Context, flow pendingFlow, code string) (*keystore.KeySet, error) {
+	var handlers []*live.Handler
 	for _, h := range c.serving(flow.keySet) {
-		if clientOf(h) == flow.client {
+		if h.Client == flow.client {
 			handlers = append(handlers, h)
 		}
 	}
@@ -226,13 +225,13 @@ func (c *Connect) exchange(ctx context.Context, flow pendingFlow, code string) (
 		return nil, &credential.Error{KeySet: flow.keySet, Code: credential.CodeNoKeySet,
 			Description: "no oauth2_upstream handler of this page serves the key set for the client the flow started with"}
 	}
-	var exchanged *keystore.KeySet
-	ks, err := oncePerKeystore(ctx, flow.keySet, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
-		if exchanged != nil {
-			return skipForeign(e.Put(ctx, flow.keySet, exchanged.Token))
+	var redeemed *keystore.KeySet
+	ks, err := live.OncePerKeystore(ctx, flow.keySet, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
+		if redeemed != nil {
+			return live.SkipForeign(e.Put(ctx, flow.keySet, redeemed.Token))
 		}
-		ks, err := skipForeign(e.Exchange(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
-		exchanged = ks
+		ks, err := live.SkipForeign(e.Exchange(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
+		redeemed = ks
 		return ks, err
 	})
 	if err == nil && ks == nil {

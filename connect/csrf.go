@@ -1,14 +1,12 @@
-package oauth2upstream
+package connect
 
 import (
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/url"
-	"sync"
 	"time"
 )
 
@@ -25,14 +23,6 @@ const (
 	maxFormBody = 4 << 10
 )
 
-// csrfKey signs the CSRF tokens of this process. A restart makes the pages
-// open in browsers stale: their next POST is refused, and a reload mends it.
-var csrfKey = sync.OnceValue(func() []byte {
-	key := make([]byte, 32)
-	rand.Read(key) // never fails (crypto/rand: it crashes the program instead)
-	return key
-})
-
 // cookieName is base, with the __Host- prefix under TLS.
 func cookieName(r *http.Request, base string) string {
 	if r.TLS != nil {
@@ -43,10 +33,10 @@ func cookieName(r *http.Request, base string) string {
 
 // csrfToken returns the token that this browser's forms carry, setting
 // the cookie it is derived from when the browser has none. The token is
-// an HMAC of the cookie under the process's key, so a token is good only
+// an HMAC of the cookie under the pages' key (familyState), so a token is good only
 // with its own cookie, and a cookie planted by someone else yields no
 // token they could know (the signed double-submit cookie pattern).
-func csrfToken(w http.ResponseWriter, r *http.Request) string {
+func (st *familyState) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	value := ""
 	if cookie, err := r.Cookie(cookieName(r, csrfCookieName)); err == nil && validCSRFCookie(cookie.Value) {
 		value = cookie.Value
@@ -57,7 +47,7 @@ func csrfToken(w http.ResponseWriter, r *http.Request) string {
 			HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
 		})
 	}
-	return signCSRF(value)
+	return st.signCSRF(value)
 }
 
 func validCSRFCookie(value string) bool {
@@ -65,8 +55,8 @@ func validCSRFCookie(value string) bool {
 	return err == nil && len(b) == 32
 }
 
-func signCSRF(cookie string) string {
-	mac := hmac.New(sha256.New, csrfKey())
+func (st *familyState) signCSRF(cookie string) string {
+	mac := hmac.New(sha256.New, st.csrfKey)
 	mac.Write([]byte("oauth2_upstream_connect csrf\x00" + cookie))
 	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
@@ -74,7 +64,7 @@ func signCSRF(cookie string) string {
 // checkCSRF accepts a POST whose form carries the token of the browser's
 // CSRF cookie (compared in constant time) and, when the browser says where
 // the form came from (Origin), came from this page's own origin.
-func checkCSRF(r *http.Request) error {
+func (st *familyState) checkCSRF(r *http.Request) error {
 	if o := r.Header.Get("Origin"); o != "" && o != "null" {
 		u, err := url.Parse(o)
 		if err != nil || u.Host != r.Host {
@@ -90,7 +80,7 @@ func checkCSRF(r *http.Request) error {
 		return errors.New("the form could not be read")
 	}
 	given := r.PostForm.Get(csrfField)
-	if given == "" || !hmac.Equal([]byte(given), []byte(signCSRF(cookie.Value))) {
+	if given == "" || !hmac.Equal([]byte(given), []byte(st.signCSRF(cookie.Value))) {
 		return errors.New("the form's CSRF token is missing or not this browser's: reload the page and try again")
 	}
 	return nil

@@ -1,0 +1,192 @@
+package oauth2upstream
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/answer"
+)
+
+// ServeHTTP sends the request on with the key set's token, and when the
+// upstream answers a trigger status, refreshes and replays it once.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	name := h.KeySet
+	if h.keySets.PerRequest() {
+		name = repl.ReplaceAll(h.KeySet, "")
+		if err := h.keySets.Admit(name); err != nil {
+			return answer.CredentialFailure(w, err)
+		}
+	}
+	cred, err := h.engine.Current(r.Context(), name)
+	if err != nil {
+		return answer.CredentialFailure(w, err)
+	}
+	x := &requestState{vars: requestPlaceholders{keySet: name, cred: cred}}
+	repl.Map(x.vars.lookup)
+
+	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody, h.headerKey)
+	if body != nil {
+		defer body.release()
+		body.idleTimeout(w, r, time.Duration(h.BodyTimeout))
+		r.Body = body
+	}
+	// The held answer's headers (WWW-Authenticate, ...) go into the real
+	// writer's map: a replay starts again from this copy.
+	before := w.Header().Clone()
+	// Set, not Add: whatever the client sent in this header is replaced.
+	r.Header.Set(h.HeaderName, cred.Header)
+	if body != nil {
+		h.setUpstreamExpect(r)
+	}
+
+	attempt := &x.attempt
+	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
+	defer attempt.free()
+	if h.DPoP != nil {
+		next, attempt.dpopNonce = h.proving(next, x), true
+	}
+	err = next.ServeHTTP(attempt, r)
+	if attempt.tooLarge {
+		h.ops.countReplay(name, replayNotReplayable)
+		h.logger.Debug("not replaying: the trigger answer's body is larger than is held",
+			zap.String("key_set", name), zap.Int("max_held_body", maxHeldBody))
+	}
+	if err != nil || !attempt.held {
+		return err
+	}
+
+	return h.answerRejection(w, r, next, x, body, before)
+}
+
+// answerRejection follows a held trigger answer: it gets a newer credential
+// (the current one if another request already refreshed) and replays the
+// request once with it, or sends the held answer on when no refresh is due
+// or the body cannot be replayed, or a problem when the refresh failed.
+func (h *Handler) answerRejection(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *requestState, body *replayBody, before http.Header) error {
+	attempt := &x.attempt
+	if h.DPoP != nil && asksDPoPNonce(w.Header()) {
+		if x.nonceRetried {
+			return attempt.sendHeld() // a nonce again: no grant would help
+		}
+		return h.retryWithNonce(w, r, next, x, body, before, true)
+	}
+	name, cred := x.vars.keySet, x.vars.cred
+	fresh, err := h.engine.Rejected(r.Context(), name, cred.KeySet.Generation)
+	var tooRecent *credential.TooRecentError
+	if errors.As(err, &tooRecent) {
+		// The token was granted moments ago: a new one would not cure
+		// this rejection, and no refresh token is spent on it.
+		h.ops.countReplay(name, replayTooRecent)
+		h.logger.Debug("not refreshing: the rejected token is younger than min_refresh_interval",
+			zap.String("key_set", name), zap.Int("rejected_status", attempt.status),
+			zap.Int64("rejected_generation", tooRecent.Generation), zap.Duration("age", tooRecent.Age))
+		return attempt.sendHeld()
+	}
+	if err != nil {
+		h.ops.countReplay(name, replayRefreshFailed)
+		restoreHeader(w.Header(), before)
+		return answer.CredentialFailure(w, err)
+	}
+	if body != nil {
+		replay, err := body.rewind()
+		if err != nil {
+			h.ops.countReplay(name, replayNotReplayable)
+			h.logger.Debug("not replaying", zap.String("key_set", name), zap.String("reason", err.Error()))
+			return attempt.sendHeld()
+		}
+		r.Body = replay
+	}
+	restoreHeader(w.Header(), before)
+	x.vars.cred = fresh
+	r.Header.Set(h.HeaderName, fresh.Header)
+	h.logger.Debug("replaying request with refreshed token",
+		zap.String("key_set", name),
+		zap.Int("rejected_status", attempt.status),
+		zap.Int64("rejected_generation", cred.KeySet.Generation),
+		zap.Int64("generation", fresh.KeySet.Generation))
+	h.ops.countReplay(name, replayReplayed)
+	attempt.free()
+	attempt.reset(w, nil, false)
+	attempt.dpopNonce = h.DPoP != nil && !x.nonceRetried
+	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
+		return err
+	}
+	return h.retryWithNonce(w, r, next, x, body, before, false)
+}
+
+// requestState is what ServeHTTP keeps for one request, in one allocation: the
+// first attempt's writer and the placeholders (BenchmarkMiddleware: one
+// allocation fewer per request than two separate ones).
+type requestState struct {
+	attempt      attemptWriter
+	vars         requestPlaceholders
+	nonceRetried bool // the request was sent again with a DPoP nonce
+}
+
+// restoreHeader makes h what it was when saved was cloned from it.
+func restoreHeader(h, saved http.Header) {
+	clear(h)
+	for k, v := range saved {
+		h[k] = v
+	}
+}
+
+// proving wraps next so that every attempt of the request x (the first,
+// a nonce retry, a replay after a refresh) goes upstream with a proof of
+// its own (RFC 9449 section 7: the jti is never reused, the ath is of the
+// token sent), and the server's DPoP-Nonce, if it sent one, is kept.
+func (h *Handler) proving(next caddyhttp.Handler, x *requestState) caddyhttp.Handler {
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		target := h.DPoP.Resource
+		if strings.Contains(target, "{") {
+			target = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer).ReplaceAll(target, "")
+		}
+		target = strings.TrimSuffix(target, "/") + r.URL.EscapedPath()
+		proof, err := h.engine.Proof(x.vars.cred, r.Method, target)
+		if err != nil {
+			return answer.CredentialFailure(w, err)
+		}
+		r.Header.Set("DPoP", proof) // whatever the client sent is replaced
+		err = next.ServeHTTP(w, r)
+		h.engine.NoteNonce(target, w.Header().Get("DPoP-Nonce"))
+		return err
+	})
+}
+
+// retryWithNonce sends the request once more after a resource server's
+// use_dpop_nonce 401, with the same token (no grant: it was not rejected)
+// and a proof carrying the nonce; once per request. With triggers (the
+// nonce was asked of the first attempt) a rejection of the retry is
+// answered as the first attempt's would be; without (it was asked of the
+// replay after a refresh) the retry's answer goes to the client.
+func (h *Handler) retryWithNonce(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *requestState, body *replayBody, before http.Header, triggers bool) error {
+	x.nonceRetried = true
+	attempt := &x.attempt
+	if body != nil {
+		replay, err := body.rewind()
+		if err != nil {
+			h.ops.countReplay(x.vars.keySet, replayNotReplayable)
+			return attempt.sendHeld()
+		}
+		r.Body = replay
+	}
+	restoreHeader(w.Header(), before)
+	attempt.free()
+	if !triggers {
+		attempt.reset(w, nil, false)
+		return next.ServeHTTP(attempt, r)
+	}
+	attempt.reset(w, h.RefreshOn, h.RefreshOnInvalidToken)
+	if err := next.ServeHTTP(attempt, r); err != nil || !attempt.held {
+		return err
+	}
+	return h.answerRejection(w, r, next, x, body, before)
+}
