@@ -40,7 +40,7 @@ type attemptWriter struct {
 	// tooLarge: the trigger answer's body outgrew maxHeldBody and went to
 	// the client unreplayed.
 	tooLarge bool
-	// dpopNonce holds a resource server's use_dpop_nonce 401 too (dpop.go).
+	// dpopNonce holds a resource server's use_dpop_nonce 401 too (asksDPoPNonce, retryWithNonce).
 	dpopNonce bool
 	status    int
 	body      *bytes.Buffer
