@@ -192,7 +192,7 @@ func (h *Handler) validateKeyOptions() error {
 	case h.Grant != credential.GrantJWTBearer && (o.AssertionIssuer != "" || o.AssertionSubject != "" || o.AssertionAudience != ""):
 		return fmt.Errorf("assertion_issuer, assertion_subject and assertion_audience are claims of grant jwt_bearer's assertion")
 	}
-	return h.validateDPoP()
+	return h.validateDPoP(h.HeaderName, h.HeaderScheme)
 }
 
 // grantNeedsNoSeed reports whether the grant makes tokens from the client's

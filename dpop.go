@@ -64,15 +64,16 @@ func (o *DPoPOptions) provisionDPoP(repl *caddy.Replacer) error {
 	return nil
 }
 
-// validateDPoP checks the DPoP options against the credential header.
-func (h *Handler) validateDPoP() error {
-	if h.DPoP == nil {
+// validateDPoP checks the DPoP options against the credential header, the
+// handler's headerName and headerScheme.
+func (o *DPoPOptions) validateDPoP(headerName, headerScheme string) error {
+	if o.DPoP == nil {
 		return nil
 	}
-	if !strings.EqualFold(h.HeaderName, defaultHeaderName) || h.HeaderScheme != dpopScheme {
-		return fmt.Errorf("dpop: a DPoP-bound token goes in \"Authorization: DPoP <token>\" (RFC 9449 section 7.1), not %s %q", h.HeaderName, h.HeaderScheme)
+	if !strings.EqualFold(headerName, "Authorization") || headerScheme != dpopScheme {
+		return fmt.Errorf("dpop: a DPoP-bound token goes in \"Authorization: DPoP <token>\" (RFC 9449 section 7.1), not %s %q", headerName, headerScheme)
 	}
-	resource := h.DPoP.Resource
+	resource := o.DPoP.Resource
 	if resource == "" {
 		return errors.New("dpop: the upstream's URL is required (dpop <url>): it is the htu of every proof")
 	}
