@@ -68,15 +68,9 @@ func needsNoSeed(grant string) bool {
 }
 
 // clientAuth is the client authentication method in effect: ClientAuth,
-// or AuthStyle's when that is empty.
+// or ClientAuthSecretBasic when that is empty.
 func (c *tokenClient) clientAuth() string {
-	if c.ClientAuth != "" {
-		return c.ClientAuth
-	}
-	if c.AuthStyle == oauth2.AuthStyleInParams {
-		return ClientAuthSecretPost
-	}
-	return ClientAuthSecretBasic
+	return cmp.Or(c.ClientAuth, ClientAuthSecretBasic)
 }
 
 // oauth2Client is what x/oauth2 is told of the client: its auth style, and

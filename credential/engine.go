@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
@@ -205,9 +204,6 @@ func New(store keystore.Store, cfg Config) *Engine {
 	endpoint := cfg.Endpoint
 	if endpoint.Grant == "" {
 		endpoint.Grant = GrantRefreshToken
-	}
-	if endpoint.AuthStyle == oauth2.AuthStyleAutoDetect {
-		endpoint.AuthStyle = oauth2.AuthStyleInHeader
 	}
 	if endpoint.Timeout <= 0 {
 		endpoint.Timeout = DefaultTokenTimeout

@@ -65,7 +65,7 @@ func newEngineFixture(t *testing.T, seed string) *refresherFixture {
 	r := New(store, Config{
 		Endpoint: TokenEndpoint{
 			URL: te.URL(), ClientID: "client-1", ClientSecret: "secret-1",
-			AuthStyle: oauth2.AuthStyleInHeader, Grant: GrantRefreshToken,
+			ClientAuth: ClientAuthSecretBasic, Grant: GrantRefreshToken,
 			Timeout: 10 * time.Second, Transport: sent,
 		},
 		Mode: ModeProactive,

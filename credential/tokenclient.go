@@ -41,15 +41,12 @@ type TokenEndpoint struct {
 	// empty for public clients.
 	ClientID     string
 	ClientSecret string
-	// AuthStyle is how the client authenticates: oauth2.AuthStyleInHeader
-	// or oauth2.AuthStyleInParams. Never AuthStyleAutoDetect: it resends
-	// a failed grant with the other style, which spends a rotating
-	// refresh token twice; New turns it into AuthStyleInHeader.
-	AuthStyle oauth2.AuthStyle
-	// ClientAuth is how the client authenticates: ClientAuthSecretBasic,
-	// ClientAuthSecretPost, ClientAuthPrivateKeyJWT (with Signer),
-	// ClientAuthTLS (with a Transport that presents the certificate) or
-	// ClientAuthNone. Empty: AuthStyle decides between the first two.
+	// ClientAuth is how the client authenticates: ClientAuthSecretBasic
+	// (the default when empty), ClientAuthSecretPost,
+	// ClientAuthPrivateKeyJWT (with Signer), ClientAuthTLS (with a
+	// Transport that presents the certificate) or ClientAuthNone. Never
+	// auto-detected: a failed grant resent with another method spends a
+	// rotating refresh token twice.
 	ClientAuth string
 	// Signer signs private_key_jwt client assertions and jwt_bearer
 	// assertions (clientauth.go).
