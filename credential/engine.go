@@ -43,7 +43,7 @@ const (
 	DefaultMinRefreshInterval = 10 * time.Second
 	DefaultMaxRetryAfter      = 5 * time.Minute
 	DefaultKeepalive          = 7 * 24 * time.Hour
-	DefaultCheckInterval      = 30 * time.Second
+	defaultCheckInterval      = 30 * time.Second
 )
 
 // Config is what an Engine needs besides its keystore.
@@ -104,7 +104,7 @@ type Config struct {
 	// CheckInterval is how often the engine looks at every key set it
 	// has: to note the state changes that time alone makes (a token
 	// nearing its expiry), to store what waits in Unstored, and for the
-	// keepalive. Zero: DefaultCheckInterval.
+	// keepalive. Zero: 30 seconds.
 	CheckInterval time.Duration
 }
 
@@ -232,7 +232,7 @@ func New(store keystore.Store, cfg Config) *Engine {
 		unstored:           cfg.Unstored,
 		keepalive:          cmp.Or(cfg.Keepalive, DefaultKeepalive),
 		serves:             cfg.Serves,
-		checkInterval:      cmp.Or(cfg.CheckInterval, DefaultCheckInterval),
+		checkInterval:      cmp.Or(cfg.CheckInterval, defaultCheckInterval),
 		closeSaveTime:      closeSaveTime,
 		states:             make(map[string]*keySetState),
 	}
