@@ -33,12 +33,6 @@ const (
 	ClientAuthNone = "none"
 )
 
-// GrantJWTBearer presents a signed assertion as the grant (RFC 7523
-// section 2.1), as Salesforce's JWT bearer flow and Google's service
-// accounts do. It needs no seed and no refresh token: a new assertion is
-// granted at expiry or on a trigger status, like client_credentials.
-const GrantJWTBearer = "jwt_bearer"
-
 // Form field values of RFC 7523.
 const (
 	grantTypeJWTBearer  = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -59,12 +53,6 @@ type AssertionClaims struct {
 	// Audience is aud: the authorization server (https://login.salesforce.com,
 	// https://oauth2.googleapis.com/token). Default: the token URL.
 	Audience string
-}
-
-// needsNoSeed reports whether the grant makes tokens from the client's
-// own credentials alone, so that a key set starts empty.
-func needsNoSeed(grant string) bool {
-	return grant == GrantClientCredentials || grant == GrantJWTBearer
 }
 
 // clientAuth is the client authentication method in effect: ClientAuth,

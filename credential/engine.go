@@ -388,7 +388,7 @@ func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error
 		e.observer.KeySetStored(seed)
 		e.logger.Info("seeded key set from the refresh_token option", zap.String("key_set", name))
 		return seed, nil
-	case needsNoSeed(e.client.Grant):
+	case SeedlessGrant(e.client.Grant):
 		return e.bind(&keystore.KeySet{Name: name, Token: keystore.Token{}}), nil
 	default:
 		return nil, &Error{KeySet: name, Code: CodeNoKeySet, Err: err,

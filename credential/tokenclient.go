@@ -24,15 +24,6 @@ const maxTokenResponse = 1 << 20
 
 var errTokenResponseTooLarge = fmt.Errorf("token response is larger than %d bytes", maxTokenResponse)
 
-// Grants (TokenEndpoint.Grant).
-const (
-	// GrantRefreshToken spends the key set's refresh token (RFC 6749
-	// section 6).
-	GrantRefreshToken = "refresh_token"
-	// GrantClientCredentials needs no seed (RFC 6749 section 4.4).
-	GrantClientCredentials = "client_credentials"
-)
-
 // TokenEndpoint is where and how an Engine obtains tokens.
 type TokenEndpoint struct {
 	// URL is the provider's token endpoint.
@@ -93,8 +84,7 @@ type grantResult struct {
 // permanent, with no token value in their message.
 func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (grantResult, error) {
 	style, clientID, clientSecret := c.oauth2Client()
-	switch c.Grant {
-	case GrantClientCredentials, GrantJWTBearer:
+	if SeedlessGrant(c.Grant) {
 		cc := clientcredentials.Config{
 			ClientID: clientID, ClientSecret: clientSecret, TokenURL: c.URL,
 			Scopes: c.Scopes, EndpointParams: c.endpointParams(), AuthStyle: style,
