@@ -18,10 +18,6 @@ const (
 	adminProblemType = "https://github.com/oauth2upstream/caddy-oauth2-upstream#operating"
 )
 
-// codeKeySetNotAllowed is the problem code of a key set name that a request
-// selected and key_set_allow does not admit.
-const codeKeySetNotAllowed = "key_set_not_allowed"
-
 // problem is an RFC 9457 problem details document with two extension
 // members: the key set and the OAuth error code.
 type problem struct {
@@ -49,7 +45,7 @@ func writeProblem(w http.ResponseWriter, err error) error {
 		switch {
 		case ce.Code == credential.CodeInvalidKeySetName:
 			p.Status, p.Title = http.StatusBadRequest, "Invalid OAuth2 key set name"
-		case ce.Code == codeKeySetNotAllowed:
+		case ce.Code == credential.CodeKeySetNotAllowed:
 			p.Status, p.Title = http.StatusForbidden, "OAuth2 key set not allowed"
 		case ce.Temporary:
 			p.Status, p.Title = http.StatusServiceUnavailable, "OAuth2 upstream credential temporarily unavailable"

@@ -379,7 +379,7 @@ func TestKeySetSelection(t *testing.T) {
 		{account: "../etc/passwd", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
 		{account: "", wantStatus: http.StatusBadRequest, wantCode: credential.CodeInvalidKeySetName},
 		// Stored, but outside key_set_allow: another client's key set.
-		{account: "Salesforce", wantStatus: http.StatusForbidden, wantCode: codeKeySetNotAllowed},
+		{account: "Salesforce", wantStatus: http.StatusForbidden, wantCode: credential.CodeKeySetNotAllowed},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest(http.MethodGet, s.server.URL+"/x", nil)

@@ -271,7 +271,7 @@ func (h *Handler) allowKeySet(name string) error {
 		return &credential.Error{KeySet: name, Code: credential.CodeInvalidKeySetName, Description: err.Error(), Err: err}
 	}
 	if h.keySetAllow == nil || !h.keySetAllow.MatchString(name) {
-		return &credential.Error{KeySet: name, Code: codeKeySetNotAllowed,
+		return &credential.Error{KeySet: name, Code: credential.CodeKeySetNotAllowed,
 			Description: "the request selected a key set that key_set_allow does not admit"}
 	}
 	return nil

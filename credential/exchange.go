@@ -48,10 +48,6 @@ func (e *Engine) Exchange(ctx context.Context, name, code, verifier, redirectURI
 	})
 }
 
-// CodeUnsupportedGrant: an authorization code was offered to an engine
-// whose grant needs none.
-const CodeUnsupportedGrant = "unsupported_grant"
-
 // causeConnected is the cause logged with a code exchange: a person
 // connected the account.
 const causeConnected = "connected"
