@@ -231,7 +231,7 @@ func (c *Connect) exchange(ctx context.Context, flow pendingFlow, code string) (
 		if exchanged != nil {
 			return skipForeign(e.Put(ctx, flow.keySet, exchanged.Token))
 		}
-		ks, err := skipForeign(e.Exchange(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
+		ks, err := skipForeign(e.RedeemCode(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
 		exchanged = ks
 		return ks, err
 	})
