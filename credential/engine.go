@@ -270,7 +270,7 @@ func (e *Engine) Store() keystore.Store { return e.store }
 // Current returns the credential to send for key set name now, refreshing
 // first when the mode or the token's expiry demands it. A request that the
 // token in use can still serve is never failed because a refresh failed or
-// is held back: it gets that token (invariant 10).
+// is held back: it gets that token (DESIGN.md invariant 10).
 func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) {
 	st, err := e.state(ctx, name)
 	if err != nil {

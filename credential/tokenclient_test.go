@@ -696,7 +696,7 @@ func TestTokenClientRefusesRedirect(t *testing.T) {
 
 // TestTokenClientErrorsHoldNoSecrets: an error description echoing the
 // refresh token or client secret is redacted, and the response body never
-// appears in Error.Error() (invariant 7).
+// appears in Error.Error() (DESIGN.md invariant 7).
 func TestTokenClientErrorsHoldNoSecrets(t *testing.T) {
 	t.Parallel()
 	const refreshToken, marker = "rt-very-secret-0", "BODY-MARKER"
