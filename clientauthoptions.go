@@ -195,13 +195,6 @@ func (h *Handler) validateKeyOptions() error {
 	return h.validateDPoP(h.HeaderName, h.HeaderScheme)
 }
 
-// grantNeedsNoSeed reports whether the grant makes tokens from the client's
-// own credentials, with no refresh token to seed: client_credentials and
-// jwt_bearer.
-func (h *Handler) grantNeedsNoSeed() bool {
-	return h.Grant == credential.GrantClientCredentials || h.Grant == credential.GrantJWTBearer
-}
-
 // unmarshalKeyOption reads the Caddyfile options of keys, assertions and
 // certificates; any other option is unrecognized. Syntax:
 //

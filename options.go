@@ -91,7 +91,7 @@ var reservedParams = map[string]bool{
 
 // validateOptions checks the options that Validate does not check itself.
 func (h *Handler) validateOptions() error {
-	if h.Grant != credential.GrantRefreshToken && !h.grantNeedsNoSeed() {
+	if h.Grant != credential.GrantRefreshToken && !credential.SeedlessGrant(h.Grant) {
 		return fmt.Errorf("grant %q: must be %q, %q or %q", h.Grant, credential.GrantRefreshToken, credential.GrantClientCredentials, credential.GrantJWTBearer)
 	}
 	if err := h.validateKeyOptions(); err != nil {
@@ -142,7 +142,7 @@ func (h *Handler) validateKeySet() error {
 		}
 	case h.RefreshToken != "":
 		return fmt.Errorf("refresh_token seeds one key set, but key_set %q has placeholders; seed each key set in the keystore", h.KeySet)
-	case h.grantNeedsNoSeed():
+	case credential.SeedlessGrant(h.Grant):
 		// One client's credentials give one token: key sets selected per
 		// request would all hold the same, under names clients invent.
 		return fmt.Errorf("key_set %q has placeholders, which the %s grant cannot use: it has no per-key-set seed", h.KeySet, h.Grant)
@@ -152,7 +152,7 @@ func (h *Handler) validateKeySet() error {
 	if h.KeySetAllow != "" && !h.keySets.PerRequest() {
 		return fmt.Errorf("key_set_allow is for a key_set with placeholders; key_set %q names one key set", h.KeySet)
 	}
-	if h.RefreshToken != "" && h.grantNeedsNoSeed() {
+	if h.RefreshToken != "" && credential.SeedlessGrant(h.Grant) {
 		return fmt.Errorf("refresh_token is a seed for the refresh_token grant; the %s grant needs none", h.Grant)
 	}
 	return nil

@@ -35,7 +35,7 @@ func (s *StormResult) Failed() int64 { return s.Burst.Failed }
 
 // Storm starts a fresh sidecar whose stored token is stale, sends
 // opt.Requests requests at once, and counts the grants the token endpoint
-// made for them: invariant 4 wants exactly one.
+// made for them: DESIGN.md invariant 4 wants exactly one.
 func (e *Env) Storm(ctx context.Context, opt StormOptions) (*StormResult, error) {
 	te, err := StartTokenEndpoint(benchRefreshToken, freshAccessToken, time.Hour, opt.Latency)
 	if err != nil {

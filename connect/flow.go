@@ -230,7 +230,7 @@ func (c *Connect) redeem(ctx context.Context, flow pendingFlow, code string) (*k
 		if redeemed != nil {
 			return live.SkipForeign(e.Put(ctx, flow.keySet, redeemed.Token))
 		}
-		ks, err := live.SkipForeign(e.Exchange(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
+		ks, err := live.SkipForeign(e.RedeemCode(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
 		redeemed = ks
 		return ks, err
 	})

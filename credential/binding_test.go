@@ -53,8 +53,9 @@ func (f *refresherFixture) wantBound(t *testing.T, name string, gen int64) {
 // TestEngineRefusesForeignKeySet: a handler steered (by a placeholder
 // key_set) to a key set granted for another client neither sends its
 // access token (no credential, whatever its expiry), nor spends its refresh
-// token at this client's token endpoint, nor writes over it (invariant 9);
-// its status is needs_reauthorization with key_set_foreign.
+// token at this client's token endpoint, nor writes over it
+// (DESIGN.md invariant 9); its status is needs_reauthorization with
+// key_set_foreign.
 func TestEngineRefusesForeignKeySet(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -33,12 +33,6 @@ const (
 	ClientAuthNone = "none"
 )
 
-// GrantJWTBearer presents a signed assertion as the grant (RFC 7523
-// section 2.1), as Salesforce's JWT bearer flow and Google's service
-// accounts do. It needs no seed and no refresh token: a new assertion is
-// granted at expiry or on a trigger status, like client_credentials.
-const GrantJWTBearer = "jwt_bearer"
-
 // Form field values of RFC 7523.
 const (
 	grantTypeJWTBearer  = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -61,22 +55,10 @@ type AssertionClaims struct {
 	Audience string
 }
 
-// needsNoSeed reports whether the grant makes tokens from the client's
-// own credentials alone, so that a key set starts empty.
-func needsNoSeed(grant string) bool {
-	return grant == GrantClientCredentials || grant == GrantJWTBearer
-}
-
 // clientAuth is the client authentication method in effect: ClientAuth,
-// or AuthStyle's when that is empty.
+// or ClientAuthSecretBasic when that is empty.
 func (c *tokenClient) clientAuth() string {
-	if c.ClientAuth != "" {
-		return c.ClientAuth
-	}
-	if c.AuthStyle == oauth2.AuthStyleInParams {
-		return ClientAuthSecretPost
-	}
-	return ClientAuthSecretBasic
+	return cmp.Or(c.ClientAuth, ClientAuthSecretBasic)
 }
 
 // oauth2Client is what x/oauth2 is told of the client: its auth style, and

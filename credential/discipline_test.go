@@ -15,8 +15,8 @@ import (
 
 // alwaysRejected plays a request to an upstream that answers 401 to every
 // token: the token from Current, and after a Rejected that returns a
-// credential, one replay, whose 401 goes to the client (invariant 2). It
-// returns Rejected's error.
+// credential, one replay, whose 401 goes to the client
+// (DESIGN.md invariant 2). It returns Rejected's error.
 func (f *refresherFixture) alwaysRejected(t *testing.T, name string) error {
 	t.Helper()
 	cred := f.mustCurrent(t, name)

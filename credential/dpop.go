@@ -219,9 +219,6 @@ func (e *Engine) NoteNonce(target, nonce string) {
 	}
 }
 
-// CodeNoProofKey: a DPoP proof cannot be made for the key set.
-const CodeNoProofKey = "dpop_key_unavailable"
-
 // proofKeyContext carries the key that proves a grant's token requests,
 // from the refresh that knows the key set to the transport that signs.
 type proofKeyContext struct{}

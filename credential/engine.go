@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
@@ -44,7 +43,7 @@ const (
 	DefaultMinRefreshInterval = 10 * time.Second
 	DefaultMaxRetryAfter      = 5 * time.Minute
 	DefaultKeepalive          = 7 * 24 * time.Hour
-	DefaultCheckInterval      = 30 * time.Second
+	defaultCheckInterval      = 30 * time.Second
 )
 
 // Config is what an Engine needs besides its keystore.
@@ -105,7 +104,7 @@ type Config struct {
 	// CheckInterval is how often the engine looks at every key set it
 	// has: to note the state changes that time alone makes (a token
 	// nearing its expiry), to store what waits in Unstored, and for the
-	// keepalive. Zero: DefaultCheckInterval.
+	// keepalive. Zero: 30 seconds.
 	CheckInterval time.Duration
 }
 
@@ -206,9 +205,6 @@ func New(store keystore.Store, cfg Config) *Engine {
 	if endpoint.Grant == "" {
 		endpoint.Grant = GrantRefreshToken
 	}
-	if endpoint.AuthStyle == oauth2.AuthStyleAutoDetect {
-		endpoint.AuthStyle = oauth2.AuthStyleInHeader
-	}
 	if endpoint.Timeout <= 0 {
 		endpoint.Timeout = DefaultTokenTimeout
 	}
@@ -236,7 +232,7 @@ func New(store keystore.Store, cfg Config) *Engine {
 		unstored:           cfg.Unstored,
 		keepalive:          cmp.Or(cfg.Keepalive, DefaultKeepalive),
 		serves:             cfg.Serves,
-		checkInterval:      cmp.Or(cfg.CheckInterval, DefaultCheckInterval),
+		checkInterval:      cmp.Or(cfg.CheckInterval, defaultCheckInterval),
 		closeSaveTime:      closeSaveTime,
 		states:             make(map[string]*keySetState),
 	}
@@ -274,7 +270,7 @@ func (e *Engine) Store() keystore.Store { return e.store }
 // Current returns the credential to send for key set name now, refreshing
 // first when the mode or the token's expiry demands it. A request that the
 // token in use can still serve is never failed because a refresh failed or
-// is held back: it gets that token (invariant 10).
+// is held back: it gets that token (DESIGN.md invariant 10).
 func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) {
 	st, err := e.state(ctx, name)
 	if err != nil {
@@ -392,7 +388,7 @@ func (e *Engine) load(ctx context.Context, name string) (*keystore.KeySet, error
 		e.observer.KeySetStored(seed)
 		e.logger.Info("seeded key set from the refresh_token option", zap.String("key_set", name))
 		return seed, nil
-	case needsNoSeed(e.client.Grant):
+	case SeedlessGrant(e.client.Grant):
 		return e.bind(&keystore.KeySet{Name: name, Token: keystore.Token{}}), nil
 	default:
 		return nil, &Error{KeySet: name, Code: CodeNoKeySet, Err: err,

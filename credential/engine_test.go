@@ -65,7 +65,7 @@ func newEngineFixture(t *testing.T, seed string) *refresherFixture {
 	r := New(store, Config{
 		Endpoint: TokenEndpoint{
 			URL: te.URL(), ClientID: "client-1", ClientSecret: "secret-1",
-			AuthStyle: oauth2.AuthStyleInHeader, Grant: GrantRefreshToken,
+			ClientAuth: ClientAuthSecretBasic, Grant: GrantRefreshToken,
 			Timeout: 10 * time.Second, Transport: sent,
 		},
 		Mode: ModeProactive,
@@ -222,7 +222,7 @@ func (f *refresherFixture) mustCurrent(t *testing.T, name string) *Credential {
 }
 
 // TestEngineSingleFlight: 50 requests needing a token while the grant is
-// held share one grant and one credential (invariant 4).
+// held share one grant and one credential (DESIGN.md invariant 4).
 func TestEngineSingleFlight(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -309,7 +309,7 @@ func TestEngineRejectedOlderGeneration(t *testing.T) {
 // TestEngineRejectedCurrentGeneration: a 401 to the current generation,
 // reported by 20 requests at once, makes exactly one grant; the next
 // generation, with the rotated refresh token, is in the keystore before
-// any of them gets it (invariant 5).
+// any of them gets it (DESIGN.md invariant 5).
 func TestEngineRejectedCurrentGeneration(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
@@ -473,8 +473,8 @@ func TestEngineNoKeySet(t *testing.T) {
 
 // TestEngineInvalidGrantIsCached: after invalid_grant, requests get the
 // same permanent error without new grants, the stored key set is left
-// byte for byte (invariant 6), and a newer generation stored by another
-// process is adopted without a grant.
+// byte for byte (DESIGN.md invariant 6), and a newer generation stored by
+// another process is adopted without a grant.
 func TestEngineInvalidGrantIsCached(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-other") // the stored rt-0 is no longer valid
@@ -755,8 +755,8 @@ func TestEngineAlwaysMode(t *testing.T) {
 // TestEngineAlwaysModeFailures: in always mode too, a failed refresh is
 // not repeated by every request: a temporary failure backs off and a
 // permanent one is kept until the keystore changes. Requests whose token
-// is still valid keep being served with it (invariant 10); once it has
-// expired they get the failure.
+// is still valid keep being served with it (DESIGN.md invariant 10); once
+// it has expired they get the failure.
 func TestEngineAlwaysModeFailures(t *testing.T) {
 	t.Parallel()
 	temporary := func(w http.ResponseWriter, _ *http.Request) bool {
@@ -808,7 +808,7 @@ func TestEngineAlwaysModeFailures(t *testing.T) {
 // used (its refresh token may be the only valid one, and it is not
 // durable); no grant is made while it is pending, and once the keystore
 // works again the pending key set is stored and used without a new grant
-// (invariant 5).
+// (DESIGN.md invariant 5).
 func TestEngineStoreFailure(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
@@ -960,7 +960,8 @@ func TestEngineCloseWaitsForFlights(t *testing.T) {
 }
 
 // TestEngineLogsHoldNoTokens: refresh logs name the key set and the
-// outcome but never a token value or the client secret (invariant 7).
+// outcome but never a token value or the client secret
+// (DESIGN.md invariant 7).
 func TestEngineLogsHoldNoTokens(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")

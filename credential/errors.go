@@ -23,6 +23,11 @@ const (
 	// that RFC 6749 section 5.2 does not allow, or that is too long or
 	// holds a secret: a provider's code reaches answers, statuses and logs.
 	CodeInvalidResponse = "invalid_response"
+	// CodeUnsupportedGrant: an authorization code was offered to an engine
+	// whose grant needs none.
+	CodeUnsupportedGrant = "unsupported_grant"
+	// CodeNoProofKey: a DPoP proof cannot be made for the key set.
+	CodeNoProofKey = "dpop_key_unavailable"
 	// CodeKeySetNotAllowed: a key set name that a request selected and
 	// key_set_allow does not admit.
 	CodeKeySetNotAllowed = "key_set_not_allowed"

@@ -261,7 +261,7 @@ func TestUnstoredKeySetOutlivesItsEngine(t *testing.T) {
 		t.Fatalf("Current() = nil error; want the keystore's failure")
 	}
 	old.Close() // the disk still fails
-	if names := unstored.Names(); !slices.Equal(names, []string{"acct"}) {
+	if names := unstored.names(); !slices.Equal(names, []string{"acct"}) {
 		t.Fatalf("waiting key sets after Close = %v; want [acct]", names)
 	}
 
@@ -280,8 +280,8 @@ func TestUnstoredKeySetOutlivesItsEngine(t *testing.T) {
 	if g := te.Grants.Load(); g != 1 {
 		t.Errorf("grants = %d; want 1: the successor stored the key set instead of granting", g)
 	}
-	if len(unstored.Names()) != 0 {
-		t.Errorf("still waiting: %v", unstored.Names())
+	if len(unstored.names()) != 0 {
+		t.Errorf("still waiting: %v", unstored.names())
 	}
 }
 
@@ -347,7 +347,7 @@ func TestUpdatedSentOncePerGenerationAcrossReplicas(t *testing.T) {
 	}
 	var updated []int64
 	for _, n := range rcv.Notifications() {
-		if n.Type == EventUpdated {
+		if n.Type == eventUpdated {
 			updated = append(updated, n.Generation)
 		}
 	}

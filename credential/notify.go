@@ -47,17 +47,17 @@ const (
 
 // Types of notification (its "type" field).
 const (
-	// EventUpdated announces a new generation. Only the process that
+	// eventUpdated announces a new generation. Only the process that
 	// stored it sends it, so it is sent once per generation however many
 	// replicas share the keystore.
-	EventUpdated = "key_set.updated"
-	// EventFailed announces that a key set entered a state that needs
+	eventUpdated = "key_set.updated"
+	// eventFailed announces that a key set entered a state that needs
 	// attention (failing, needs_reauthorization, keystore_failing), as
 	// this process sees it.
-	EventFailed = "key_set.failed"
-	// EventRecovered announces that a key set that needed attention is
+	eventFailed = "key_set.failed"
+	// eventRecovered announces that a key set that needed attention is
 	// healthy again.
-	EventRecovered = "key_set.recovered"
+	eventRecovered = "key_set.recovered"
 )
 
 // notification is the body POSTed to the notify URL for each event. By
@@ -120,7 +120,7 @@ type NotifyConfig struct {
 	IncludeTokens bool
 	// Header is added to every delivery (an Authorization the receiver
 	// wants, say); it may not hold the headers the notifier or the HTTP
-	// client set themselves (see ValidateNotifyHeader).
+	// client set themselves (Validate refuses them).
 	Header http.Header
 }
 
@@ -134,9 +134,9 @@ var reservedNotifyHeaders = map[string]bool{
 	SignatureHeader: true,
 }
 
-// ValidateNotifyHeader accepts a header name that may be added to
+// validateNotifyHeader accepts a header name that may be added to
 // deliveries: a valid field name that the notifier does not set itself.
-func ValidateNotifyHeader(name string) error {
+func validateNotifyHeader(name string) error {
 	if !httpguts.ValidHeaderFieldName(name) {
 		return fmt.Errorf("notify_header %q: not a valid header field name", name)
 	}
@@ -149,14 +149,14 @@ func ValidateNotifyHeader(name string) error {
 // Validate checks the configuration, naming the Caddyfile option at fault.
 // Header values may hold credentials: errors never show them.
 func (c NotifyConfig) Validate() error {
-	if err := ValidateNotifyURL(c.URL); err != nil {
+	if err := validateNotifyURL(c.URL); err != nil {
 		return err
 	}
 	if c.Secret == "" {
 		return fmt.Errorf("notify_secret is required with notify: every delivery is signed")
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Header)) {
-		if err := ValidateNotifyHeader(name); err != nil {
+		if err := validateNotifyHeader(name); err != nil {
 			return err
 		}
 		for _, v := range c.Header[name] {
@@ -240,10 +240,10 @@ func NewNotifier(cfg NotifyConfig, logger *zap.Logger) (*Notifier, error) {
 	}, nil
 }
 
-// ValidateNotifyURL accepts an https URL, or http to a loopback host: the
+// validateNotifyURL accepts an https URL, or http to a loopback host: the
 // request carries the notify_header values, and the tokens when they are
 // included.
-func ValidateNotifyURL(raw string) error {
+func validateNotifyURL(raw string) error {
 	return CheckSecretsURL("notify", raw, false, "the notification carries its headers, and the tokens when included", "")
 }
 
@@ -253,7 +253,7 @@ func (n *Notifier) KeySetStored(ks *keystore.KeySet) { n.enqueue(ks.Name, event{
 // KeySetStateChanged queues key_set.failed or key_set.recovered when the
 // change is one; it never blocks.
 func (n *Notifier) KeySetStateChanged(change StateChange) {
-	if change.Failed() || change.Recovered() {
+	if change.failed() || change.recovered() {
 		n.enqueue(change.KeySet, event{change: change})
 	}
 }
@@ -348,7 +348,7 @@ func (n *Notifier) deliver(name string, ev event) {
 // notificationOf is the body that announces ev.
 func (n *Notifier) notificationOf(ev event) notification {
 	if ks := ev.stored; ks != nil {
-		body := notification{Type: EventUpdated, Name: ks.Name, Generation: ks.Generation,
+		body := notification{Type: eventUpdated, Name: ks.Name, Generation: ks.Generation,
 			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: ks.Token.Extras()}
 		if n.includeTokens {
 			body.Token = ks.Token
@@ -356,10 +356,10 @@ func (n *Notifier) notificationOf(ev event) notification {
 		return body
 	}
 	c := ev.change
-	body := notification{Type: EventFailed, Name: c.KeySet, Generation: c.Generation,
+	body := notification{Type: eventFailed, Name: c.KeySet, Generation: c.Generation,
 		State: c.To, ErrorCode: c.ErrorCode, At: c.At}
-	if c.Recovered() {
-		body.Type = EventRecovered
+	if c.recovered() {
+		body.Type = eventRecovered
 	}
 	return body
 }

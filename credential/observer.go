@@ -32,13 +32,13 @@ type StateChange struct {
 	At        time.Time
 }
 
-// Failed reports whether the change is into a state that needs attention
+// failed reports whether the change is into a state that needs attention
 // from a healthy one, or from another such state.
-func (c StateChange) Failed() bool { return !healthyState(c.To) && c.To != c.From }
+func (c StateChange) failed() bool { return !healthyState(c.To) && c.To != c.From }
 
-// Recovered reports whether the change is from a state that needed
+// recovered reports whether the change is from a state that needed
 // attention back to a healthy one.
-func (c StateChange) Recovered() bool {
+func (c StateChange) recovered() bool {
 	return c.From != "" && !healthyState(c.From) && healthyState(c.To)
 }
 

@@ -160,9 +160,9 @@ func (e *Engine) report(change *StateChange) {
 		fields = append(fields, zap.String("error_code", change.ErrorCode))
 	}
 	switch {
-	case change.Failed():
+	case change.failed():
 		e.logger.Warn("key set state changed", fields...)
-	case change.Recovered():
+	case change.recovered():
 		e.logger.Info("key set state changed", fields...)
 	default:
 		e.logger.Debug("key set state changed", fields...)

@@ -24,15 +24,6 @@ const maxTokenResponse = 1 << 20
 
 var errTokenResponseTooLarge = fmt.Errorf("token response is larger than %d bytes", maxTokenResponse)
 
-// Grants (TokenEndpoint.Grant).
-const (
-	// GrantRefreshToken spends the key set's refresh token (RFC 6749
-	// section 6).
-	GrantRefreshToken = "refresh_token"
-	// GrantClientCredentials needs no seed (RFC 6749 section 4.4).
-	GrantClientCredentials = "client_credentials"
-)
-
 // TokenEndpoint is where and how an Engine obtains tokens.
 type TokenEndpoint struct {
 	// URL is the provider's token endpoint.
@@ -41,15 +32,12 @@ type TokenEndpoint struct {
 	// empty for public clients.
 	ClientID     string
 	ClientSecret string
-	// AuthStyle is how the client authenticates: oauth2.AuthStyleInHeader
-	// or oauth2.AuthStyleInParams. Never AuthStyleAutoDetect: it resends
-	// a failed grant with the other style, which spends a rotating
-	// refresh token twice; New turns it into AuthStyleInHeader.
-	AuthStyle oauth2.AuthStyle
-	// ClientAuth is how the client authenticates: ClientAuthSecretBasic,
-	// ClientAuthSecretPost, ClientAuthPrivateKeyJWT (with Signer),
-	// ClientAuthTLS (with a Transport that presents the certificate) or
-	// ClientAuthNone. Empty: AuthStyle decides between the first two.
+	// ClientAuth is how the client authenticates: ClientAuthSecretBasic
+	// (the default when empty), ClientAuthSecretPost,
+	// ClientAuthPrivateKeyJWT (with Signer), ClientAuthTLS (with a
+	// Transport that presents the certificate) or ClientAuthNone. Never
+	// auto-detected: a failed grant resent with another method spends a
+	// rotating refresh token twice.
 	ClientAuth string
 	// Signer signs private_key_jwt client assertions and jwt_bearer
 	// assertions (clientauth.go).
@@ -96,8 +84,7 @@ type grantResult struct {
 // permanent, with no token value in their message.
 func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (grantResult, error) {
 	style, clientID, clientSecret := c.oauth2Client()
-	switch c.Grant {
-	case GrantClientCredentials, GrantJWTBearer:
+	if SeedlessGrant(c.Grant) {
 		cc := clientcredentials.Config{
 			ClientID: clientID, ClientSecret: clientSecret, TokenURL: c.URL,
 			Scopes: c.Scopes, EndpointParams: c.endpointParams(), AuthStyle: style,

@@ -87,7 +87,7 @@ func newTestTokenClient(tokenURL string) *tokenClient {
 			URL:          tokenURL,
 			ClientID:     "client-1",
 			ClientSecret: "secret-1",
-			AuthStyle:    oauth2.AuthStyleInHeader,
+			ClientAuth:   ClientAuthSecretBasic,
 			Grant:        GrantRefreshToken,
 			Timeout:      10 * time.Second,
 			Transport:    http.DefaultTransport,
@@ -106,29 +106,30 @@ func asError(t *testing.T, err error) *Error {
 	return re
 }
 
-// TestTokenClientAuthStyle: the configured auth style is used as is (Basic
-// header, or client_id/client_secret form fields, never both), and a grant
-// the endpoint refuses is sent exactly once: x/oauth2's auto-detection would
-// resend it with the other style, spending a rotating refresh token twice.
-func TestTokenClientAuthStyle(t *testing.T) {
+// TestTokenClientSecretAuth: the configured secret method is used as is
+// (Basic header, or client_id/client_secret form fields, never both), and a
+// grant the endpoint refuses is sent exactly once: x/oauth2's auto-detection
+// would resend it with the other method, spending a rotating refresh token
+// twice.
+func TestTokenClientSecretAuth(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name      string
-		style     oauth2.AuthStyle
-		answer    http.HandlerFunc
-		wantError bool
+		name       string
+		clientAuth string
+		answer     http.HandlerFunc
+		wantError  bool
 	}{
-		{"basic", oauth2.AuthStyleInHeader, answerJSON(http.StatusOK, okTokenJSON), false},
-		{"post", oauth2.AuthStyleInParams, answerJSON(http.StatusOK, okTokenJSON), false},
-		{"basic refused once", oauth2.AuthStyleInHeader, answerJSON(http.StatusBadRequest, `{"error":"invalid_client"}`), true},
-		{"post refused once", oauth2.AuthStyleInParams, answerJSON(http.StatusBadRequest, `{"error":"invalid_client"}`), true},
+		{"basic", ClientAuthSecretBasic, answerJSON(http.StatusOK, okTokenJSON), false},
+		{"post", ClientAuthSecretPost, answerJSON(http.StatusOK, okTokenJSON), false},
+		{"basic refused once", ClientAuthSecretBasic, answerJSON(http.StatusBadRequest, `{"error":"invalid_client"}`), true},
+		{"post refused once", ClientAuthSecretPost, answerJSON(http.StatusBadRequest, `{"error":"invalid_client"}`), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, tt.answer)
 			c := newTestTokenClient(te.URL())
-			c.AuthStyle = tt.style
+			c.ClientAuth = tt.clientAuth
 			_, err := c.grant(context.Background(), "sf", "rt-0")
 			if (err != nil) != tt.wantError {
 				t.Fatalf("grant(%q) = %v; want error %v", "sf", err, tt.wantError)
@@ -139,8 +140,8 @@ func TestTokenClientAuthStyle(t *testing.T) {
 			}
 			req := seen[0]
 			auth := req.header.Get("Authorization")
-			switch tt.style {
-			case oauth2.AuthStyleInHeader:
+			switch tt.clientAuth {
+			case ClientAuthSecretBasic:
 				r := &http.Request{Header: req.header}
 				user, pass, ok := r.BasicAuth()
 				if !ok || user != "client-1" || pass != "secret-1" {
@@ -151,7 +152,7 @@ func TestTokenClientAuthStyle(t *testing.T) {
 						t.Errorf("form field %s = %q; want absent with Basic auth", field, v)
 					}
 				}
-			case oauth2.AuthStyleInParams:
+			case ClientAuthSecretPost:
 				if auth != "" {
 					t.Errorf("Authorization = %q; want none with post auth", auth)
 				}
@@ -695,35 +696,35 @@ func TestTokenClientRefusesRedirect(t *testing.T) {
 
 // TestTokenClientErrorsHoldNoSecrets: an error description echoing the
 // refresh token or client secret is redacted, and the response body never
-// appears in Error.Error() (invariant 7).
+// appears in Error.Error() (DESIGN.md invariant 7).
 func TestTokenClientErrorsHoldNoSecrets(t *testing.T) {
 	t.Parallel()
 	const refreshToken, marker = "rt-very-secret-0", "BODY-MARKER"
 	tests := []struct {
-		name   string
-		style  oauth2.AuthStyle
-		answer http.HandlerFunc
+		name       string
+		clientAuth string
+		answer     http.HandlerFunc
 	}{
 		{
-			name:  "description echoes secrets",
-			style: oauth2.AuthStyleInParams,
+			name:       "description echoes secrets",
+			clientAuth: ClientAuthSecretPost,
 			answer: answerJSON(http.StatusBadRequest,
 				`{"error":"invalid_grant","error_description":"token rt-very-secret-0 of client secret-1 revoked"}`),
 		},
 		{
-			name:   "500 body",
-			style:  oauth2.AuthStyleInHeader,
-			answer: answerWith(http.StatusInternalServerError, "text/plain", marker+" rt-very-secret-0 secret-1"),
+			name:       "500 body",
+			clientAuth: ClientAuthSecretBasic,
+			answer:     answerWith(http.StatusInternalServerError, "text/plain", marker+" rt-very-secret-0 secret-1"),
 		},
 		{
-			name:   "400 body with extra fields",
-			style:  oauth2.AuthStyleInHeader,
-			answer: answerJSON(http.StatusBadRequest, `{"error":"invalid_request","debug":"`+marker+` rt-very-secret-0"}`),
+			name:       "400 body with extra fields",
+			clientAuth: ClientAuthSecretBasic,
+			answer:     answerJSON(http.StatusBadRequest, `{"error":"invalid_request","debug":"`+marker+` rt-very-secret-0"}`),
 		},
 		{
-			name:   "200 body that is not a token",
-			style:  oauth2.AuthStyleInHeader,
-			answer: answerWith(http.StatusOK, "text/html", marker+" rt-very-secret-0 secret-1"),
+			name:       "200 body that is not a token",
+			clientAuth: ClientAuthSecretBasic,
+			answer:     answerWith(http.StatusOK, "text/html", marker+" rt-very-secret-0 secret-1"),
 		},
 	}
 	for _, tt := range tests {
@@ -731,7 +732,7 @@ func TestTokenClientErrorsHoldNoSecrets(t *testing.T) {
 			t.Parallel()
 			te := newRecordingTokenEndpoint(t, tt.answer)
 			c := newTestTokenClient(te.URL())
-			c.AuthStyle = tt.style
+			c.ClientAuth = tt.clientAuth
 			_, err := c.grant(context.Background(), "sf", refreshToken)
 			if err == nil {
 				t.Fatalf("grant(%q) = nil; want an error", "sf")

@@ -38,8 +38,8 @@ func NewUnstored() *Unstored {
 	return &Unstored{byName: make(map[string]*keystore.KeySet)}
 }
 
-// Names returns the names that have a key set waiting, sorted.
-func (u *Unstored) Names() []string {
+// names returns the names that have a key set waiting, sorted.
+func (u *Unstored) names() []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return slices.Sorted(maps.Keys(u.byName))
@@ -78,7 +78,7 @@ func (e *Engine) saveUnstored(ctx context.Context) []string {
 	backoff := closeSaveMinBackoff
 	for {
 		var waiting []string
-		for _, name := range e.unstored.Names() {
+		for _, name := range e.unstored.names() {
 			if !e.storeWaiting(ctx, name) {
 				waiting = append(waiting, name)
 			}
@@ -120,7 +120,7 @@ func (e *Engine) storeWaiting(ctx context.Context, name string) bool {
 // closeUnstored is Close's last attempt to store what waits; what it cannot
 // store stays in the shared Unstored for a successor, and is logged.
 func (e *Engine) closeUnstored() {
-	if len(e.unstored.Names()) == 0 {
+	if len(e.unstored.names()) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), e.closeSaveTime)

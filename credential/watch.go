@@ -33,7 +33,7 @@ func (e *Engine) watch(ctx context.Context) {
 // been refreshed for the keepalive period. It makes one grant at a time.
 func (e *Engine) check(ctx context.Context) {
 	e.Statuses()
-	for _, name := range e.unstored.Names() {
+	for _, name := range e.unstored.names() {
 		e.refreshNow(ctx, name, causeUnstored, func(*keystore.KeySet) bool {
 			pending := e.unstored.get(name)
 			return pending != nil && e.owns(pending) == nil

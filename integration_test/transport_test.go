@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"testing"
 
-	"golang.org/x/oauth2"
-
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/authserver"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/resourceserver"
@@ -37,7 +35,7 @@ func TestCredentialTransport(t *testing.T) {
 		e := credential.New(store, credential.Config{
 			Endpoint: credential.TokenEndpoint{
 				URL: auth.TokenURL(), ClientID: authserver.DefaultClientID, ClientSecret: authserver.DefaultClientSecret,
-				AuthStyle: oauth2.AuthStyleInHeader,
+				ClientAuth: credential.ClientAuthSecretBasic,
 			},
 			Mode:     credential.ModeReactive,
 			SeedName: "crm", SeedToken: seed,

@@ -117,7 +117,8 @@ func (o RedisOptions) check() error {
 }
 
 // Redis keeps key set documents in Redis, so that replicas share them, and
-// lets one replica of the cluster refresh a key set at a time (invariant 4).
+// lets one replica of the cluster refresh a key set at a time
+// (DESIGN.md invariant 4).
 //
 // Each key set is a hash <key_prefix>keyset:<name> with the fields
 // "generation" (in clear, for the compare-and-swap) and "document" (what the

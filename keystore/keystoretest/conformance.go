@@ -175,7 +175,8 @@ func testSaveFollowsGeneration(t *testing.T, st keystore.Store) {
 }
 
 // testConflict: a write that does not follow the stored generation fails
-// with ErrConflict and leaves the stored document as it was (invariant 6).
+// with ErrConflict and leaves the stored document as it was
+// (DESIGN.md invariant 6).
 func testConflict(t *testing.T, st keystore.Store) {
 	tests := []struct {
 		name   string

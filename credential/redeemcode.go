@@ -10,7 +10,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// Exchange redeems an authorization code (RFC 6749 section 4.1.3) at the
+// RedeemCode redeems an authorization code (RFC 6749 section 4.1.3) at the
 // engine's token endpoint, with the PKCE code verifier of the authorization
 // request (RFC 7636 section 4.5) and the redirect URI it named, and stores
 // the response as the next generation of key set name: a person connected
@@ -18,11 +18,11 @@ import (
 // refreshes. The key set is stored as Put stores one (under the keystore's
 // lock, bound to the engine's client, fenced by its generation) and taken
 // into use at once; a key set bound to another client is refused before the
-// code is spent. Only engines of the refresh_token grant exchange codes:
+// code is spent. Only engines of the refresh_token grant redeem codes:
 // the others make their tokens from the client's own credentials. Errors
 // are *Error, as a refresh's are, and hold neither the code nor the
 // verifier.
-func (e *Engine) Exchange(ctx context.Context, name, code, verifier, redirectURI string) (*keystore.KeySet, error) {
+func (e *Engine) RedeemCode(ctx context.Context, name, code, verifier, redirectURI string) (*keystore.KeySet, error) {
 	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -37,9 +37,9 @@ func (e *Engine) Exchange(ctx context.Context, name, code, verifier, redirectURI
 		start := e.now()
 		e.logger.Info("exchanging an authorization code", zap.String("key_set", name),
 			zap.Int64("replaces_generation", current.Generation), zap.String("cause", causeConnected))
-		// With DPoP the exchange is proved with the key set's key (made now
+		// With DPoP the redemption is proved with the key set's key (made now
 		// for a new one), so that its tokens are bound as a refresh's are.
-		res, err := e.client.exchange(e.client.proving(ctx, current), name, code, verifier, redirectURI)
+		res, err := e.client.redeemCode(e.client.proving(ctx, current), name, code, verifier, redirectURI)
 		e.observer.GrantDone(name, err, e.now().Sub(start))
 		if err != nil {
 			e.logRefreshFailure(name, current.Generation, start, err)
@@ -48,18 +48,14 @@ func (e *Engine) Exchange(ctx context.Context, name, code, verifier, redirectURI
 	})
 }
 
-// CodeUnsupportedGrant: an authorization code was offered to an engine
-// whose grant needs none.
-const CodeUnsupportedGrant = "unsupported_grant"
-
 // causeConnected is the cause logged with a code exchange: a person
 // connected the account.
 const causeConnected = "connected"
 
-// exchange makes the authorization_code grant, through the same request
+// redeemCode makes the authorization_code grant, through the same request
 // path as grant (request), with the code and the verifier redacted from
 // its errors.
-func (c *tokenClient) exchange(ctx context.Context, keySet, code, verifier, redirectURI string) (grantResult, error) {
+func (c *tokenClient) redeemCode(ctx context.Context, keySet, code, verifier, redirectURI string) (grantResult, error) {
 	style, clientID, clientSecret := c.oauth2Client()
 	cfg := oauth2.Config{
 		ClientID: clientID, ClientSecret: clientSecret, RedirectURL: redirectURI,
