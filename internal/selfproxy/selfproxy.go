@@ -207,10 +207,15 @@ func (hop proxyHop) refuseLoop(ctx context.Context, dial string, listeners []own
 }
 
 // reaches reports whether a connection to ip arrives at the listener (on its port).
+// Dialing the unspecified address (0.0.0.0, ::) connects to this host, so it counts as
+// every local address: it reaches every listener of the server, a specific one included.
 func (l ownListener) reaches(ip net.IP, local []net.IP) bool {
+	if ip.IsUnspecified() {
+		return true
+	}
 	if l.wildcard {
-		// The whole of 127.0.0.0/8 is this host's, and dialing 0.0.0.0 or :: reaches it too.
-		return ip.IsLoopback() || ip.IsUnspecified() || slices.ContainsFunc(local, ip.Equal)
+		// The whole of 127.0.0.0/8 is this host's.
+		return ip.IsLoopback() || slices.ContainsFunc(local, ip.Equal)
 	}
 	return slices.ContainsFunc(l.ips, ip.Equal)
 }

@@ -55,6 +55,9 @@ func TestSelfProxyRefused(t *testing.T) {
 				chain(hop(own, `{"protocol":"http","tls":{"server_name":"api.test"}}`))(handler) + `}]}]`
 		}, true},
 		{"the listener's unix socket", "unix/" + socket, chain(hop("unix/"+socket, "")), true},
+		// Dialing the unspecified address reaches this host: every local address.
+		{"0.0.0.0 to a specific listener", own, chain(hop(fmt.Sprintf("0.0.0.0:%d", selfProxyPort), "")), true},
+		{"[::] to a specific listener", own, chain(hop(fmt.Sprintf("[::]:%d", selfProxyPort), "")), true},
 
 		{"another port", own, chain(hop(fmt.Sprintf("127.0.0.1:%d", selfProxyPort+1), "")), false},
 		{"another loopback address of a specific listener", own, chain(hop(fmt.Sprintf("127.0.0.2:%d", selfProxyPort), "")), false},
