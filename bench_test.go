@@ -352,7 +352,7 @@ func BenchmarkReplayBody(b *testing.B) {
 
 func newBenchReplayBody(body []byte) *replayBody {
 	r := &http.Request{Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body))}
-	return newReplayBody(r, defaultReplayMemory, defaultMaxReplayBody, "Authorization")
+	return newReplayBody(r, defaultReplayMemory, defaultMaxReplayBody, []string{"Authorization"})
 }
 
 // drain reads r to its end in len(buf) reads, as io.Copy would without the

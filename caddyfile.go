@@ -31,6 +31,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	oauth2_upstream [<matcher>] {
 //		token_url       <url>
 //		insecure_http
+//		allow_trace
 //		client_id       <id>
 //		client_secret   <secret>
 //		client_auth     secret_basic|secret_post|private_key_jwt|tls_client_auth|none
@@ -116,6 +117,11 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			return d.ArgErr()
 		}
 		h.InsecureHTTP = true
+	case "allow_trace":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.AllowTrace = true
 	case "scopes":
 		h.Scopes = append(h.Scopes, d.RemainingArgs()...)
 		if len(h.Scopes) == 0 {

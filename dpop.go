@@ -12,6 +12,10 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 )
 
+// dpopHeader is the request header of a DPoP proof (RFC 9449 section 4.1),
+// canonical.
+const dpopHeader = "Dpop"
+
 // dpopScheme is the Authorization scheme of a DPoP-bound token (RFC 9449
 // section 7.1).
 const dpopScheme = "DPoP"

@@ -128,6 +128,12 @@ type Handler struct {
 	// Caddyfile refuses 0).
 	MaxWait caddy.Duration `json:"max_wait,omitempty"`
 
+	// AllowTrace passes TRACE requests on. An upstream answers TRACE by
+	// echoing the request, the injected credential included, back to the
+	// client, so the handler refuses TRACE with 405 unless this is set.
+	// Default: false.
+	AllowTrace bool `json:"allow_trace,omitempty"`
+
 	// KeystoreRaw configures where key sets are stored. Default: the file
 	// keystore in Caddy's data directory.
 	KeystoreRaw json.RawMessage `json:"keystore,omitempty" caddy:"namespace=oauth2_upstream.keystores inline_key=backend"`
@@ -149,14 +155,14 @@ type Handler struct {
 	// NotifyOptions configure change notifications (notify.go).
 	NotifyOptions
 
-	engine    *credential.Engine
-	keySets   live.KeySetRule // KeySet and KeySetAllow
-	headerKey string          // HeaderName, canonical: its key in http.Header
-	logger    *zap.Logger
-	ops       *operations          // metrics and notifications (operations.go)
-	unstored  *credential.Unstored // shared with handlers over the same keystore (live.Registry.Unstored)
-	registry  *live.Registry       // where the handler registers what it serves
-	live      *live.Handler        // what it registered
+	engine       *credential.Engine
+	keySets      live.KeySetRule // KeySet and KeySetAllow
+	ownedHeaders []string        // canonical: the headers the sidecar owns, HeaderName and DPoP
+	logger       *zap.Logger
+	ops          *operations          // metrics and notifications (operations.go)
+	unstored     *credential.Unstored // shared with handlers over the same keystore (live.Registry.Unstored)
+	registry     *live.Registry       // where the handler registers what it serves
+	live         *live.Handler        // what it registered
 }
 
 // CaddyModule returns the Caddy module information.
@@ -182,7 +188,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.setDefaults()
-	h.headerKey = http.CanonicalHeaderKey(h.HeaderName)
+	h.ownedHeaders = []string{http.CanonicalHeaderKey(h.HeaderName), dpopHeader}
 	if h.keySets, err = live.NewKeySetRule(h.KeySet, h.KeySetAllow); err != nil {
 		return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
 	}

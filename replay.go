@@ -43,12 +43,12 @@ type replayBody struct {
 	// latest is the server's own read deadline as far as the handler can
 	// tell (zero: none): the idle timeout never moves a deadline past it.
 	latest time.Time
-	// trailer is the request's trailer map, and credentialKey the header
-	// that carries the credential: the server fills trailers in when the
-	// body ends, and the client's own credential must not reach the
-	// upstream that way either.
-	trailer       http.Header
-	credentialKey string
+	// trailer is the request's trailer map, and owned the headers the
+	// sidecar owns (the credential header, DPoP): the server fills
+	// trailers in when the body ends, and the client's own credentials
+	// must not reach the upstream that way either.
+	trailer http.Header
+	owned   []string
 
 	// mu guards every field below. The proxy's transport reads the body
 	// on its own goroutine, and may still be reading when the handler
@@ -67,14 +67,14 @@ type replayBody struct {
 
 // newReplayBody wraps r's body for a possible replay, or returns nil when
 // the request has no body. maxSize < 0 disables replay of bodies.
-// credentialKey is the canonical name of the credential header, removed
+// owned are the canonical names of the headers the sidecar owns, removed
 // from the request's trailers when the body ends.
-func newReplayBody(r *http.Request, memLimit, maxSize int64, credentialKey string) *replayBody {
+func newReplayBody(r *http.Request, memLimit, maxSize int64, owned []string) *replayBody {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil
 	}
 	b := &replayBody{src: r.Body, memLimit: min(memLimit, max(maxSize, 0)), maxSize: maxSize,
-		trailer: r.Trailer, credentialKey: credentialKey}
+		trailer: r.Trailer, owned: owned}
 	if maxSize < 0 || r.ContentLength > maxSize {
 		// Known to be too large: stream it, keep nothing.
 		b.cannot = errBodyTooLarge
@@ -152,11 +152,13 @@ func (b *replayBody) Read(p []byte) (int, error) {
 
 // endLocked notes the end of the client's body. By then the server has
 // filled in the request's trailers, and reverse_proxy copies them when it
-// reads this end: the credential header goes first, whatever the client
-// sent in it.
+// reads this end: the owned headers go first, whatever the client sent in
+// them.
 func (b *replayBody) endLocked() {
 	b.eof = true
-	delete(b.trailer, b.credentialKey)
+	for _, key := range b.owned {
+		delete(b.trailer, key)
+	}
 }
 
 // Close does nothing: the HTTP server closes the client's body when the

@@ -45,7 +45,7 @@ func TestReplayBodyRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("TMPDIR", t.TempDir())
 			want := randomBytes(tt.size, byte(tt.size))
-			b := newReplayBody(newBodyRequest(bytes.NewReader(want), int64(tt.size)), tt.memLimit, 1<<20, "Authorization")
+			b := newReplayBody(newBodyRequest(bytes.NewReader(want), int64(tt.size)), tt.memLimit, 1<<20, []string{"Authorization"})
 			defer b.release()
 
 			first := make([]byte, tt.firstRead)
@@ -81,7 +81,7 @@ func TestReplayBodyTooLarge(t *testing.T) {
 	t.Parallel()
 	data := randomBytes(5000, 1)
 	for _, length := range []int64{5000, -1} {
-		b := newReplayBody(newBodyRequest(bytes.NewReader(data), length), 1024, 4096, "Authorization")
+		b := newReplayBody(newBodyRequest(bytes.NewReader(data), length), 1024, 4096, []string{"Authorization"})
 		got, err := io.ReadAll(b)
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("length %d: the first attempt read %d bytes, %v; want the whole body", length, len(got), err)
@@ -92,7 +92,7 @@ func TestReplayBodyTooLarge(t *testing.T) {
 		b.release()
 	}
 	// max_replay_body -1: no body is kept at all.
-	b := newReplayBody(newBodyRequest(strings.NewReader("x"), 1), 1024, -1, "Authorization")
+	b := newReplayBody(newBodyRequest(strings.NewReader("x"), 1), 1024, -1, []string{"Authorization"})
 	io.ReadAll(b)
 	if _, err := b.rewind(); !errors.Is(err, errBodyTooLarge) {
 		t.Errorf("max -1: rewind() = %v; want errBodyTooLarge", err)
@@ -103,7 +103,7 @@ func TestReplayBodyTooLarge(t *testing.T) {
 func TestReplayBodyClientError(t *testing.T) {
 	t.Parallel()
 	broken := io.MultiReader(strings.NewReader("partial"), iotestErrReader{})
-	b := newReplayBody(newBodyRequest(broken, -1), 1024, 4096, "Authorization")
+	b := newReplayBody(newBodyRequest(broken, -1), 1024, 4096, []string{"Authorization"})
 	defer b.release()
 	if _, err := b.rewind(); err == nil || !strings.Contains(err.Error(), "reading request body") {
 		t.Errorf("rewind() = %v; want the client's read error", err)
@@ -118,7 +118,7 @@ func (iotestErrReader) Read([]byte) (int, error) { return 0, errors.New("connect
 // error, never memory that went back to the pool.
 func TestReplayBodyReleasedReader(t *testing.T) {
 	t.Parallel()
-	b := newReplayBody(newBodyRequest(bytes.NewReader(randomBytes(100_000, 2)), 100_000), 50_000, 1<<20, "Authorization")
+	b := newReplayBody(newBodyRequest(bytes.NewReader(randomBytes(100_000, 2)), 100_000), 50_000, 1<<20, []string{"Authorization"})
 	replay, err := b.rewind()
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func TestReplayBodyNone(t *testing.T) {
 		newBodyRequest(nil, 0),
 		newBodyRequest(http.NoBody, 0),
 	} {
-		if b := newReplayBody(r, 1024, 4096, "Authorization"); b != nil {
+		if b := newReplayBody(r, 1024, 4096, []string{"Authorization"}); b != nil {
 			t.Errorf("newReplayBody(no body) = %v; want nil", b)
 		}
 	}

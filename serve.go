@@ -17,6 +17,9 @@ import (
 // ServeHTTP sends the request on with the key set's token, and when the
 // upstream answers a trigger status, refreshes and replays it once.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Method == http.MethodTrace && !h.AllowTrace {
+		return refuseTrace(w)
+	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	name := h.KeySet
 	if h.keySets.PerRequest() {
@@ -32,7 +35,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	x := &requestState{vars: requestPlaceholders{keySet: name, cred: cred}}
 	repl.Map(x.vars.lookup)
 
-	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody, h.headerKey)
+	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody, h.ownedHeaders)
 	if body != nil {
 		defer body.release()
 		body.idleTimeout(w, r, time.Duration(h.BodyTimeout))
@@ -43,6 +46,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	before := w.Header().Clone()
 	// Set, not Add: whatever the client sent in this header is replaced.
 	r.Header.Set(h.HeaderName, cred.Header)
+	// A DPoP proof is the sidecar's too (proving adds its own): the
+	// client's never goes upstream, with DPoP configured or not.
+	r.Header.Del(dpopHeader)
 	if body != nil {
 		h.setUpstreamExpect(r)
 	}
@@ -64,6 +70,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	return h.answerRejection(w, r, next, x, body, before)
+}
+
+// refuseTrace answers TRACE with 405: the upstream would echo the request,
+// the injected credential included, back to the client (RFC 9110 section
+// 9.3.8 warns of exactly this).
+func refuseTrace(w http.ResponseWriter) error {
+	w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+	return answer.JSONAs(w, http.StatusMethodNotAllowed, "application/problem+json", answer.Problem{
+		Type: answer.ProblemType, Title: "TRACE not allowed", Status: http.StatusMethodNotAllowed,
+		Detail: "TRACE would echo the injected credential back to the client; the oauth2_upstream handler refuses it unless allow_trace is set",
+	})
 }
 
 // answerRejection follows a held trigger answer: it gets a newer credential
@@ -154,7 +171,7 @@ func (h *Handler) proving(next caddyhttp.Handler, x *requestState) caddyhttp.Han
 		if err != nil {
 			return answer.CredentialFailure(w, err)
 		}
-		r.Header.Set("DPoP", proof) // whatever the client sent is replaced
+		r.Header.Set(dpopHeader, proof) // whatever the client sent is replaced
 		err = next.ServeHTTP(w, r)
 		h.engine.NoteNonce(target, w.Header().Get("DPoP-Nonce"))
 		return err

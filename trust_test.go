@@ -19,15 +19,17 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 )
 
-// A client that sends its own credential as a request trailer does not get
-// it to the upstream: only the injected header carries a credential.
+// A client that sends its own credential or DPoP proof as a request
+// trailer, or a DPoP header, does not get it to the upstream: only the
+// injected header carries a credential.
 func TestCredentialTrailerIsRemoved(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
-	seen := make(chan http.Header, 1)
+	type request struct{ Header, Trailer http.Header }
+	seen := make(chan request, 1)
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
-		seen <- r.Trailer.Clone()
+		seen <- request{r.Header.Clone(), r.Trailer.Clone()}
 	}))
 	t.Cleanup(api.Close)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.URL))
@@ -35,20 +37,28 @@ func TestCredentialTrailerIsRemoved(t *testing.T) {
 	body := &trailerBody{Reader: strings.NewReader("payload")}
 	req, _ := http.NewRequest(http.MethodPost, s.server.URL+"/up", body)
 	req.ContentLength = -1 // chunked: trailers follow the body
-	req.Trailer = http.Header{"Authorization": nil, "X-Checksum": nil}
+	req.Header.Set("DPoP", "the-clients-own-proof")
+	req.Trailer = http.Header{"Authorization": nil, "Dpop": nil, "X-Checksum": nil}
 	body.done = func() {
 		req.Trailer.Set("Authorization", "Bearer the-clients-own")
+		req.Trailer.Set("DPoP", "the-clients-own-proof")
 		req.Trailer.Set("X-Checksum", "abc")
 	}
 	if resp, out := s.do(t, req); resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST = %d %s; want 200", resp.StatusCode, out)
 	}
 	got := <-seen
-	if v := got.Values("Authorization"); len(v) != 0 {
-		t.Errorf("upstream got Authorization trailer %q; want none", v)
+	for _, owned := range []string{"Authorization", "DPoP"} {
+		if v := got.Trailer.Values(owned); len(v) != 0 {
+			t.Errorf("upstream got %s trailer %q; want none", owned, v)
+		}
 	}
-	if got.Get("X-Checksum") != "abc" {
-		t.Errorf("upstream got trailers %v; want X-Checksum kept", got)
+	if v := got.Header.Values("DPoP"); len(v) != 0 {
+		t.Errorf("upstream got the client's DPoP header %q; want none (no dpop configured)", v)
+	}
+
+	if got.Trailer.Get("X-Checksum") != "abc" {
+		t.Errorf("upstream got trailers %v; want X-Checksum kept", got.Trailer)
 	}
 }
 
@@ -235,4 +245,29 @@ func TestHeaderRefusedWhenReverseProxyLogsDebug(t *testing.T) {
 func jsonString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+// TRACE is refused with a 405 problem, before any token is loaded: the
+// upstream would echo the injected credential back to the client. With
+// allow_trace it goes upstream.
+func TestTraceRefused(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	req, _ := http.NewRequest(http.MethodTrace, s.server.URL+"/echo", nil)
+	resp, body := s.do(t, req)
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Errorf("TRACE = %d %s (%s); want 405 application/problem+json", resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	if strings.Contains(string(body), "at-1") || te.Grants.Load() != 0 || len(api.seen()) != 0 {
+		t.Errorf("TRACE: body %s, %d grants, %d upstream requests; want no token, no grant, nothing upstream", body, te.Grants.Load(), len(api.seen()))
+	}
+
+	te2 := credentialtest.NewTokenEndpoint(t, "rt-0")
+	allowed := newSidecar(t, &Handler{TokenURL: te2.URL(), ClientID: "c", RefreshToken: "rt-0", AllowTrace: true}, hostPort(t, api.server.URL))
+	req, _ = http.NewRequest(http.MethodTrace, allowed.server.URL+"/echo", nil)
+	if resp, body := allowed.do(t, req); resp.StatusCode != http.StatusOK {
+		t.Errorf("TRACE with allow_trace = %d (%s); want 200 from the upstream", resp.StatusCode, body)
+	}
 }
