@@ -192,7 +192,7 @@ func (h *Handler) validateKeyOptions() error {
 	case h.Grant != credential.GrantJWTBearer && (o.AssertionIssuer != "" || o.AssertionSubject != "" || o.AssertionAudience != ""):
 		return fmt.Errorf("assertion_issuer, assertion_subject and assertion_audience are claims of grant jwt_bearer's assertion")
 	}
-	return h.validateDPoP(h.HeaderName, h.HeaderScheme)
+	return h.validateDPoP(h.HeaderName, h.HeaderScheme, len(h.EncryptionKeys) > 0)
 }
 
 // unmarshalKeyOption reads the Caddyfile options of keys, assertions and

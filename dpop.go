@@ -69,10 +69,17 @@ func (o *DPoPOptions) provisionDPoP(repl *caddy.Replacer) error {
 }
 
 // validateDPoP checks the DPoP options against the credential header, the
-// handler's headerName and headerScheme.
-func (o *DPoPOptions) validateDPoP(headerName, headerScheme string) error {
+// handler's headerName and headerScheme, and against encrypted: whether
+// key set documents are encrypted at rest.
+func (o *DPoPOptions) validateDPoP(headerName, headerScheme string, encrypted bool) error {
 	if o.DPoP == nil {
 		return nil
+	}
+	if o.DPoP.Key == "" && !encrypted {
+		// Each key set's own proof key is stored in its document, beside
+		// the tokens: in clear, it makes a stolen document usable.
+		return errors.New("dpop: without a key, each key set's proof key is stored in its key set document; " +
+			"set encryption_key so that documents are encrypted at rest, or give one key for every key set (dpop <url> { key <file|pem> })")
 	}
 	if !strings.EqualFold(headerName, "Authorization") || headerScheme != dpopScheme {
 		return fmt.Errorf("dpop: a DPoP-bound token goes in \"Authorization: DPoP <token>\" (RFC 9449 section 7.1), not %s %q", headerName, headerScheme)

@@ -135,7 +135,7 @@ func TestDPoPUpstreamRequests(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newDPoPAPI(t)
 	api.set("at-1", "n-1")
-	h := &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0",
+	h := &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", EncryptionKeys: []string{testEncryptionKey},
 		DPoPOptions: DPoPOptions{DPoP: &DPoPConfig{Resource: api.server.URL}}}
 	s := newSidecar(t, h, hostPort(t, api.server.URL))
 	clock := credentialtest.NewClock()
@@ -197,6 +197,21 @@ func TestDPoPUpstreamRequests(t *testing.T) {
 	}
 }
 
+// testEncryptionKey is a valid encryption_key: 32 bytes, base64.
+var testEncryptionKey = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+
+// Validate refuses DPoP options that cannot work, naming the option; with
+// a key of its own, a configuration needs no encryption_key.
+func TestValidateDPoPKeyWithoutEncryption(t *testing.T) {
+	t.Parallel()
+	h := Handler{TokenURL: "https://login.example.com/token", ClientID: "c",
+		DPoPOptions: DPoPOptions{DPoP: &DPoPConfig{Resource: "https://api.example.com", Key: "/run/secrets/dpop.key"}}}
+	h.setDefaults()
+	if err := h.Validate(); err != nil {
+		t.Errorf("Validate(dpop with a key, no encryption_key) = %v; want nil", err)
+	}
+}
+
 // Validate refuses DPoP options that cannot work, naming the option.
 func TestValidateDPoPErrors(t *testing.T) {
 	t.Parallel()
@@ -210,11 +225,13 @@ func TestValidateDPoPErrors(t *testing.T) {
 		{"resource with query", func(h *Handler) { h.DPoP = &DPoPConfig{Resource: "https://api.example.com/?a=b"} }, "without query or fragment"},
 		{"another header", func(h *Handler) { h.DPoP, h.HeaderName = &DPoPConfig{Resource: "https://api.example.com"}, "X-Token" }, `dpop: a DPoP-bound token goes in "Authorization: DPoP <token>"`},
 		{"bearer scheme", func(h *Handler) { h.DPoP, h.HeaderScheme = &DPoPConfig{Resource: "https://api.example.com"}, "Bearer" }, `not Authorization "Bearer"`},
+		// Each key set's own proof key would lie in clear beside its tokens.
+		{"own keys without encryption", func(h *Handler) { h.DPoP, h.EncryptionKeys = &DPoPConfig{Resource: "https://api.example.com"}, nil }, "set encryption_key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			h := Handler{TokenURL: "https://login.example.com/token", ClientID: "c"}
+			h := Handler{TokenURL: "https://login.example.com/token", ClientID: "c", EncryptionKeys: []string{testEncryptionKey}}
 			tt.modify(&h)
 			h.setDefaults()
 			if err := h.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
