@@ -511,7 +511,6 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 			NotifyIncludeTokens: true, NotifyHeaders: http.Header{"Authorization": {"Bearer LEAK-NOTIFY-KEY" + marker}}}}
 	s := newSidecar(t, h, hostPort(t, api.server.URL))
 	a, adminLogs := adminFor(t)
-	health := healthFor(t, s.ctx)
 
 	var out strings.Builder
 	collect := func(rec *httptest.ResponseRecorder) { out.WriteString(rec.Body.String()) }
@@ -532,9 +531,7 @@ func TestNoTokenValuesInOperatorOutput(t *testing.T) {
 	s.get(t, "/failing") // rejected, refresh fails
 	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets", ""))
 	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/key_sets/leak-scan", ""))
-	rec := httptest.NewRecorder()
-	health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil)
-	collect(rec)
+	collect(adminCall(t, a, http.MethodGet, "/oauth2_upstream/health", ""))
 	out.WriteString(scrape(t, s.ctx.GetMetricsRegistry()))
 	rcv.WaitFor(t, 5) // seed, grants 1 and 2, PUT, grant 3
 	s.handler.Cleanup()

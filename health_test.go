@@ -29,24 +29,38 @@ type failingKeySet struct {
 	ErrorCode string `json:"error_code,omitempty"`
 }
 
-// healthFor is the health route provisioned in ctx: it speaks for ctx's
-// config.
-func healthFor(t *testing.T, ctx caddy.Context) *admin.Health {
+// probe asks a health route provisioned in ctx, which speaks for ctx's
+// config, and returns its status. A route of its own each time: a route's
+// verdict answers probes for a second (admin/health_test.go). The answer
+// must name no key set.
+func probe(t *testing.T, ctx caddy.Context) int {
 	t.Helper()
 	health := new(admin.Health)
 	if err := health.Provision(ctx); err != nil {
 		t.Fatalf("Provision() = %v", err)
 	}
-	return health
-}
-
-// probe asks the health route and decodes its answer.
-func probe(t *testing.T, health *admin.Health) (int, healthAnswer) {
-	t.Helper()
 	rec := httptest.NewRecorder()
 	if err := health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil); err != nil {
 		t.Fatalf("ServeHTTP() = %v", err)
 	}
+	answer := decodeHealth(t, rec)
+	if want := map[int]string{http.StatusOK: "ok", http.StatusServiceUnavailable: "failing"}[rec.Code]; answer.Status != want || answer.KeySets != nil {
+		t.Errorf("probe answered %d %+v; want {status %q} and no key set named", rec.Code, answer, want)
+	}
+	return rec.Code
+}
+
+// adminHealth asks the admin endpoint's health route, which names the
+// failing key sets of every live handler of the test.
+func adminHealth(t *testing.T) (int, healthAnswer) {
+	t.Helper()
+	a, _ := adminFor(t)
+	rec := adminCall(t, a, http.MethodGet, "/oauth2_upstream/health", "")
+	return rec.Code, decodeHealth(t, rec)
+}
+
+func decodeHealth(t *testing.T, rec *httptest.ResponseRecorder) healthAnswer {
+	t.Helper()
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q; want application/json", ct)
 	}
@@ -54,21 +68,19 @@ func probe(t *testing.T, health *admin.Health) (int, healthAnswer) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &answer); err != nil {
 		t.Fatalf("decoding %s: %v", rec.Body, err)
 	}
-	return rec.Code, answer
+	return answer
 }
 
 // The health route answers 200 while the key set can serve (a seed about to
-// be granted counts), 503 naming it once a refresh failed for good, and 200
-// again after an operator reseeds it.
+// be granted counts), 503 once a refresh failed for good (the admin
+// endpoint's route names it), and 200 again after an operator reseeds it.
 func TestHealthFollowsKeySetState(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "health-ks", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
-	health := healthFor(t, s.ctx)
-
-	if code, answer := probe(t, health); code != http.StatusOK || !reflect.DeepEqual(answer, healthAnswer{Status: "ok"}) {
-		t.Errorf("before any request: %d %+v; want 200 {status ok}", code, answer)
+	if code := probe(t, s.ctx); code != http.StatusOK {
+		t.Errorf("before any request: %d; want 200", code)
 	}
 	clock := credentialtest.NewClock()
 	s.useClock(clock)
@@ -79,17 +91,20 @@ func TestHealthFollowsKeySetState(t *testing.T) {
 	te.Mu.Unlock()
 	api.setValid("Bearer rejected")
 	s.get(t, "/rejected") // the refresh fails with invalid_grant
+	if code := probe(t, s.ctx); code != http.StatusServiceUnavailable {
+		t.Errorf("after invalid_grant: %d; want 503", code)
+	}
 	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-ks", State: credential.StateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
-	if code, answer := probe(t, health); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
-		t.Errorf("after invalid_grant: %d %+v; want 503 %+v", code, answer, want)
+	if code, answer := adminHealth(t); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
+		t.Errorf("admin health after invalid_grant: %d %+v; want 503 %+v", code, answer, want)
 	}
 
 	a, _ := adminFor(t)
 	if rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/health-ks", `{"refresh_token":"revoked"}`); rec.Code != http.StatusOK {
 		t.Fatalf("PUT = %d (%s)", rec.Code, rec.Body)
 	}
-	if code, answer := probe(t, health); code != http.StatusOK {
-		t.Errorf("after the reseed: %d %+v; want 200", code, answer)
+	if code := probe(t, s.ctx); code != http.StatusOK {
+		t.Errorf("after the reseed: %d; want 200", code)
 	}
 }
 
@@ -102,15 +117,18 @@ func TestHealthFailingKeySets(t *testing.T) {
 	api := newAPIServer(t, "Bearer at-1")
 
 	missing := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "health-missing"}, hostPort(t, api.server.URL))
-	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-missing", State: credential.StateNeedsReauthorization, ErrorCode: credential.CodeNoKeySet}}}
-	if code, answer := probe(t, healthFor(t, missing.ctx)); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
-		t.Errorf("missing key set: %d %+v; want 503 %+v", code, answer, want)
+	if code := probe(t, missing.ctx); code != http.StatusServiceUnavailable {
+		t.Errorf("missing key set: %d; want 503", code)
+	}
+	missingKeySet := failingKeySet{Name: "health-missing", State: credential.StateNeedsReauthorization, ErrorCode: credential.CodeNoKeySet}
+	want := healthAnswer{Status: "failing", KeySets: []failingKeySet{missingKeySet}}
+	if code, answer := adminHealth(t); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
+		t.Errorf("admin health, missing key set: %d %+v; want 503 %+v", code, answer, want)
 	}
 
 	selected := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
-	health := healthFor(t, selected.ctx)
-	if code, answer := probe(t, health); code != http.StatusOK {
-		t.Errorf("placeholder key_set, nothing selected: %d %+v; want 200", code, answer)
+	if code := probe(t, selected.ctx); code != http.StatusOK {
+		t.Errorf("placeholder key_set, nothing selected: %d; want 200", code)
 	}
 	selected.seedStore(t, "health-sel", "not-the-endpoints-token") // invalid_grant on use
 	req, _ := http.NewRequest(http.MethodGet, selected.server.URL+"/x", nil)
@@ -118,9 +136,13 @@ func TestHealthFailingKeySets(t *testing.T) {
 	if resp, _ := selected.do(t, req); resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("request for health-sel = %d; want 502", resp.StatusCode)
 	}
-	want = healthAnswer{Status: "failing", KeySets: []failingKeySet{{Name: "health-sel", State: credential.StateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
-	if code, answer := probe(t, health); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
-		t.Errorf("selected key set failed: %d %+v; want 503 %+v", code, answer, want)
+	if code := probe(t, selected.ctx); code != http.StatusServiceUnavailable {
+		t.Errorf("selected key set failed: %d; want 503", code)
+	}
+	want = healthAnswer{Status: "failing", KeySets: []failingKeySet{missingKeySet,
+		{Name: "health-sel", State: credential.StateNeedsReauthorization, ErrorCode: "invalid_grant"}}}
+	if code, answer := adminHealth(t); code != http.StatusServiceUnavailable || !reflect.DeepEqual(answer, want) {
+		t.Errorf("admin health, selected key set failed: %d %+v; want 503 %+v", code, answer, want)
 	}
 }
 
@@ -139,17 +161,16 @@ func TestHealthScopedToItsConfig(t *testing.T) {
 		t.Fatalf("Provision() = %v", err)
 	}
 	t.Cleanup(func() { h.Cleanup() })
-	health := healthFor(t, ctx)
 
-	if code, answer := probe(t, health); code != http.StatusServiceUnavailable || len(answer.KeySets) != 1 || answer.KeySets[0].Name != "health-scoped" {
-		t.Errorf("own config with a missing key set: %d %+v; want 503 naming health-scoped", code, answer)
+	if code := probe(t, ctx); code != http.StatusServiceUnavailable {
+		t.Errorf("own config with a missing key set: %d; want 503", code)
 	}
-	if code, answer := probe(t, healthFor(t, provisionContext(t))); code != http.StatusOK {
-		t.Errorf("another config: %d %+v; want 200 (not this config's handler)", code, answer)
+	if code := probe(t, provisionContext(t)); code != http.StatusOK {
+		t.Errorf("another config: %d; want 200 (not this config's handler)", code)
 	}
 	h.Cleanup()
-	if code, answer := probe(t, health); code != http.StatusOK {
-		t.Errorf("after Cleanup: %d %+v; want 200", code, answer)
+	if code := probe(t, ctx); code != http.StatusOK {
+		t.Errorf("after Cleanup: %d; want 200", code)
 	}
 }
 

@@ -46,6 +46,7 @@ const (
 //	GET  /oauth2_upstream/key_sets/<name>          one key set's status
 //	PUT  /oauth2_upstream/key_sets/<name>          store a token response as its next generation
 //	POST /oauth2_upstream/key_sets/<name>/refresh  make a grant now
+//	GET  /oauth2_upstream/health                   whether every key set can serve, naming those that cannot
 type API struct {
 	logger   *zap.Logger
 	registry *live.Registry // the live handlers the API acts on
@@ -78,11 +79,13 @@ func (a *API) Routes() []caddy.AdminRoute {
 	mux.HandleFunc("GET "+one, a.withName(a.get))
 	mux.HandleFunc("PUT "+one, a.withName(a.put))
 	mux.HandleFunc("POST "+one+"/refresh", a.withName(a.refresh))
+	mux.HandleFunc("GET "+answer.AdminPrefix+"health", a.health)
 	// The same paths without a method answer 405 as a problem document; a
 	// path with a method is the more specific pattern, so it wins.
 	mux.HandleFunc(keySets, answer.MethodNotAllowed(http.MethodGet))
 	mux.HandleFunc(one, answer.MethodNotAllowed(http.MethodGet, http.MethodPut))
 	mux.HandleFunc(one+"/refresh", answer.MethodNotAllowed(http.MethodPost))
+	mux.HandleFunc(answer.AdminPrefix+"health", answer.MethodNotAllowed(http.MethodGet))
 	mux.HandleFunc(answer.AdminPrefix, answer.NotFound)
 	serve := func(w http.ResponseWriter, r *http.Request) error {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)

@@ -1,7 +1,10 @@
 package admin
 
 import (
+	"context"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -25,23 +28,38 @@ func init() {
 // Health answers whether the oauth2_upstream handlers of its config can
 // serve: 200 {"status":"ok"} while every key set they use (each one's
 // configured key set, and every key set a placeholder key_set has loaded)
-// is ok or expiring, and 503 naming the failing key sets and their states
-// otherwise. It suits a Kubernetes readiness probe; as a liveness probe it
-// would restart the sidecar for a credential that only a person can fix.
+// is ok or expiring, and 503 {"status":"failing"} otherwise. It names no
+// key set: the route usually answers on a port the cluster reaches, and
+// which accounts fail, and why, is for operators (GET
+// /oauth2_upstream/health on the admin endpoint). The verdict is worked out
+// at most once a second (verdictTTL), so a probe costs the same however
+// many key sets there are. It suits a Kubernetes readiness probe; as a
+// liveness probe it would restart the sidecar for a credential that only a
+// person can fix.
 type Health struct {
 	// config identifies the Caddy config whose handlers count; a reload's
 	// old handlers, still draining, do not.
 	config   live.Config
 	registry *live.Registry
+	now      func() time.Time
+
+	mu      sync.Mutex // guards healthy and checked
+	healthy bool
+	checked time.Time // when healthy was worked out; zero: never
 }
 
-// healthAnswer is the body of the health route's answer.
+// verdictTTL is how long a worked-out verdict answers probes.
+const verdictTTL = time.Second
+
+// healthAnswer is the body of a health answer. Only the admin endpoint's
+// names the failing key sets.
 type healthAnswer struct {
 	Status  string          `json:"status"`
 	KeySets []failingKeySet `json:"key_sets,omitempty"`
 }
 
-// failingKeySet is a key set that cannot serve, as the health route shows it.
+// failingKeySet is a key set that cannot serve, as the admin endpoint's
+// health answer shows it.
 type failingKeySet struct {
 	Name      string `json:"name"`
 	State     string `json:"state"`
@@ -58,16 +76,37 @@ func (Health) CaddyModule() caddy.ModuleInfo {
 
 // Provision notes which config the route belongs to.
 func (h *Health) Provision(ctx caddy.Context) error {
-	h.config, h.registry = live.ConfigOf(ctx), live.From(ctx)
+	h.config, h.registry, h.now = live.ConfigOf(ctx), live.From(ctx), time.Now
 	return nil
 }
 
 // ServeHTTP answers the probe; it never calls next.
 func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.isHealthy(r.Context()) {
+		return answer.JSON(w, http.StatusOK, healthAnswer{Status: "ok"})
+	}
+	return answer.JSON(w, http.StatusServiceUnavailable, healthAnswer{Status: "failing"})
+}
+
+// isHealthy is the verdict of the last verdictTTL, worked out anew when it
+// is older. Probes that come while it is worked out wait for it.
+func (h *Health) isHealthy(ctx context.Context) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if now := h.now(); h.checked.IsZero() || now.Sub(h.checked) >= verdictTTL {
+		h.healthy = len(failingKeySets(ctx, h.registry.HandlersOf(h.config))) == 0
+		h.checked = now
+	}
+	return h.healthy
+}
+
+// failingKeySets returns the key sets among those handlers use that cannot
+// serve, each once.
+func failingKeySets(ctx context.Context, handlers []*live.Handler) []failingKeySet {
 	var failing []failingKeySet
 	seen := make(map[failingKeySet]bool)
-	for _, handler := range h.registry.HandlersOf(h.config) {
-		for _, s := range handler.StatusesAfter(r.Context(), "", 0) {
+	for _, handler := range handlers {
+		for _, s := range handler.StatusesAfter(ctx, "", 0) {
 			f := failingKeySet{Name: s.Name, State: s.State, ErrorCode: s.ErrorCode}
 			if !s.Healthy() && !seen[f] {
 				seen[f] = true
@@ -75,10 +114,17 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 			}
 		}
 	}
-	if len(failing) > 0 {
-		return answer.JSON(w, http.StatusServiceUnavailable, healthAnswer{Status: "failing", KeySets: failing})
+	return failing
+}
+
+// health answers, on the admin endpoint, whether every live handler can
+// serve, naming the key sets that cannot.
+func (a *API) health(w http.ResponseWriter, r *http.Request) {
+	if failing := failingKeySets(r.Context(), a.registry.Handlers.All()); len(failing) > 0 {
+		answer.JSON(w, http.StatusServiceUnavailable, healthAnswer{Status: "failing", KeySets: failing})
+		return
 	}
-	return answer.JSON(w, http.StatusOK, healthAnswer{Status: "ok"})
+	answer.JSON(w, http.StatusOK, healthAnswer{Status: "ok"})
 }
 
 func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
