@@ -33,8 +33,11 @@ func adminFor(t *testing.T) (*admin.API, *logFile) {
 	t.Helper()
 	logs := &logFile{path: filepath.Join(t.TempDir(), "caddy.log")}
 	writer, _ := json.Marshal(map[string]string{"output": "file", "filename": logs.path})
-	cfg := &caddy.Config{Logging: &caddy.Logging{Logs: map[string]*caddy.CustomLog{"default": {
-		BaseLog: caddy.BaseLog{WriterRaw: writer, EncoderRaw: json.RawMessage(`{"format":"json"}`), Level: "DEBUG"}}}}}
+	// A log of the API's own: the "default" one would redirect Caddy's
+	// process-wide default logger.
+	cfg := &caddy.Config{Admin: &caddy.AdminConfig{Disabled: true}, Logging: &caddy.Logging{Logs: map[string]*caddy.CustomLog{"admin_api": {
+		BaseLog: caddy.BaseLog{WriterRaw: writer, EncoderRaw: json.RawMessage(`{"format":"json"}`), Level: "DEBUG"},
+		Include: []string{"admin.api.oauth2_upstream"}}}}}
 	provisionMu.Lock()
 	ctx, err := caddy.ProvisionContext(cfg)
 	provisionMu.Unlock()

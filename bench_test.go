@@ -94,7 +94,7 @@ func newBenchHandler(b *testing.B, configure ...func(*Handler)) *Handler {
 
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	ctx, err := caddy.ProvisionContext(adminOff())
 	if err != nil {
 		b.Fatalf("ProvisionContext() = %v", err)
 	}
@@ -251,7 +251,7 @@ func newBenchProxy(b *testing.B, upstream string, transport ...*reverseproxy.HTT
 	b.Helper()
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	ctx, err := caddy.ProvisionContext(adminOff())
 	if err != nil {
 		b.Fatalf("ProvisionContext() = %v", err)
 	}

@@ -32,6 +32,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		token_url       <url>
 //		insecure_http
 //		allow_trace
+//		allow_admin_tcp
 //		client_id       <id>
 //		client_secret   <secret>
 //		client_auth     secret_basic|secret_post|private_key_jwt|tls_client_auth|none
@@ -122,6 +123,11 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			return d.ArgErr()
 		}
 		h.AllowTrace = true
+	case "allow_admin_tcp":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.AllowAdminTCP = true
 	case "scopes":
 		h.Scopes = append(h.Scopes, d.RemainingArgs()...)
 		if len(h.Scopes) == 0 {

@@ -78,7 +78,7 @@ func TestCaddyfileExampleValidates(t *testing.T) {
 		t.Fatalf("decoding the example's handler: %v", err)
 	}
 	h.KeystoreRaw = json.RawMessage(`{"backend":"file","path":` + strconvQuote(t.TempDir()) + `}`)
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	ctx, err := caddy.ProvisionContext(adminOff())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,13 +38,19 @@ func testRegistry(t *testing.T) *live.Registry {
 	return reg.(*live.Registry)
 }
 
+// adminOff is a config whose admin endpoint is off: the handler refuses
+// one that listens on TCP (adminendpoint.go).
+func adminOff() *caddy.Config {
+	return &caddy.Config{Admin: &caddy.AdminConfig{Disabled: true}}
+}
+
 // provisionContext is a Caddy context of its own (a config of its own)
 // that registers in the test's registry.
 func provisionContext(t *testing.T) caddy.Context {
 	t.Helper()
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	ctx, err := caddy.ProvisionContext(adminOff())
 	if err != nil {
 		t.Fatalf("ProvisionContext() = %v", err)
 	}
@@ -78,7 +84,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	// reverse_proxy's Provision set package-level state without a lock.
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	ctx, err := caddy.ProvisionContext(adminOff())
 	if err != nil {
 		t.Fatalf("ProvisionContext() = %v", err)
 	}

@@ -134,6 +134,14 @@ type Handler struct {
 	// Default: false.
 	AllowTrace bool `json:"allow_trace,omitempty"`
 
+	// AllowAdminTCP lets the handler start while Caddy's admin endpoint
+	// listens on TCP (given, or Caddy's default localhost:2019). Whoever
+	// reaches the endpoint can replace key sets, and so choose the token
+	// the upstream gets, or read the configuration; without this the
+	// handler refuses such a config, naming the fix: a unix socket
+	// (admin unix//path|0600) or admin off. Default: false.
+	AllowAdminTCP bool `json:"allow_admin_tcp,omitempty"`
+
 	// KeystoreRaw configures where key sets are stored. Default: the file
 	// keystore in Caddy's data directory.
 	KeystoreRaw json.RawMessage `json:"keystore,omitempty" caddy:"namespace=oauth2_upstream.keystores inline_key=backend"`
@@ -193,6 +201,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
 	}
 	if err := h.checkHeaderIsNotLogged(ctx); err != nil {
+		return err
+	}
+	if err := h.refuseAdminOnTCP(ctx); err != nil {
 		return err
 	}
 	if err := selfproxy.Refuse(ctx, h.logger); err != nil {

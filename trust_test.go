@@ -211,7 +211,7 @@ func TestHeaderRefusedWhenReverseProxyLogsDebug(t *testing.T) {
 	var cfg caddy.Config
 	// A discard writer would make Caddy drop the log: a file it is.
 	logFile := jsonString(t.TempDir() + "/debug.log")
-	err := json.Unmarshal([]byte(`{"logging":{"logs":{"rp":{"level":"DEBUG","writer":{"output":"file","filename":`+logFile+`},
+	err := json.Unmarshal([]byte(`{"admin":{"disabled":true},"logging":{"logs":{"rp":{"level":"DEBUG","writer":{"output":"file","filename":`+logFile+`},
 		"include":["http.handlers.reverse_proxy"]}}}}`), &cfg)
 	if err != nil {
 		t.Fatal(err)

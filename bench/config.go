@@ -59,7 +59,14 @@ func caddyConfig(spec CaddySpec) []byte {
 		})
 	}
 	if oauth := spec.OAuth2; oauth != nil {
-		handlers = append(handlers, oauth2Handler(oauth))
+		h := oauth2Handler(oauth)
+		if spec.Admin {
+			// The admin API listens on an inherited TCP socket, for the
+			// harness alone on this machine: the handler refuses a TCP
+			// admin endpoint unless told so.
+			h["allow_admin_tcp"] = true
+		}
+		handlers = append(handlers, h)
 	}
 	handlers = append(handlers, map[string]any{
 		"handler":   "reverse_proxy",

@@ -136,13 +136,15 @@ func selfProxyHandler(t *testing.T) string {
 // without a lock.
 var provisionMu sync.Mutex
 
-// validateConfig provisions the JSON config as Caddy would load it, without listening.
+// validateConfig provisions the JSON config as Caddy would load it, without listening, with
+// the admin endpoint off (the handler refuses one on TCP).
 func validateConfig(t *testing.T, config string) error {
 	t.Helper()
 	var cfg caddy.Config
 	if err := json.Unmarshal([]byte(config), &cfg); err != nil {
 		t.Fatalf("decoding %s: %v", config, err)
 	}
+	cfg.Admin = &caddy.AdminConfig{Disabled: true}
 	provisionMu.Lock()
 	defer provisionMu.Unlock()
 	return caddy.Validate(&cfg)
