@@ -3,6 +3,7 @@ package oauth2upstream
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +50,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// A DPoP proof is the sidecar's too (proving adds its own): the
 	// client's never goes upstream, with DPoP configured or not.
 	r.Header.Del(dpopHeader)
+	dropConnectCookies(r.Header)
 	if body != nil {
 		h.setUpstreamExpect(r)
 	}
@@ -70,6 +72,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	return h.answerRejection(w, r, next, x, body, before)
+}
+
+// connectCookiePrefix starts the name of every cookie of the connect page
+// (connect/csrf.go), with or without the __Host- prefix.
+const connectCookiePrefix = "oauth2_upstream_"
+
+// dropConnectCookies removes the connect page's cookies from a request's
+// Cookie headers. Cookies are not scoped by port (RFC 6265 section 8.5),
+// so an operator's browser that opened the connect page on this host sends
+// its CSRF and flow cookies to the proxy's port too: they are the
+// sidecar's, not the upstream's.
+func dropConnectCookies(h http.Header) {
+	values := h["Cookie"]
+	if !slices.ContainsFunc(values, func(v string) bool { return strings.Contains(v, connectCookiePrefix) }) {
+		return // the common case: one scan, no allocation
+	}
+	var kept []string
+	for _, v := range values {
+		for _, c := range strings.Split(v, ";") {
+			name, _, _ := strings.Cut(strings.TrimSpace(c), "=")
+			if !strings.HasPrefix(strings.TrimPrefix(name, "__Host-"), connectCookiePrefix) && strings.TrimSpace(c) != "" {
+				kept = append(kept, strings.TrimSpace(c))
+			}
+		}
+	}
+	if len(kept) == 0 {
+		h.Del("Cookie")
+		return
+	}
+	h["Cookie"] = []string{strings.Join(kept, "; ")}
 }
 
 // refuseTrace answers TRACE with 405: the upstream would echo the request,

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -269,5 +270,37 @@ func TestTraceRefused(t *testing.T) {
 	req, _ = http.NewRequest(http.MethodTrace, allowed.server.URL+"/echo", nil)
 	if resp, body := allowed.do(t, req); resp.StatusCode != http.StatusOK {
 		t.Errorf("TRACE with allow_trace = %d (%s); want 200 from the upstream", resp.StatusCode, body)
+	}
+}
+
+// The connect page's cookies (an operator's browser sends them to every
+// port of the host: cookies are not port-scoped) never reach the upstream;
+// the client's own cookies do, in order.
+func TestConnectCookiesAreNotProxied(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	seen := make(chan []string, 2)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Values("Cookie")
+	}))
+	t.Cleanup(api.Close)
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"}, hostPort(t, api.URL))
+	tests := []struct {
+		name   string
+		cookie string
+		want   []string
+	}{
+		{"mixed", "a=1; oauth2_upstream_csrf_x=secret; __Host-oauth2_upstream_flow_x=state; b=2", []string{"a=1; b=2"}},
+		{"only the page's", "oauth2_upstream_csrf_x=secret", nil},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest(http.MethodGet, s.server.URL+"/x", nil)
+		req.Header.Set("Cookie", tt.cookie)
+		if resp, body := s.do(t, req); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: GET = %d %s", tt.name, resp.StatusCode, body)
+		}
+		if got := <-seen; !slices.Equal(got, tt.want) {
+			t.Errorf("%s: upstream got Cookie %q; want %q", tt.name, got, tt.want)
+		}
 	}
 }
