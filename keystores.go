@@ -200,7 +200,7 @@ func (r *RedisKeystore) LockLease() time.Duration { return time.Duration(r.LockT
 // the lock and grants too, spending a rotating refresh token twice
 // (invariant 4). Keystores whose locks do not expire pass.
 func checkLockLease(store keystore.Store, tokenTimeout time.Duration) error {
-	lease, ok := store.(interface{ LockLease() time.Duration })
+	lease, ok := store.(keystore.LockLeaser)
 	if !ok {
 		return nil
 	}
@@ -248,19 +248,20 @@ func (s *CaddyStorageKeystore) Provision(ctx caddy.Context) error {
 }
 
 // Interface guards: the handler asserts keystore.Store on the loaded module,
-// UseCodec for encryption_key, and LockLease to check token_timeout.
+// keystore.CodecSetter for encryption_key, and keystore.LockLeaser to check
+// token_timeout.
 var (
-	_ keystore.Store                        = (*FileKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*FileKeystore)(nil)
-	_ caddy.Provisioner                     = (*FileKeystore)(nil)
+	_ keystore.Store       = (*FileKeystore)(nil)
+	_ keystore.CodecSetter = (*FileKeystore)(nil)
+	_ caddy.Provisioner    = (*FileKeystore)(nil)
 
-	_ keystore.Store                         = (*RedisKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) }  = (*RedisKeystore)(nil)
-	_ caddy.Provisioner                      = (*RedisKeystore)(nil)
-	_ caddy.CleanerUpper                     = (*RedisKeystore)(nil)
-	_ interface{ LockLease() time.Duration } = (*RedisKeystore)(nil)
+	_ keystore.Store       = (*RedisKeystore)(nil)
+	_ keystore.CodecSetter = (*RedisKeystore)(nil)
+	_ caddy.Provisioner    = (*RedisKeystore)(nil)
+	_ caddy.CleanerUpper   = (*RedisKeystore)(nil)
+	_ keystore.LockLeaser  = (*RedisKeystore)(nil)
 
-	_ keystore.Store                        = (*CaddyStorageKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*CaddyStorageKeystore)(nil)
-	_ caddy.Provisioner                     = (*CaddyStorageKeystore)(nil)
+	_ keystore.Store       = (*CaddyStorageKeystore)(nil)
+	_ keystore.CodecSetter = (*CaddyStorageKeystore)(nil)
+	_ caddy.Provisioner    = (*CaddyStorageKeystore)(nil)
 )

@@ -256,7 +256,7 @@ func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystor
 	if err != nil {
 		return nil, fmt.Errorf("encryption_key: %w", err)
 	}
-	encrypting, ok := store.(interface{ UseCodec(keystore.Codec) })
+	encrypting, ok := store.(keystore.CodecSetter)
 	if !ok {
 		return nil, fmt.Errorf("encryption_key: keystore %T cannot encrypt", store)
 	}
