@@ -19,6 +19,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 var provisionMu sync.Mutex // serialises Caddy provisioning across parallel tests
@@ -27,8 +28,8 @@ var provisionMu sync.Mutex // serialises Caddy provisioning across parallel test
 // served on a loopback listener.
 type sidecar struct {
 	handler *Handler
-	store   *keystore.File // the handler's store, when it is a file keystore
-	dir     string         // its directory
+	store   *file.Store // the handler's store, when it is a file keystore
+	dir     string      // its directory
 	server  *httptest.Server
 	logs    *observer.ObservedLogs
 }
@@ -107,7 +108,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	t.Cleanup(srv.Close)
 	s := &sidecar{handler: h, server: srv, logs: logs}
 	if fk, ok := h.engine.Store().(*FileKeystore); ok {
-		s.store, s.dir = fk.File, fk.Path
+		s.store, s.dir = fk.Store, fk.Path
 	}
 	return s
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/caddystorage"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 func init() {
@@ -28,8 +29,8 @@ type FileKeystore struct {
 	// "oauth2_upstream" folder in Caddy's data directory.
 	Path string `json:"path,omitempty"`
 
-	// File is the store in Path, opened by Provision.
-	*keystore.File `json:"-"`
+	// Store is the store in Path, opened by Provision.
+	*file.Store `json:"-"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -46,11 +47,11 @@ func (f *FileKeystore) Provision(caddy.Context) error {
 	if f.Path == "" {
 		f.Path = filepath.Join(caddy.AppDataDir(), "oauth2_upstream")
 	}
-	store, err := keystore.NewFile(f.Path)
+	store, err := file.New(f.Path)
 	if err != nil {
 		return err
 	}
-	f.File = store
+	f.Store = store
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // HerdOptions shapes a refresh herd: many key sets whose tokens expire
@@ -216,7 +217,7 @@ func (e *Env) ReplicaHerd(ctx context.Context, opt HerdOptions, redisBin string)
 // store or (when it is nil) the file keystore at dir.
 func storedGenerations(ctx context.Context, store keystore.Store, dir string, names []string) (map[int64]int, error) {
 	if store == nil {
-		f, err := keystore.NewFile(dir)
+		f, err := file.New(dir)
 		if err != nil {
 			return nil, err
 		}

@@ -169,7 +169,7 @@ func TestRedisOutage(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	st := newRedisStore(t, server, nil)
-	if err := st.Save(t.Context(), seedKeySet("outage")); err != nil {
+	if err := st.Save(t.Context(), keystoretest.Seed("outage")); err != nil {
 		t.Fatalf("Save(%q) = %v; want nil", "outage", err)
 	}
 
@@ -179,7 +179,7 @@ func TestRedisOutage(t *testing.T) {
 	if _, err := st.Load(ctx, "outage"); err == nil || errors.Is(err, keystore.ErrNotFound) || !strings.Contains(err.Error(), `"outage"`) {
 		t.Errorf("Load(%q) with Redis down = %v; want an error naming the key set, not ErrNotFound", "outage", err)
 	}
-	next := seedKeySet("outage")
+	next := keystoretest.Seed("outage")
 	next.Generation = 2
 	if err := st.Save(ctx, next); err == nil || errors.Is(err, keystore.ErrConflict) {
 		t.Errorf("Save(%q) with Redis down = %v; want an error other than ErrConflict", "outage", err)
@@ -203,7 +203,7 @@ func TestRedisOutage(t *testing.T) {
 	if !errors.Is(err, keystore.ErrNotFound) {
 		t.Errorf("Load(%q) after Redis came back empty = %v; want ErrNotFound", "outage", err)
 	}
-	if err := st.Save(ctx, seedKeySet("outage")); err != nil {
+	if err := st.Save(ctx, keystoretest.Seed("outage")); err != nil {
 		t.Errorf("Save(%q) after Redis came back = %v; want nil", "outage", err)
 	}
 	unlock, err := st.Lock(ctx, "outage")
@@ -222,7 +222,7 @@ func TestRedisStoredLayout(t *testing.T) {
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
 	st := newRedisStore(t, server, nil)
-	ks := seedKeySet("layout")
+	ks := keystoretest.Seed("layout")
 	if err := st.Save(t.Context(), ks); err != nil {
 		t.Fatalf("Save(%q) = %v; want nil", ks.Name, err)
 	}
@@ -247,7 +247,7 @@ func TestRedisCorruptDocument(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
-	valid, err := keystore.JSONCodec{}.Encode(seedKeySet("bad"))
+	valid, err := keystore.JSONCodec{}.Encode(keystoretest.Seed("bad"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,13 +287,13 @@ func TestRedisSaveIdempotent(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	st := newRedisStore(t, server, nil)
-	ks := seedKeySet("retry")
+	ks := keystoretest.Seed("retry")
 	for i := range 2 {
 		if err := st.Save(t.Context(), ks); err != nil {
 			t.Fatalf("Save(%q) call %d = %v; want nil", ks.Name, i+1, err)
 		}
 	}
-	other := seedKeySet("retry")
+	other := keystoretest.Seed("retry")
 	other.Token.SetString(keystore.FieldRefreshToken, "rt-other")
 	if err := st.Save(t.Context(), other); !errors.Is(err, keystore.ErrConflict) {
 		t.Errorf("Save(%q) of another generation 1 = %v; want ErrConflict", ks.Name, err)
@@ -306,7 +306,7 @@ func TestRedisPassword(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t, "--requirepass", "s3cret-pw")
 	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.Password = "s3cret-pw" })
-	if err := st.Save(t.Context(), seedKeySet("password")); err != nil {
+	if err := st.Save(t.Context(), keystoretest.Seed("password")); err != nil {
 		t.Errorf("Save(%q) with the password = %v; want nil", "password", err)
 	}
 	anonymous := newRedisStore(t, server, nil)
@@ -408,12 +408,12 @@ func TestRedisNamesSkipsForeignKeys(t *testing.T) {
 	// Matched by st's prefix if it were used as a pattern unescaped.
 	lookalike := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `tYxZ:` })
 	for _, s := range []*redisStore{other, lookalike} {
-		if err := s.Save(t.Context(), seedKeySet("foreign")); err != nil {
+		if err := s.Save(t.Context(), keystoretest.Seed("foreign")); err != nil {
 			t.Fatalf("Save(%q) = %v; want nil", "foreign", err)
 		}
 	}
 	for _, name := range []string{"b", "a"} {
-		if err := st.Save(t.Context(), seedKeySet(name)); err != nil {
+		if err := st.Save(t.Context(), keystoretest.Seed(name)); err != nil {
 			t.Fatalf("Save(%q) = %v; want nil", name, err)
 		}
 	}
