@@ -17,6 +17,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis"
 )
 
 // HerdOptions shapes a refresh herd: many key sets whose tokens expire
@@ -193,7 +194,7 @@ func (e *Env) herdKeystore(opt HerdOptions) (keystore.Store, string, error) {
 	if err != nil || opt.RedisAddr == "" {
 		return nil, dir, err
 	}
-	store, err := keystore.NewRedis(keystore.RedisOptions{Addresses: []string{opt.RedisAddr}})
+	store, err := redis.New(redis.Options{Addresses: []string{opt.RedisAddr}})
 	return store, dir, err
 }
 
