@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // Benchmarks of the handler's own cost: the fast path (a valid
@@ -75,7 +76,7 @@ func (w *benchWriter) SetReadDeadline(time.Time) error { return nil }
 func newBenchHandler(b *testing.B, configure ...func(*Handler)) *Handler {
 	b.Helper()
 	dir := b.TempDir()
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystores"
 )
 
@@ -61,9 +62,9 @@ func provisionContext(t *testing.T) caddy.Context {
 // served on a loopback listener.
 type sidecar struct {
 	handler *Handler
-	ctx     caddy.Context  // the handler's context: its config, in the test's registry
-	store   *keystore.File // the handler's store, when it is a file keystore
-	dir     string         // its directory
+	ctx     caddy.Context // the handler's context: its config, in the test's registry
+	store   *file.Store   // the handler's store, when it is a file keystore
+	dir     string        // its directory
 	server  *httptest.Server
 	logs    *observer.ObservedLogs
 }
@@ -143,7 +144,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	t.Cleanup(srv.Close)
 	s := &sidecar{handler: h, ctx: ctx, server: srv, logs: logs}
 	if fk, ok := h.engine.Store().(*keystores.FileKeystore); ok {
-		s.store, s.dir = fk.File, fk.Path
+		s.store, s.dir = fk.Store, fk.Path
 	}
 	return s
 }

@@ -255,7 +255,7 @@ func (h *Handler) loadKeystore(ctx caddy.Context, repl *caddy.Replacer) (keystor
 	if err != nil {
 		return nil, fmt.Errorf("encryption_key: %w", err)
 	}
-	encrypting, ok := store.(interface{ UseCodec(keystore.Codec) })
+	encrypting, ok := store.(keystore.CodecSetter)
 	if !ok {
 		return nil, fmt.Errorf("encryption_key: keystore %T cannot encrypt", store)
 	}
@@ -275,7 +275,7 @@ const lockLeaseMargin = 5 * time.Second
 // the lock and grants too, spending a rotating refresh token twice
 // (DESIGN.md invariant 4). Keystores whose locks do not expire pass.
 func checkLockLease(store keystore.Store, tokenTimeout time.Duration) error {
-	lease, ok := store.(interface{ LockLease() time.Duration })
+	lease, ok := store.(keystore.LockLeaser)
 	if !ok {
 		return nil
 	}

@@ -41,8 +41,12 @@ type Health struct {
 	// old handlers, still draining, do not.
 	config   live.Config
 	registry *live.Registry
-	now      func() time.Time
+	verdict  *verdict
+}
 
+// verdict is a Health's last worked-out answer.
+type verdict struct {
+	now     func() time.Time
 	mu      sync.Mutex // guards healthy and checked
 	healthy bool
 	checked time.Time // when healthy was worked out; zero: never
@@ -76,7 +80,7 @@ func (Health) CaddyModule() caddy.ModuleInfo {
 
 // Provision notes which config the route belongs to.
 func (h *Health) Provision(ctx caddy.Context) error {
-	h.config, h.registry, h.now = live.ConfigOf(ctx), live.From(ctx), time.Now
+	h.config, h.registry, h.verdict = live.ConfigOf(ctx), live.From(ctx), &verdict{now: time.Now}
 	return nil
 }
 
@@ -91,13 +95,14 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 // isHealthy is the verdict of the last verdictTTL, worked out anew when it
 // is older. Probes that come while it is worked out wait for it.
 func (h *Health) isHealthy(ctx context.Context) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if now := h.now(); h.checked.IsZero() || now.Sub(h.checked) >= verdictTTL {
-		h.healthy = len(failingKeySets(ctx, h.registry.HandlersOf(h.config))) == 0
-		h.checked = now
+	v := h.verdict
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if now := v.now(); v.checked.IsZero() || now.Sub(v.checked) >= verdictTTL {
+		v.healthy = len(failingKeySets(ctx, h.registry.HandlersOf(h.config))) == 0
+		v.checked = now
 	}
-	return h.healthy
+	return v.healthy
 }
 
 // failingKeySets returns the key sets among those handlers use that cannot

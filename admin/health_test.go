@@ -9,7 +9,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // A probe's verdict answers the probes of the next second without working
@@ -18,7 +18,7 @@ import (
 // The answer names no key set.
 func TestHealthVerdictAnswersForASecond(t *testing.T) {
 	t.Parallel()
-	store, err := keystore.NewFile(t.TempDir())
+	store, err := file.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestHealthVerdictAnswersForASecond(t *testing.T) {
 	registry := new(live.Registry)
 	registry.Handlers.Add(failing)
 	clock := credentialtest.NewClock()
-	health := &Health{registry: registry, now: clock.Now}
+	health := &Health{registry: registry, verdict: &verdict{now: clock.Now}}
 	probe := func() (int, string) {
 		rec := httptest.NewRecorder()
 		if err := health.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil), nil); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // Many accounts behind one sidecar: key sets named acct-00000, acct-00001,
@@ -135,13 +136,13 @@ func (s AccountSeed) keySet(i int, now time.Time) *keystore.KeySet {
 }
 
 // SeedFileAccounts writes the seed into a file keystore at dir.
-// keystore.File saves a document in about 5 ms here (two fsyncs), 50 s for
+// file.Store saves a document in about 5 ms here (two fsyncs), 50 s for
 // ten thousand, so the documents are written as the file keystore lays them
 // out (<name>.json, its JSON codec) without fsync, which a benchmark's
 // scratch directory does not need; reading them all back through the store
 // checks that layout.
 func SeedFileAccounts(dir string, seed AccountSeed) error {
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		return err
 	}
@@ -168,7 +169,7 @@ func SeedStoreAccounts(ctx context.Context, store keystore.Store, seed AccountSe
 }
 
 // checkSeeded reads every seeded key set back through store.
-func checkSeeded(store *keystore.File, names []string) error {
+func checkSeeded(store *file.Store, names []string) error {
 	listed, err := store.Names(context.Background())
 	if err != nil {
 		return err

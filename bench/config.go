@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // keySetName is the key set the sidecar configurations use.
@@ -143,7 +144,7 @@ func oauth2Handler(oauth *OAuth2Options) map[string]any {
 // hour ago, as a key set in use for a while: a rejection of its token makes
 // a grant (min_refresh_interval).
 func SeedKeySet(dir, accessToken, refreshToken string, expiry time.Time) error {
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // What a loaded, idle key set costs in memory, measured in this process:
@@ -81,7 +82,7 @@ func MeasureEngineMemory(ctx context.Context, dir string, n, tokenSize, unknown 
 	}
 	m.DocumentSize = len(doc)
 	m.AccessTokenSize = len(seed.keySet(0, time.Now()).Token.AccessToken())
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		return m, err
 	}

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // A loaded, idle key set costs at most 4 KiB of heap in the engine, and names
@@ -41,7 +41,7 @@ func BenchmarkListPage(b *testing.B) {
 	if err := SeedFileAccounts(dir, seed); err != nil {
 		b.Fatal(err)
 	}
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis"
 )
 
 // HerdOptions shapes a refresh herd: many key sets whose tokens expire
@@ -192,7 +194,7 @@ func (e *Env) herdKeystore(opt HerdOptions) (keystore.Store, string, error) {
 	if err != nil || opt.RedisAddr == "" {
 		return nil, dir, err
 	}
-	store, err := keystore.NewRedis(keystore.RedisOptions{Addresses: []string{opt.RedisAddr}})
+	store, err := redis.New(redis.Options{Addresses: []string{opt.RedisAddr}})
 	return store, dir, err
 }
 
@@ -216,7 +218,7 @@ func (e *Env) ReplicaHerd(ctx context.Context, opt HerdOptions, redisBin string)
 // store or (when it is nil) the file keystore at dir.
 func storedGenerations(ctx context.Context, store keystore.Store, dir string, names []string) (map[int64]int, error) {
 	if store == nil {
-		f, err := keystore.NewFile(dir)
+		f, err := file.New(dir)
 		if err != nil {
 			return nil, err
 		}

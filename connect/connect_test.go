@@ -22,6 +22,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // Token values the fake provider issues for a code: no page may show them.
@@ -36,7 +37,7 @@ const (
 // verifier of the challenge sent, the same redirect_uri.
 type connectRig struct {
 	handler  *live.Handler // the one oauth2_upstream handler the page serves
-	store    *keystore.File
+	store    *file.Store
 	connect  *Connect
 	registry *live.Registry // the page's, holding handler
 	server   *httptest.Server
@@ -84,9 +85,9 @@ func newConnectRig(t *testing.T, configure func(*Connect)) *connectRig {
 // newHandler registers, in ctx's registry, an oauth2_upstream handler as
 // the connect page sees it: key set "crm" of client "client-1" at tokenURL,
 // with the refresh_token grant, over a file keystore of its own.
-func newHandler(t *testing.T, ctx caddy.Context, tokenURL string) (*live.Handler, *keystore.File) {
+func newHandler(t *testing.T, ctx caddy.Context, tokenURL string) (*live.Handler, *file.Store) {
 	t.Helper()
-	store, err := keystore.NewFile(t.TempDir())
+	store, err := file.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // refresherFixture is a Engine on a file keystore in a temporary
@@ -28,8 +29,8 @@ type refresherFixture struct {
 	r     *Engine
 	te    *credentialtest.TokenEndpoint
 	dir   string
-	store *keystore.File // the Engine's own store (unless a test wraps it)
-	other *keystore.File // another "process" sharing the directory
+	store *file.Store // the Engine's own store (unless a test wraps it)
+	other *file.Store // another "process" sharing the directory
 	clock *credentialtest.Clock
 	sent  *attemptCounter
 }
@@ -51,13 +52,13 @@ func (a *attemptCounter) RoundTrip(req *http.Request) (*http.Response, error) {
 func newEngineFixture(t *testing.T, seed string) *refresherFixture {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
-		t.Fatalf("NewFile(%q) = %v", dir, err)
+		t.Fatalf("file.New(%q) = %v", dir, err)
 	}
-	other, err := keystore.NewFile(dir)
+	other, err := file.New(dir)
 	if err != nil {
-		t.Fatalf("NewFile(%q) = %v", dir, err)
+		t.Fatalf("file.New(%q) = %v", dir, err)
 	}
 	te := credentialtest.NewTokenEndpoint(t, seed)
 	clock := credentialtest.NewClock()

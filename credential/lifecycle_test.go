@@ -14,6 +14,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // Tests of what the engine does on its own, between requests: keepalive,
@@ -34,11 +35,11 @@ func newWatchedEngine(t *testing.T, store keystore.Store, te *credentialtest.Tok
 	return e
 }
 
-func newFileStore(t *testing.T, dir string) *keystore.File {
+func newFileStore(t *testing.T, dir string) *file.Store {
 	t.Helper()
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
-		t.Fatalf("NewFile(%q) = %v", dir, err)
+		t.Fatalf("file.New(%q) = %v", dir, err)
 	}
 	return store
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // apiRecorder is an API that accepts one bearer value and records what each
@@ -51,7 +51,7 @@ type transportFixture struct {
 func newTransportFixture(t *testing.T) *transportFixture {
 	t.Helper()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
-	store, err := keystore.NewFile(t.TempDir())
+	store, err := file.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/authserver"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/sidecar"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // Bounds of the crash scenario.
@@ -146,7 +147,7 @@ func reseed(t *testing.T, auth *authserver.Server, sc *sidecar.Process, dir stri
 	stored, _ := readKeySet(t, dir, keySetName)
 	next := &keystore.KeySet{Name: keySetName, Generation: stored.Generation + 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{}}
 	next.Token.SetString(keystore.FieldRefreshToken, seedToken(t, auth))
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

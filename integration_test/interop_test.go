@@ -19,6 +19,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/resourceserver"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/sidecar"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // interopBodySize is the size of every POST body: past the 1 MiB
@@ -184,7 +185,7 @@ func (env *interopEnv) storeKeySet(t *testing.T, name string, stale bool) {
 	ks.Token.SetString(keystore.FieldAccessToken, tok.AccessToken)
 	ks.Token.SetString(keystore.FieldRefreshToken, tok.RefreshToken)
 	ks.Token.SetString(keystore.FieldTokenType, "bearer")
-	store, err := keystore.NewFile(env.dir)
+	store, err := file.New(env.dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/sidecar"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis"
 )
 
 // redisReadyTimeout bounds waiting for redis-server to answer PING.
@@ -134,9 +135,9 @@ func (rs *redisServer) keystoreOption() string {
 }
 
 // store opens the keystore the sidecars use, for the test to read.
-func (rs *redisServer) store(t *testing.T) *keystore.Redis {
+func (rs *redisServer) store(t *testing.T) *redis.Store {
 	t.Helper()
-	store, err := keystore.NewRedis(keystore.RedisOptions{Addresses: []string{rs.addr}})
+	store, err := redis.New(redis.Options{Addresses: []string{rs.addr}})
 	if err != nil {
 		t.Fatalf("opening the Redis keystore: %v", err)
 	}
@@ -145,7 +146,7 @@ func (rs *redisServer) store(t *testing.T) *keystore.Redis {
 }
 
 // keySet loads the stored key set, failing the test if it cannot.
-func (rs *redisServer) keySet(t *testing.T, store *keystore.Redis) *keystore.KeySet {
+func (rs *redisServer) keySet(t *testing.T, store *redis.Store) *keystore.KeySet {
 	t.Helper()
 	ks, err := store.Load(t.Context(), keySetName)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/authserver"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/resourceserver"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // Body sizes of the replay scenario: empty, one byte, a small upload, and
@@ -109,7 +110,7 @@ func storeStaleKeySet(t *testing.T, auth *authserver.Server, dir, name string) {
 	ks.Token.SetString(keystore.FieldAccessToken, first.AccessToken)
 	ks.Token.SetString(keystore.FieldRefreshToken, second.RefreshToken)
 	ks.Token.SetString(keystore.FieldTokenType, "bearer")
-	store, err := keystore.NewFile(dir)
+	store, err := file.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/authserver"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/resourceserver"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 // credential.Transport stands alone: a Go program uses the engine
@@ -28,7 +28,7 @@ func TestCredentialTransport(t *testing.T) {
 	api := newResourceServer(t, auth)
 	dir := t.TempDir()
 	newEngine := func(seed string) *credential.Engine {
-		store, err := keystore.NewFile(dir)
+		store, err := file.New(dir)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,18 +12,22 @@ import (
 	"testing"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/keystoretest"
 )
 
 func testKey(b byte) string { return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{b}, 32)) }
 
-func newEncryptedFile(t *testing.T, dir string, keys ...string) *keystore.File {
+func newEncryptedFile(t *testing.T, dir string, keys ...string) *file.Store {
 	t.Helper()
 	codec, err := keystore.NewEncryptingCodec(keys...)
 	if err != nil {
 		t.Fatalf("NewEncryptingCodec() = %v", err)
 	}
-	f := newFileStore(t, dir)
+	f, err := file.New(dir)
+	if err != nil {
+		t.Fatalf("file.New(%q) = %v; want nil", dir, err)
+	}
 	f.UseCodec(codec)
 	return f
 }
@@ -40,7 +44,7 @@ func TestEncryptionRoundTrip(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	f := newEncryptedFile(t, dir, testKey(1))
-	ks := seedKeySet("sf")
+	ks := keystoretest.Seed("sf")
 	ks.Token.SetString("instance_url", "https://eu12.my.salesforce.com")
 	if err := f.Save(context.Background(), ks); err != nil {
 		t.Fatal(err)
@@ -87,7 +91,7 @@ func TestEncryptionRejects(t *testing.T) {
 			}
 		}},
 		{name: "stored unencrypted", keys: []string{testKey(1)}, mangle: func(t *testing.T, dir string) {
-			data, _ := keystore.JSONCodec{}.Encode(seedKeySet("sf"))
+			data, _ := keystore.JSONCodec{}.Encode(keystoretest.Seed("sf"))
 			if err := os.WriteFile(filepath.Join(dir, "sf.json"), data, 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -99,7 +103,7 @@ func TestEncryptionRejects(t *testing.T) {
 			dir := t.TempDir()
 			writer := newEncryptedFile(t, dir, testKey(1))
 			for _, name := range []string{"sf", "other"} {
-				if err := writer.Save(context.Background(), seedKeySet(name)); err != nil {
+				if err := writer.Save(context.Background(), keystoretest.Seed(name)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -123,7 +127,7 @@ func TestEncryptionKeyRotation(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	old := newEncryptedFile(t, dir, testKey(1))
-	if err := old.Save(context.Background(), seedKeySet("sf")); err != nil {
+	if err := old.Save(context.Background(), keystoretest.Seed("sf")); err != nil {
 		t.Fatal(err)
 	}
 	rotated := newEncryptedFile(t, dir, testKey(2), testKey(1))

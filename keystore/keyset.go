@@ -1,6 +1,10 @@
 // Package keystore holds the key set document (the provider's whole token
-// response plus bookkeeping), the Store interface every backend implements,
-// and the backends themselves.
+// response plus bookkeeping), the Store interface every backend implements
+// with the optional interfaces beside it, and what backends share: the JSON
+// and encrypting codecs, name validation, the generation check and the
+// errors. The backends are packages of their own (keystore/file,
+// keystore/redis, keystore/caddystorage), so that a program links only the
+// ones it uses.
 package keystore
 
 import (

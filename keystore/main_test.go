@@ -8,7 +8,7 @@ import (
 )
 
 // TestMain checks, after the whole suite, that no goroutine of this package
-// (a Redis lock's renewal) outlived its test.
+// outlived its test.
 func TestMain(m *testing.M) {
 	os.Exit(leakcheck.Main(m, "github.com/oauth2upstream/caddy-oauth2-upstream/keystore.", nil))
 }

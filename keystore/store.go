@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Store keeps key set documents durably and coordinates refreshes between
@@ -29,6 +30,20 @@ type Store interface {
 	// may expire (a backend with a TTL); Save's generation check keeps a
 	// holder whose lock expired from overwriting a newer key set.
 	Lock(ctx context.Context, name string) (unlock func() error, err error)
+}
+
+// CodecSetter is implemented by a Store whose documents at rest can be
+// encoded by another Codec, such as encryption (NewEncryptingCodec).
+type CodecSetter interface {
+	// UseCodec sets how documents are encoded at rest.
+	UseCodec(Codec)
+}
+
+// LockLeaser is implemented by a Store whose refresh locks expire when their
+// holder stops renewing them.
+type LockLeaser interface {
+	// LockLease is how long a refresh lock lasts unrenewed.
+	LockLease() time.Duration
 }
 
 // Codec turns a key set into the bytes a backend stores and back. The

@@ -67,8 +67,8 @@ func (s *CaddyStorageKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error 
 // Interface guards: the handler asserts keystore.Store on the loaded
 // module, and UseCodec for encryption_key.
 var (
-	_ keystore.Store                        = (*CaddyStorageKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*CaddyStorageKeystore)(nil)
-	_ caddy.Provisioner                     = (*CaddyStorageKeystore)(nil)
-	_ caddyfile.Unmarshaler                 = (*CaddyStorageKeystore)(nil)
+	_ keystore.Store        = (*CaddyStorageKeystore)(nil)
+	_ keystore.CodecSetter  = (*CaddyStorageKeystore)(nil)
+	_ caddy.Provisioner     = (*CaddyStorageKeystore)(nil)
+	_ caddyfile.Unmarshaler = (*CaddyStorageKeystore)(nil)
 )

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 )
 
 func init() {
@@ -27,8 +28,8 @@ type FileKeystore struct {
 	// "oauth2_upstream" folder in Caddy's data directory.
 	Path string `json:"path,omitempty"`
 
-	// File is the store in Path, opened by Provision.
-	*keystore.File `json:"-"`
+	// Store is the store in Path, opened by Provision.
+	*file.Store `json:"-"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -45,11 +46,11 @@ func (f *FileKeystore) Provision(caddy.Context) error {
 	if f.Path == "" {
 		f.Path = filepath.Join(caddy.AppDataDir(), "oauth2_upstream")
 	}
-	store, err := keystore.NewFile(f.Path)
+	store, err := file.New(f.Path)
 	if err != nil {
 		return err
 	}
-	f.File = store
+	f.Store = store
 	return nil
 }
 
@@ -73,8 +74,8 @@ func (f *FileKeystore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards: the handler asserts keystore.Store on the loaded
 // module, and UseCodec for encryption_key.
 var (
-	_ keystore.Store                        = (*FileKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) } = (*FileKeystore)(nil)
-	_ caddy.Provisioner                     = (*FileKeystore)(nil)
-	_ caddyfile.Unmarshaler                 = (*FileKeystore)(nil)
+	_ keystore.Store        = (*FileKeystore)(nil)
+	_ keystore.CodecSetter  = (*FileKeystore)(nil)
+	_ caddy.Provisioner     = (*FileKeystore)(nil)
+	_ caddyfile.Unmarshaler = (*FileKeystore)(nil)
 )

@@ -9,6 +9,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/caddyfileopt"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis"
 )
 
 func init() {
@@ -17,7 +18,7 @@ func init() {
 
 // RedisKeystore keeps key set documents in Redis, so that replicas share
 // them, and lets one replica of the cluster refresh a key set at a time.
-// Keys and their layout are described on keystore.Redis.
+// Keys and their layout are described on redis.Store.
 //
 // The refresh lock is a lease that its holder renews while it holds it, so
 // a slow grant keeps it; a replica that dies or loses Redis stops renewing,
@@ -84,8 +85,8 @@ type RedisKeystore struct {
 	// one command. Default: 3s.
 	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
 
-	// Redis is the store, made by Provision and closed by Cleanup.
-	*keystore.Redis `json:"-"`
+	// Store is the store, made by Provision and closed by Cleanup.
+	*redis.Store `json:"-"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -109,7 +110,7 @@ func (r *RedisKeystore) Provision(caddy.Context) error {
 	for _, a := range r.Addresses {
 		addresses = append(addresses, repl.ReplaceKnown(a, ""))
 	}
-	opts := keystore.RedisOptions{
+	opts := redis.Options{
 		Addresses:     addresses,
 		Username:      repl.ReplaceKnown(r.Username, ""),
 		Password:      repl.ReplaceKnown(r.Password, ""),
@@ -129,20 +130,20 @@ func (r *RedisKeystore) Provision(caddy.Context) error {
 	r.DialTimeout = caddy.Duration(opts.DialTimeout)
 	r.ReadTimeout = caddy.Duration(opts.ReadTimeout)
 
-	store, err := keystore.NewRedis(opts)
+	store, err := redis.New(opts)
 	if err != nil {
 		return err
 	}
-	r.Redis = store
+	r.Store = store
 	return nil
 }
 
 // Cleanup implements caddy.CleanerUpper: it closes the connections.
 func (r *RedisKeystore) Cleanup() error {
-	if r.Redis == nil {
+	if r.Store == nil {
 		return nil
 	}
-	return r.Redis.Close()
+	return r.Store.Close()
 }
 
 // LockLease is how long a refresh lock lasts when its holder cannot renew
@@ -237,10 +238,10 @@ func (r *RedisKeystore) unmarshalOption(d *caddyfile.Dispenser) error {
 // module, UseCodec for encryption_key, and LockLease to check
 // token_timeout.
 var (
-	_ keystore.Store                         = (*RedisKeystore)(nil)
-	_ interface{ UseCodec(keystore.Codec) }  = (*RedisKeystore)(nil)
-	_ interface{ LockLease() time.Duration } = (*RedisKeystore)(nil)
-	_ caddy.Provisioner                      = (*RedisKeystore)(nil)
-	_ caddy.CleanerUpper                     = (*RedisKeystore)(nil)
-	_ caddyfile.Unmarshaler                  = (*RedisKeystore)(nil)
+	_ keystore.Store        = (*RedisKeystore)(nil)
+	_ keystore.CodecSetter  = (*RedisKeystore)(nil)
+	_ keystore.LockLeaser   = (*RedisKeystore)(nil)
+	_ caddy.Provisioner     = (*RedisKeystore)(nil)
+	_ caddy.CleanerUpper    = (*RedisKeystore)(nil)
+	_ caddyfile.Unmarshaler = (*RedisKeystore)(nil)
 )

@@ -347,6 +347,14 @@ func keySet(name string, generation int64, refreshToken string) *keystore.KeySet
 	}
 }
 
+// Seed returns a valid first generation of the key set name, as a seed is
+// stored: a refresh token ("rt-seed") and no access token, updated now.
+func Seed(name string) *keystore.KeySet {
+	tok := keystore.Token{}
+	tok.SetString(keystore.FieldRefreshToken, "rt-seed")
+	return &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().UTC(), Token: tok}
+}
+
 // token parses a token endpoint response written in a test.
 func token(response string) keystore.Token {
 	var tok keystore.Token

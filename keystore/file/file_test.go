@@ -1,4 +1,4 @@
-package keystore_test
+package file_test
 
 import (
 	"bufio"
@@ -16,34 +16,28 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/keystoretest"
 )
 
-func newFileStore(t *testing.T, dir string) *keystore.File {
+func newStore(t *testing.T, dir string) *file.Store {
 	t.Helper()
-	f, err := keystore.NewFile(dir)
+	f, err := file.New(dir)
 	if err != nil {
-		t.Fatalf("NewFile(%q) = %v; want nil", dir, err)
+		t.Fatalf("New(%q) = %v; want nil", dir, err)
 	}
 	return f
 }
 
-func TestFileConformance(t *testing.T) {
+func TestConformance(t *testing.T) {
 	keystoretest.Run(t, func(t *testing.T) keystore.Store {
-		return newFileStore(t, t.TempDir())
+		return newStore(t, t.TempDir())
 	})
 }
 
-// seedKeySet is a valid first generation.
-func seedKeySet(name string) *keystore.KeySet {
-	tok := keystore.Token{}
-	tok.SetString(keystore.FieldRefreshToken, "rt-seed")
-	return &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().UTC(), Token: tok}
-}
-
-// TestFilePermissions: documents hold refresh tokens, so only the owner may
+// TestPermissions: documents hold refresh tokens, so only the owner may
 // read them, and an existing directory readable by others is tightened.
-func TestFilePermissions(t *testing.T) {
+func TestPermissions(t *testing.T) {
 	tests := []struct {
 		name    string
 		existed os.FileMode // 0: the store creates the directory
@@ -64,8 +58,8 @@ func TestFilePermissions(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			f := newFileStore(t, dir)
-			if err := f.Save(t.Context(), seedKeySet("perm")); err != nil {
+			f := newStore(t, dir)
+			if err := f.Save(t.Context(), keystoretest.Seed("perm")); err != nil {
 				t.Fatalf("Save(%q) = %v; want nil", "perm", err)
 			}
 			assertMode(t, dir, 0o700)
@@ -97,13 +91,13 @@ func assertMode(t *testing.T, path string, want fs.FileMode) {
 	}
 }
 
-// TestFileSaveLeavesNoTemporaryFiles: the atomic write's temporary file is
+// TestSaveLeavesNoTemporaryFiles: the atomic write's temporary file is
 // renamed away, on success and on a refused write alike.
-func TestFileSaveLeavesNoTemporaryFiles(t *testing.T) {
+func TestSaveLeavesNoTemporaryFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	f := newFileStore(t, dir)
-	ks := seedKeySet("tidy")
+	f := newStore(t, dir)
+	ks := keystoretest.Seed("tidy")
 	if err := f.Save(t.Context(), ks); err != nil {
 		t.Fatalf("Save(%q) = %v; want nil", ks.Name, err)
 	}
@@ -125,11 +119,11 @@ func TestFileSaveLeavesNoTemporaryFiles(t *testing.T) {
 	}
 }
 
-// TestFileCorruptDocument: a torn or foreign document is reported as
+// TestCorruptDocument: a torn or foreign document is reported as
 // ErrCorrupt naming the key set, never as a missing one (which would make
 // the proxy fall back to its seed and overwrite it).
-func TestFileCorruptDocument(t *testing.T) {
-	valid, err := keystore.JSONCodec{}.Encode(seedKeySet("torn"))
+func TestCorruptDocument(t *testing.T) {
+	valid, err := keystore.JSONCodec{}.Encode(keystoretest.Seed("torn"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +142,7 @@ func TestFileCorruptDocument(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			f := newFileStore(t, dir)
+			f := newStore(t, dir)
 			if err := os.WriteFile(filepath.Join(dir, "torn.json"), tt.data, 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -157,26 +151,26 @@ func TestFileCorruptDocument(t *testing.T) {
 				t.Errorf("Load(%q) = %v; want ErrCorrupt naming %q", "torn", err, "torn")
 			}
 			// Nor may a Save replace what it cannot read.
-			if err := f.Save(t.Context(), seedKeySet("torn")); err == nil {
+			if err := f.Save(t.Context(), keystoretest.Seed("torn")); err == nil {
 				t.Errorf("Save(%q) over a corrupt document = nil; want an error", "torn")
 			}
 		})
 	}
 }
 
-// lockChildEnv makes the test binary a child process that holds a File lock;
-// its value is the store's directory.
+// lockChildEnv makes the test binary a child process that holds a Store's
+// lock; its value is the store's directory.
 const lockChildEnv = "KEYSTORE_TEST_LOCK_CHILD_DIR"
 
-// TestFileLockHelperProcess is not a test: run by TestFileLockAcrossProcesses
+// TestLockHelperProcess is not a test: run by TestLockAcrossProcesses
 // as a child process, it takes the lock, says "locked" on stdout, and holds
 // the lock until its stdin closes or it is killed.
-func TestFileLockHelperProcess(t *testing.T) {
+func TestLockHelperProcess(t *testing.T) {
 	dir := os.Getenv(lockChildEnv)
 	if dir == "" {
-		t.Skip("helper process for TestFileLockAcrossProcesses")
+		t.Skip("helper process for TestLockAcrossProcesses")
 	}
-	f := newFileStore(t, dir)
+	f := newStore(t, dir)
 	unlock, err := f.Lock(context.Background(), "shared")
 	if err != nil {
 		t.Fatalf("child: Lock(%q) = %v; want nil", "shared", err)
@@ -188,10 +182,10 @@ func TestFileLockHelperProcess(t *testing.T) {
 	}
 }
 
-// TestFileLockAcrossProcesses: the refresh lock excludes other processes
+// TestLockAcrossProcesses: the refresh lock excludes other processes
 // sharing the directory (replicas on one volume), and the kernel releases
 // it when its holder exits, cleanly or killed.
-func TestFileLockAcrossProcesses(t *testing.T) {
+func TestLockAcrossProcesses(t *testing.T) {
 	if runtime.GOOS == "windows" || runtime.GOOS == "plan9" {
 		t.Skip("the file keystore's locks need flock(2)")
 	}
@@ -206,7 +200,7 @@ func TestFileLockAcrossProcesses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestFileLockHelperProcess$", "-test.count=1")
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestLockHelperProcess$", "-test.count=1")
 			cmd.Env = append(os.Environ(), lockChildEnv+"="+dir)
 			cmd.Stderr = os.Stderr
 			stdin, err := cmd.StdinPipe()
@@ -226,7 +220,7 @@ func TestFileLockAcrossProcesses(t *testing.T) {
 				t.Fatalf("child said %q, %v; want %q", line, err, "locked\n")
 			}
 
-			f := newFileStore(t, dir)
+			f := newStore(t, dir)
 			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 			defer cancel()
 			if _, err := f.Lock(ctx, "shared"); !errors.Is(err, context.DeadlineExceeded) {
@@ -256,16 +250,16 @@ func TestFileLockAcrossProcesses(t *testing.T) {
 	}
 }
 
-// TestFileNamesSkipsStrays: Names lists the documents only, not what else
+// TestNamesSkipsStrays: Names lists the documents only, not what else
 // sits in the directory: lock files, an abandoned temporary file, a
 // directory named like a document, files that are no document of a valid
 // name.
-func TestFileNamesSkipsStrays(t *testing.T) {
+func TestNamesSkipsStrays(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	st := newFileStore(t, dir)
+	st := newStore(t, dir)
 	for _, name := range []string{"b", "a-b", "a"} {
-		if err := st.Save(t.Context(), seedKeySet(name)); err != nil {
+		if err := st.Save(t.Context(), keystoretest.Seed(name)); err != nil {
 			t.Fatalf("Save(%q) = %v; want nil", name, err)
 		}
 	}
@@ -283,12 +277,12 @@ func TestFileNamesSkipsStrays(t *testing.T) {
 	}
 }
 
-// TestFileNamesMissingDirectory: a directory removed under the store is an
+// TestNamesMissingDirectory: a directory removed under the store is an
 // error naming it, not an empty list that would hide the loss.
-func TestFileNamesMissingDirectory(t *testing.T) {
+func TestNamesMissingDirectory(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "keys")
-	st := newFileStore(t, dir)
+	st := newStore(t, dir)
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package keystore
+package redis
 
 import (
 	"context"
@@ -8,7 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // Bounds of the pause between two tries of a held lock. Refreshes take a
@@ -36,7 +38,7 @@ var ErrLockLost = errors.New("refresh lock lost")
 // KEYS[1] lock key; ARGV[1] the holder's random value; ARGV[2] the TTL in
 // milliseconds. Returns 1 when the caller holds the lock, 0 when another
 // holder does.
-var acquireScript = redis.NewScript(`
+var acquireScript = goredis.NewScript(`
 local held = redis.call("GET", KEYS[1])
 if held == ARGV[1] then
 	redis.call("PEXPIRE", KEYS[1], ARGV[2])
@@ -56,7 +58,7 @@ return 1
 // KEYS[1] lock key; ARGV[1] the holder's value; ARGV[2] the TTL in
 // milliseconds. Returns 1 when extended, 0 when the lock is not the
 // caller's.
-var renewScript = redis.NewScript(`
+var renewScript = goredis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
 	return redis.call("PEXPIRE", KEYS[1], ARGV[2])
 end
@@ -65,14 +67,14 @@ return 0
 
 // unlockScript deletes the lock only while it holds the caller's value: a
 // holder whose lock expired must not release its successor's.
-var unlockScript = redis.NewScript(`
+var unlockScript = goredis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
 	return redis.call("DEL", KEYS[1])
 end
 return 0
 `)
 
-// Lock implements Store. It takes the lock with acquireScript, pausing
+// Lock implements keystore.Store. It takes the lock with acquireScript, pausing
 // between tries from lockRetryMin doubling up to lockRetryMax, until it
 // holds the lock, ctx ends, or LockWait has passed.
 //
@@ -81,8 +83,8 @@ return 0
 // LockTTL/3, so a grant slower than LockTTL keeps other replicas out. If a
 // renewal finds the lock gone or someone else's, renewing stops and unlock
 // reports ErrLockLost.
-func (r *Redis) Lock(ctx context.Context, name string) (func() error, error) {
-	if err := ValidateName(name); err != nil {
+func (r *Store) Lock(ctx context.Context, name string) (func() error, error) {
+	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
 	key, value := r.lockKey(name), rand.Text()
@@ -93,7 +95,7 @@ func (r *Redis) Lock(ctx context.Context, name string) (func() error, error) {
 }
 
 // acquire runs acquireScript until it takes the lock; see Lock.
-func (r *Redis) acquire(ctx context.Context, name, key, value string) error {
+func (r *Store) acquire(ctx context.Context, name, key, value string) error {
 	wait, cancel := context.WithTimeout(ctx, r.opts.LockWait)
 	defer cancel()
 	pause := lockRetryMin
@@ -125,10 +127,9 @@ func (r *Redis) acquire(ctx context.Context, name, key, value string) error {
 	}
 }
 
-// redisLease is a lock that this process holds, renewed by renew until
-// unlock.
-type redisLease struct {
-	store            *Redis
+// lease is a lock that this process holds, renewed by renew until unlock.
+type lease struct {
+	store            *Store
 	ctx              context.Context // the holder's, for release's values
 	name, key, value string
 	stopRenewing     context.CancelFunc
@@ -140,9 +141,9 @@ type redisLease struct {
 }
 
 // lease starts renewing the lock that acquire took and returns it.
-func (r *Redis) lease(ctx context.Context, name, key, value string) *redisLease {
+func (r *Store) lease(ctx context.Context, name, key, value string) *lease {
 	renewCtx, stop := context.WithCancel(ctx)
-	l := &redisLease{store: r, ctx: ctx, name: name, key: key, value: value,
+	l := &lease{store: r, ctx: ctx, name: name, key: key, value: value,
 		stopRenewing: stop, renewed: make(chan struct{})}
 	go l.renew(renewCtx)
 	return l
@@ -152,7 +153,7 @@ func (r *Redis) lease(ctx context.Context, name, key, value string) *redisLease 
 // holder's context, or Close) or the lock is found lost. A renewal that
 // fails (Redis slow or unreachable) is tried again at the next tick; the TTL
 // left after one failure still spans another.
-func (l *redisLease) renew(ctx context.Context) {
+func (l *lease) renew(ctx context.Context) {
 	defer close(l.renewed)
 	defer context.AfterFunc(l.store.closing, l.stopRenewing)()
 	every := l.store.opts.LockTTL / 3
@@ -166,7 +167,7 @@ func (l *redisLease) renew(ctx context.Context) {
 		}
 		extended, err := l.extend(ctx, every)
 		switch {
-		case errors.Is(err, redis.ErrClosed):
+		case errors.Is(err, goredis.ErrClosed):
 			return
 		case err == nil && !extended:
 			l.lost = fmt.Errorf("%w: a renewal found it expired or taken over (lock_ttl %v), so another replica may have refreshed meanwhile", ErrLockLost, l.store.opts.LockTTL)
@@ -177,7 +178,7 @@ func (l *redisLease) renew(ctx context.Context) {
 
 // extend runs renewScript once, for at most limit so that a slow renewal
 // does not delay the next.
-func (l *redisLease) extend(ctx context.Context, limit time.Duration) (bool, error) {
+func (l *lease) extend(ctx context.Context, limit time.Duration) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	n, err := renewScript.Run(ctx, l.store.client, []string{l.key}, l.value, l.store.opts.LockTTL.Milliseconds()).Int64()
@@ -188,7 +189,7 @@ func (l *redisLease) extend(ctx context.Context, limit time.Duration) (bool, err
 // renewal runs after it, then releases the lock if it is still the
 // holder's. Calling it more than once releases once and repeats the first
 // answer.
-func (l *redisLease) unlock() error {
+func (l *lease) unlock() error {
 	l.once.Do(func() {
 		l.stopRenewing()
 		<-l.renewed
@@ -210,7 +211,7 @@ func (l *redisLease) unlock() error {
 // release deletes the lock if it still holds value. It runs even when the
 // lock's context has ended (the request finished or was cancelled), for at
 // most ReadTimeout.
-func (r *Redis) release(ctx context.Context, key, value string) (bool, error) {
+func (r *Store) release(ctx context.Context, key, value string) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.ReadTimeout)
 	defer cancel()
 	n, err := unlockScript.Run(ctx, r.client, []string{key}, value).Int64()

@@ -1,4 +1,4 @@
-package keystore_test
+package redis_test
 
 import (
 	"bytes"
@@ -12,16 +12,16 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/leakcheck"
-	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/keystoretest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis"
 )
 
-// TestRedisLockLostReply: the reply to the command that took the lock is
+// TestLockLostReply: the reply to the command that took the lock is
 // lost (it ran in Redis, then the network dropped the answer), so go-redis
 // times out and sends the command again. The retry must recognise the
 // caller's own lock: Lock succeeds at once instead of waiting on itself for
 // lock_ttl, and unlock releases it.
-func TestRedisLockLostReply(t *testing.T) {
+func TestLockLostReply(t *testing.T) {
 	t.Parallel()
 	const (
 		ttl         = 20 * time.Second
@@ -30,7 +30,7 @@ func TestRedisLockLostReply(t *testing.T) {
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
 	proxy := startReplyDropper(t, server.Addr())
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) {
+	st := newTestStore(t, server, func(o *redis.Options) {
 		o.Addresses = []string{proxy.addr()}
 		o.LockTTL = ttl
 		// Short, so that go-redis gives up on the lost reply and
@@ -65,7 +65,7 @@ func TestRedisLockLostReply(t *testing.T) {
 	if len(dropped) == 0 || dropped[0] == '-' {
 		t.Fatalf("reply dropped by the proxy = %q; want the reply of a command that ran (the test did not lose a reply)", dropped)
 	}
-	assertRedisLockHeld(t, st, "lost")
+	assertLockHeld(t, st, "lost")
 	if err := unlock(); err != nil {
 		t.Errorf("unlock(%q) = %v; want nil", "lost", err)
 	}
@@ -74,15 +74,15 @@ func TestRedisLockLostReply(t *testing.T) {
 	}
 }
 
-// TestRedisLockRenewedWhileHeld: a holder whose grant takes three times
+// TestLockRenewedWhileHeld: a holder whose grant takes three times
 // lock_ttl keeps its lock throughout, so a second replica waits instead of
 // refreshing too (and spending a rotating refresh token twice); it gets the
 // lock once the holder unlocks.
-func TestRedisLockRenewedWhileHeld(t *testing.T) {
+func TestLockRenewedWhileHeld(t *testing.T) {
 	t.Parallel()
 	const ttl = time.Second
 	server := keystoretest.StartRedis(t)
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockTTL = ttl })
+	st := newTestStore(t, server, func(o *redis.Options) { o.LockTTL = ttl })
 	unlock, err := st.Lock(t.Context(), "slow")
 	if err != nil {
 		t.Fatalf("Lock(%q) = %v; want nil", "slow", err)
@@ -117,16 +117,16 @@ func TestRedisLockRenewedWhileHeld(t *testing.T) {
 	}
 }
 
-// TestRedisLeaseLost: when a renewal finds the lock gone (it expired while
+// TestLeaseLost: when a renewal finds the lock gone (it expired while
 // Redis was out of reach, or was removed), renewing stops without taking
 // the lock again, another replica can get it, and the first holder's unlock
 // reports the loss and leaves the new holder's lock alone.
-func TestRedisLeaseLost(t *testing.T) {
+func TestLeaseLost(t *testing.T) {
 	t.Parallel()
 	const ttl = time.Second
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockTTL = ttl })
+	st := newTestStore(t, server, func(o *redis.Options) { o.LockTTL = ttl })
 	key := st.prefix + "lock:lost"
 	staleUnlock, err := st.Lock(t.Context(), "lost")
 	if err != nil {
@@ -146,29 +146,29 @@ func TestRedisLeaseLost(t *testing.T) {
 		t.Fatalf("Lock(%q) after the first holder lost it = %v; want nil", "lost", err)
 	}
 	err = staleUnlock()
-	if !errors.Is(err, keystore.ErrLockLost) || !strings.Contains(err.Error(), "renewal") {
+	if !errors.Is(err, redis.ErrLockLost) || !strings.Contains(err.Error(), "renewal") {
 		t.Errorf("unlock(%q) by the holder that lost it = %v; want ErrLockLost saying a renewal found it lost", "lost", err)
 	}
-	assertRedisLockHeld(t, st, "lost")
+	assertLockHeld(t, st, "lost")
 	if err := unlock(); err != nil {
 		t.Errorf("unlock(%q) by the new holder = %v; want nil", "lost", err)
 	}
 }
 
-// TestRedisLeaseEnds: the goroutine renewing a lock ends at once when the
+// TestLeaseEnds: the goroutine renewing a lock ends at once when the
 // lock is released, when its holder's context ends, and when the store is
 // closed; none renews a lock afterwards. The default lock_ttl keeps the
 // first renewal 10s away, so the goroutine cannot end on its own (finding
 // the lock gone) within the test. Not parallel: it tells its own renewal
 // goroutine from the others by which one appears during its Lock.
-func TestRedisLeaseEnds(t *testing.T) {
+func TestLeaseEnds(t *testing.T) {
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
 	tests := []struct {
 		name string
-		end  func(t *testing.T, st *redisStore, unlock func() error, abandon context.CancelFunc)
+		end  func(t *testing.T, st *testStore, unlock func() error, abandon context.CancelFunc)
 	}{
-		{"unlock", func(t *testing.T, st *redisStore, unlock func() error, _ context.CancelFunc) {
+		{"unlock", func(t *testing.T, st *testStore, unlock func() error, _ context.CancelFunc) {
 			// unlock waits for the renewal to end: bound that wait.
 			unlocked := make(chan error, 1)
 			go func() { unlocked <- unlock() }()
@@ -185,10 +185,10 @@ func TestRedisLeaseEnds(t *testing.T) {
 				t.Errorf("EXISTS %s after unlock = %d, %v; want 0, nil", key, n, err)
 			}
 		}},
-		{"context ended", func(_ *testing.T, _ *redisStore, _ func() error, abandon context.CancelFunc) {
+		{"context ended", func(_ *testing.T, _ *testStore, _ func() error, abandon context.CancelFunc) {
 			abandon()
 		}},
-		{"store closed", func(t *testing.T, st *redisStore, _ func() error, _ context.CancelFunc) {
+		{"store closed", func(t *testing.T, st *testStore, _ func() error, _ context.CancelFunc) {
 			if err := st.Close(); err != nil {
 				t.Errorf("Close() = %v; want nil", err)
 			}
@@ -196,7 +196,7 @@ func TestRedisLeaseEnds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := newRedisStore(t, server, nil)
+			st := newTestStore(t, server, nil)
 			ctx, abandon := context.WithCancel(t.Context())
 			defer abandon()
 			before := renewGoroutines()
@@ -226,7 +226,7 @@ func TestRedisLeaseEnds(t *testing.T) {
 func renewGoroutines() map[string]bool {
 	ids := make(map[string]bool)
 	for _, g := range leakcheck.Stacks() {
-		if strings.Contains(g, "created by github.com/oauth2upstream/caddy-oauth2-upstream/keystore.(*Redis).lease") {
+		if strings.Contains(g, "created by github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis.(*Store).lease") {
 			id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
 			ids[id] = true
 		}

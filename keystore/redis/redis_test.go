@@ -1,4 +1,4 @@
-package keystore_test
+package redis_test
 
 import (
 	"context"
@@ -14,59 +14,60 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/keystoretest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/redis"
 )
 
-var redisPrefixes atomic.Int64
+var keyPrefixes atomic.Int64
 
-// redisStore is a store under test with the key prefix it was made with, so
+// testStore is a store under test with the key prefix it was made with, so
 // that the test can find its keys in Redis.
-type redisStore struct {
-	*keystore.Redis
+type testStore struct {
+	*redis.Store
 	prefix string
 }
 
-// newRedisStore returns a store on server with a key prefix of its own, so
+// newTestStore returns a store on server with a key prefix of its own, so
 // parallel tests share the server but no keys.
-func newRedisStore(t *testing.T, server *keystoretest.RedisServer, configure func(*keystore.RedisOptions)) *redisStore {
+func newTestStore(t *testing.T, server *keystoretest.RedisServer, configure func(*redis.Options)) *testStore {
 	t.Helper()
-	opts := keystore.RedisOptions{
+	opts := redis.Options{
 		Addresses: []string{server.Addr()},
-		KeyPrefix: fmt.Sprintf("test%d:", redisPrefixes.Add(1)),
+		KeyPrefix: fmt.Sprintf("test%d:", keyPrefixes.Add(1)),
 	}
 	if configure != nil {
 		configure(&opts)
 	}
-	r, err := keystore.NewRedis(opts)
+	r, err := redis.New(opts)
 	if err != nil {
-		t.Fatalf("NewRedis() = %v; want nil", err)
+		t.Fatalf("New() = %v; want nil", err)
 	}
 	t.Cleanup(func() { r.Close() })
-	return &redisStore{Redis: r, prefix: opts.KeyPrefix}
+	return &testStore{Store: r, prefix: opts.KeyPrefix}
 }
 
-func TestRedisConformance(t *testing.T) {
+func TestConformance(t *testing.T) {
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
 	keystoretest.Run(t,
-		func(t *testing.T) keystore.Store { return newRedisStore(t, server, nil) },
+		func(t *testing.T) keystore.Store { return newTestStore(t, server, nil) },
 		keystoretest.WithLockExpiry(func(t *testing.T, s keystore.Store, name string) {
 			// What the TTL running out does: the lock key disappears.
-			key := s.(*redisStore).prefix + "lock:" + name
+			key := s.(*testStore).prefix + "lock:" + name
 			if n, err := admin.Del(t.Context(), key).Result(); n != 1 || err != nil {
 				t.Fatalf("DEL %s = %d, %v; want 1, nil", key, n, err)
 			}
 		}))
 }
 
-// TestRedisLockTTLExpiry: a holder that stops renewing its lock without
+// TestLockTTLExpiry: a holder that stops renewing its lock without
 // unlocking (its work abandoned when its context ended, as a replica that
 // died mid-refresh stops) blocks the others for lock_ttl, not forever; its
 // late unlock reports the loss and leaves the new holder's lock alone.
-func TestRedisLockTTLExpiry(t *testing.T) {
+func TestLockTTLExpiry(t *testing.T) {
 	t.Parallel()
 	const ttl = 300 * time.Millisecond
 	server := keystoretest.StartRedis(t)
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockTTL = ttl })
+	st := newTestStore(t, server, func(o *redis.Options) { o.LockTTL = ttl })
 
 	holderCtx, abandon := context.WithCancel(t.Context())
 	took := time.Now()
@@ -85,23 +86,23 @@ func TestRedisLockTTLExpiry(t *testing.T) {
 	if waited := time.Since(took); waited < ttl-10*time.Millisecond {
 		t.Errorf("Lock(%q) got in after %v; want no sooner than the TTL %v", "ttl", waited, ttl)
 	}
-	if err := staleUnlock(); !errors.Is(err, keystore.ErrLockLost) || !strings.Contains(err.Error(), "expired") {
+	if err := staleUnlock(); !errors.Is(err, redis.ErrLockLost) || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("unlock(%q) by the expired holder = %v; want ErrLockLost saying the lock expired", "ttl", err)
 	}
-	assertRedisLockHeld(t, st, "ttl")
+	assertLockHeld(t, st, "ttl")
 	if err := unlock(); err != nil {
 		t.Errorf("unlock(%q) by the new holder = %v; want nil", "ttl", err)
 	}
 }
 
-// TestRedisUnlockComparesValue: unlock deletes the lock only while it holds
+// TestUnlockComparesValue: unlock deletes the lock only while it holds
 // the holder's own random value, and a repeated unlock does not release a
 // lock taken in between.
-func TestRedisUnlockComparesValue(t *testing.T) {
+func TestUnlockComparesValue(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
-	st := newRedisStore(t, server, nil)
+	st := newTestStore(t, server, nil)
 	key := st.prefix + "lock:cad"
 
 	first, err := st.Lock(t.Context(), "cad")
@@ -118,7 +119,7 @@ func TestRedisUnlockComparesValue(t *testing.T) {
 	if err := first(); err != nil {
 		t.Errorf("second call of the first unlock(%q) = %v; want the first call's nil", "cad", err)
 	}
-	assertRedisLockHeld(t, st, "cad")
+	assertLockHeld(t, st, "cad")
 
 	// Someone else's value under the key: a foreign holder.
 	if err := admin.Set(t.Context(), key, "someone-else", time.Minute).Err(); err != nil {
@@ -132,8 +133,8 @@ func TestRedisUnlockComparesValue(t *testing.T) {
 	}
 }
 
-// assertRedisLockHeld checks that a Lock with a short deadline still waits.
-func assertRedisLockHeld(t *testing.T, st keystore.Store, name string) {
+// assertLockHeld checks that a Lock with a short deadline still waits.
+func assertLockHeld(t *testing.T, st keystore.Store, name string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
@@ -145,12 +146,12 @@ func assertRedisLockHeld(t *testing.T, st keystore.Store, name string) {
 	}
 }
 
-// TestRedisLockWait: lock_wait bounds the wait even when the caller's
+// TestLockWait: lock_wait bounds the wait even when the caller's
 // context has no deadline, and the error says which bound it was.
-func TestRedisLockWait(t *testing.T) {
+func TestLockWait(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.LockWait = 50 * time.Millisecond })
+	st := newTestStore(t, server, func(o *redis.Options) { o.LockWait = 50 * time.Millisecond })
 	unlock, err := st.Lock(t.Context(), "wait")
 	if err != nil {
 		t.Fatalf("Lock(%q) = %v; want nil", "wait", err)
@@ -162,14 +163,14 @@ func TestRedisLockWait(t *testing.T) {
 	}
 }
 
-// TestRedisOutage: Redis going away mid-use makes every operation fail with
+// TestOutage: Redis going away mid-use makes every operation fail with
 // an error (no panic, no ErrNotFound that would send the proxy back to its
 // seed), and once Redis is back the store works again on the same client.
-func TestRedisOutage(t *testing.T) {
+func TestOutage(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
-	st := newRedisStore(t, server, nil)
-	if err := st.Save(t.Context(), seedKeySet("outage")); err != nil {
+	st := newTestStore(t, server, nil)
+	if err := st.Save(t.Context(), keystoretest.Seed("outage")); err != nil {
 		t.Fatalf("Save(%q) = %v; want nil", "outage", err)
 	}
 
@@ -179,7 +180,7 @@ func TestRedisOutage(t *testing.T) {
 	if _, err := st.Load(ctx, "outage"); err == nil || errors.Is(err, keystore.ErrNotFound) || !strings.Contains(err.Error(), `"outage"`) {
 		t.Errorf("Load(%q) with Redis down = %v; want an error naming the key set, not ErrNotFound", "outage", err)
 	}
-	next := seedKeySet("outage")
+	next := keystoretest.Seed("outage")
 	next.Generation = 2
 	if err := st.Save(ctx, next); err == nil || errors.Is(err, keystore.ErrConflict) {
 		t.Errorf("Save(%q) with Redis down = %v; want an error other than ErrConflict", "outage", err)
@@ -203,7 +204,7 @@ func TestRedisOutage(t *testing.T) {
 	if !errors.Is(err, keystore.ErrNotFound) {
 		t.Errorf("Load(%q) after Redis came back empty = %v; want ErrNotFound", "outage", err)
 	}
-	if err := st.Save(ctx, seedKeySet("outage")); err != nil {
+	if err := st.Save(ctx, keystoretest.Seed("outage")); err != nil {
 		t.Errorf("Save(%q) after Redis came back = %v; want nil", "outage", err)
 	}
 	unlock, err := st.Lock(ctx, "outage")
@@ -215,14 +216,14 @@ func TestRedisOutage(t *testing.T) {
 	}
 }
 
-// TestRedisStoredLayout: what operators see in Redis is what the docs say:
+// TestStoredLayout: what operators see in Redis is what the docs say:
 // a hash with the generation in clear beside the encoded document.
-func TestRedisStoredLayout(t *testing.T) {
+func TestStoredLayout(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
-	st := newRedisStore(t, server, nil)
-	ks := seedKeySet("layout")
+	st := newTestStore(t, server, nil)
+	ks := keystoretest.Seed("layout")
 	if err := st.Save(t.Context(), ks); err != nil {
 		t.Fatalf("Save(%q) = %v; want nil", ks.Name, err)
 	}
@@ -241,13 +242,13 @@ func TestRedisStoredLayout(t *testing.T) {
 	}
 }
 
-// TestRedisCorruptDocument: a document that does not decode, or whose
+// TestCorruptDocument: a document that does not decode, or whose
 // clear generation disagrees with its own, is ErrCorrupt naming the key set.
-func TestRedisCorruptDocument(t *testing.T) {
+func TestCorruptDocument(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
-	valid, err := keystore.JSONCodec{}.Encode(seedKeySet("bad"))
+	valid, err := keystore.JSONCodec{}.Encode(keystoretest.Seed("bad"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +265,7 @@ func TestRedisCorruptDocument(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			st := newRedisStore(t, server, nil)
+			st := newTestStore(t, server, nil)
 			values := []any{"document", tt.document}
 			if tt.generation != "" {
 				values = append(values, "generation", tt.generation)
@@ -280,59 +281,59 @@ func TestRedisCorruptDocument(t *testing.T) {
 	}
 }
 
-// TestRedisSaveIdempotent: a Save repeated with the very same bytes (the
+// TestSaveIdempotent: a Save repeated with the very same bytes (the
 // client retrying a script whose reply was lost) finds its own document and
 // succeeds; any other document for that generation is a conflict.
-func TestRedisSaveIdempotent(t *testing.T) {
+func TestSaveIdempotent(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
-	st := newRedisStore(t, server, nil)
-	ks := seedKeySet("retry")
+	st := newTestStore(t, server, nil)
+	ks := keystoretest.Seed("retry")
 	for i := range 2 {
 		if err := st.Save(t.Context(), ks); err != nil {
 			t.Fatalf("Save(%q) call %d = %v; want nil", ks.Name, i+1, err)
 		}
 	}
-	other := seedKeySet("retry")
+	other := keystoretest.Seed("retry")
 	other.Token.SetString(keystore.FieldRefreshToken, "rt-other")
 	if err := st.Save(t.Context(), other); !errors.Is(err, keystore.ErrConflict) {
 		t.Errorf("Save(%q) of another generation 1 = %v; want ErrConflict", ks.Name, err)
 	}
 }
 
-// TestRedisPassword: a server that requires a password serves a store
+// TestPassword: a server that requires a password serves a store
 // given it, and refuses one without it.
-func TestRedisPassword(t *testing.T) {
+func TestPassword(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t, "--requirepass", "s3cret-pw")
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.Password = "s3cret-pw" })
-	if err := st.Save(t.Context(), seedKeySet("password")); err != nil {
+	st := newTestStore(t, server, func(o *redis.Options) { o.Password = "s3cret-pw" })
+	if err := st.Save(t.Context(), keystoretest.Seed("password")); err != nil {
 		t.Errorf("Save(%q) with the password = %v; want nil", "password", err)
 	}
-	anonymous := newRedisStore(t, server, nil)
+	anonymous := newTestStore(t, server, nil)
 	if _, err := anonymous.Load(t.Context(), "password"); err == nil || errors.Is(err, keystore.ErrNotFound) {
 		t.Errorf("Load(%q) without the password = %v; want an authentication error", "password", err)
 	}
 }
 
-// TestRedisOptionsWithDefaults: unset options get their documented
+// TestOptionsWithDefaults: unset options get their documented
 // defaults, and set ones are kept.
-func TestRedisOptionsWithDefaults(t *testing.T) {
+func TestOptionsWithDefaults(t *testing.T) {
 	tests := []struct {
 		name string
-		opts keystore.RedisOptions
-		want keystore.RedisOptions
+		opts redis.Options
+		want redis.Options
 	}{
 		{
 			name: "defaults",
-			opts: keystore.RedisOptions{},
-			want: keystore.RedisOptions{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "oauth2_upstream:",
+			opts: redis.Options{},
+			want: redis.Options{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "oauth2_upstream:",
 				LockTTL: 30 * time.Second, LockWait: 10 * time.Second, DialTimeout: 5 * time.Second, ReadTimeout: 3 * time.Second},
 		},
 		{
 			name: "set values kept",
-			opts: keystore.RedisOptions{Addresses: []string{"a:1"}, KeyPrefix: "p:", LockTTL: time.Minute, LockWait: time.Second, DialTimeout: 1, ReadTimeout: 2},
-			want: keystore.RedisOptions{Addresses: []string{"a:1"}, KeyPrefix: "p:", LockTTL: time.Minute, LockWait: time.Second, DialTimeout: 1, ReadTimeout: 2},
+			opts: redis.Options{Addresses: []string{"a:1"}, KeyPrefix: "p:", LockTTL: time.Minute, LockWait: time.Second, DialTimeout: 1, ReadTimeout: 2},
+			want: redis.Options{Addresses: []string{"a:1"}, KeyPrefix: "p:", LockTTL: time.Minute, LockWait: time.Second, DialTimeout: 1, ReadTimeout: 2},
 		},
 	}
 	for _, tt := range tests {
@@ -344,28 +345,28 @@ func TestRedisOptionsWithDefaults(t *testing.T) {
 	}
 }
 
-// TestNewRedisRefuses: options no Redis deployment can satisfy fail
-// NewRedis, with a message naming the option.
-func TestNewRedisRefuses(t *testing.T) {
+// TestNewRefuses: options no Redis deployment can satisfy fail New, with a
+// message naming the option.
+func TestNewRefuses(t *testing.T) {
 	tests := []struct {
 		name    string
-		opts    keystore.RedisOptions
+		opts    redis.Options
 		wantErr string
 	}{
-		{name: "negative ttl", opts: keystore.RedisOptions{LockTTL: -1}, wantErr: "negative"},
-		{name: "negative read timeout", opts: keystore.RedisOptions{ReadTimeout: -1}, wantErr: "negative"},
-		{name: "ttl under the millisecond Redis counts in", opts: keystore.RedisOptions{LockTTL: time.Microsecond}, wantErr: "1ms"},
-		{name: "negative db", opts: keystore.RedisOptions{DB: -1}, wantErr: "db"},
-		{name: "db on a cluster", opts: keystore.RedisOptions{Addresses: []string{"a:1", "b:2"}, DB: 2}, wantErr: "Cluster"},
+		{name: "negative ttl", opts: redis.Options{LockTTL: -1}, wantErr: "negative"},
+		{name: "negative read timeout", opts: redis.Options{ReadTimeout: -1}, wantErr: "negative"},
+		{name: "ttl under the millisecond Redis counts in", opts: redis.Options{LockTTL: time.Microsecond}, wantErr: "1ms"},
+		{name: "negative db", opts: redis.Options{DB: -1}, wantErr: "db"},
+		{name: "db on a cluster", opts: redis.Options{Addresses: []string{"a:1", "b:2"}, DB: 2}, wantErr: "Cluster"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := keystore.NewRedis(tt.opts)
+			r, err := redis.New(tt.opts)
 			if err == nil {
 				r.Close()
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("NewRedis(%+v) = %v; want an error mentioning %q", tt.opts, err, tt.wantErr)
+				t.Errorf("New(%+v) = %v; want an error mentioning %q", tt.opts, err, tt.wantErr)
 			}
 		})
 	}
@@ -394,26 +395,26 @@ func retryFor(limit time.Duration, try func() error) error {
 	}
 }
 
-// TestRedisNamesSkipsForeignKeys: Names lists the store's documents only:
+// TestNamesSkipsForeignKeys: Names lists the store's documents only:
 // not its lock keys, not keys under its prefix that name no valid key set,
 // not the keys of a store whose prefix merely starts like its own, and its
 // prefix matches itself even when it holds SCAN pattern characters.
-func TestRedisNamesSkipsForeignKeys(t *testing.T) {
+func TestNamesSkipsForeignKeys(t *testing.T) {
 	t.Parallel()
 	server := keystoretest.StartRedis(t)
 	admin := server.Client(t)
-	st := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `t*[x]?\:` })
+	st := newTestStore(t, server, func(o *redis.Options) { o.KeyPrefix = `t*[x]?\:` })
 	// Its documents' keys start with st's document keys' prefix.
-	other := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `t*[x]?\:keyset:` })
+	other := newTestStore(t, server, func(o *redis.Options) { o.KeyPrefix = `t*[x]?\:keyset:` })
 	// Matched by st's prefix if it were used as a pattern unescaped.
-	lookalike := newRedisStore(t, server, func(o *keystore.RedisOptions) { o.KeyPrefix = `tYxZ:` })
-	for _, s := range []*redisStore{other, lookalike} {
-		if err := s.Save(t.Context(), seedKeySet("foreign")); err != nil {
+	lookalike := newTestStore(t, server, func(o *redis.Options) { o.KeyPrefix = `tYxZ:` })
+	for _, s := range []*testStore{other, lookalike} {
+		if err := s.Save(t.Context(), keystoretest.Seed("foreign")); err != nil {
 			t.Fatalf("Save(%q) = %v; want nil", "foreign", err)
 		}
 	}
 	for _, name := range []string{"b", "a"} {
-		if err := st.Save(t.Context(), seedKeySet(name)); err != nil {
+		if err := st.Save(t.Context(), keystoretest.Seed(name)); err != nil {
 			t.Fatalf("Save(%q) = %v; want nil", name, err)
 		}
 	}

@@ -1,4 +1,8 @@
-package keystore
+// Package redis keeps key set documents in Redis (a single server, Sentinel
+// or Cluster), so that replicas share them, and lets one replica refresh a
+// key set at a time through a refresh lock that its holder renews as a
+// lease.
+package redis
 
 import (
 	"cmp"
@@ -12,23 +16,25 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// Defaults of the Redis keystore, applied by RedisOptions.WithDefaults.
+// Defaults of the Redis keystore, applied by Options.WithDefaults.
 const (
-	defaultRedisAddress     = "127.0.0.1:6379"
-	defaultRedisKeyPrefix   = "oauth2_upstream:"
-	defaultRedisLockTTL     = 30 * time.Second
-	defaultRedisLockWait    = 10 * time.Second
-	defaultRedisDialTimeout = 5 * time.Second
-	defaultRedisReadTimeout = 3 * time.Second
+	defaultAddress     = "127.0.0.1:6379"
+	defaultKeyPrefix   = "oauth2_upstream:"
+	defaultLockTTL     = 30 * time.Second
+	defaultLockWait    = 10 * time.Second
+	defaultDialTimeout = 5 * time.Second
+	defaultReadTimeout = 3 * time.Second
 )
 
-// RedisOptions configures a Redis store. Every value is used as it is:
+// Options configures a Store. Every value is used as it is:
 // resolving placeholders or environment variables is the caller's job.
-type RedisOptions struct {
+type Options struct {
 	// Addresses are the host:port addresses of Redis. One address is a
 	// single server; several are the seed nodes of a Redis Cluster; with
 	// MasterName they are the Sentinels instead. Default: 127.0.0.1:6379.
@@ -85,21 +91,21 @@ type RedisOptions struct {
 
 // WithDefaults returns o with each unset (zero) field that has a default
 // set to it.
-func (o RedisOptions) WithDefaults() RedisOptions {
+func (o Options) WithDefaults() Options {
 	if len(o.Addresses) == 0 {
-		o.Addresses = []string{defaultRedisAddress}
+		o.Addresses = []string{defaultAddress}
 	}
-	o.KeyPrefix = cmp.Or(o.KeyPrefix, defaultRedisKeyPrefix)
-	o.LockTTL = cmp.Or(o.LockTTL, defaultRedisLockTTL)
-	o.LockWait = cmp.Or(o.LockWait, defaultRedisLockWait)
-	o.DialTimeout = cmp.Or(o.DialTimeout, defaultRedisDialTimeout)
-	o.ReadTimeout = cmp.Or(o.ReadTimeout, defaultRedisReadTimeout)
+	o.KeyPrefix = cmp.Or(o.KeyPrefix, defaultKeyPrefix)
+	o.LockTTL = cmp.Or(o.LockTTL, defaultLockTTL)
+	o.LockWait = cmp.Or(o.LockWait, defaultLockWait)
+	o.DialTimeout = cmp.Or(o.DialTimeout, defaultDialTimeout)
+	o.ReadTimeout = cmp.Or(o.ReadTimeout, defaultReadTimeout)
 	return o
 }
 
 // check refuses options that no Redis deployment can satisfy. Errors name
 // the options as the configuration spells them.
-func (o RedisOptions) check() error {
+func (o Options) check() error {
 	if o.LockTTL < 0 || o.LockWait < 0 || o.DialTimeout < 0 || o.ReadTimeout < 0 {
 		return errors.New("redis keystore: lock_ttl, lock_wait, dial_timeout and read_timeout must not be negative")
 	}
@@ -116,9 +122,9 @@ func (o RedisOptions) check() error {
 	return nil
 }
 
-// Redis keeps key set documents in Redis, so that replicas share them, and
-// lets one replica of the cluster refresh a key set at a time
-// (DESIGN.md invariant 4).
+// Store keeps key set documents in Redis, so that replicas share them, and
+// lets one replica of the cluster refresh a key set at a time (DESIGN.md
+// invariant 4).
 //
 // Each key set is a hash <key_prefix>keyset:<name> with the fields
 // "generation" (in clear, for the compare-and-swap) and "document" (what the
@@ -132,10 +138,10 @@ func (o RedisOptions) check() error {
 // all, the generation check keeps its late write from replacing the newer
 // key set. Durability is Redis's: enable AOF (appendfsync everysec or
 // always) so that a rotated refresh token survives a Redis restart.
-type Redis struct {
-	opts   RedisOptions // with defaults applied
-	codec  Codec
-	client redis.UniversalClient
+type Store struct {
+	opts   Options // with defaults applied
+	codec  keystore.Codec
+	client goredis.UniversalClient
 
 	// closing ends when Close is called: every lease stops renewing, as
 	// the client it renews with is going away.
@@ -143,17 +149,16 @@ type Redis struct {
 	endLeases context.CancelFunc
 }
 
-// NewRedis returns a Redis store configured by opts, with defaults for the
-// unset fields (see RedisOptions). It connects lazily: Redis being down
-// when the store is made fails its operations, not NewRedis. Close releases
-// the connections. Documents are plain JSON until UseCodec sets another
-// codec.
-func NewRedis(opts RedisOptions) (*Redis, error) {
+// New returns a Store configured by opts, with defaults for the unset fields
+// (see Options). It connects lazily: Redis being down when the store is made
+// fails its operations, not New. Close releases the connections. Documents
+// are plain JSON until UseCodec sets another codec.
+func New(opts Options) (*Store, error) {
 	opts = opts.WithDefaults()
 	if err := opts.check(); err != nil {
 		return nil, err
 	}
-	clientOpts := &redis.UniversalOptions{
+	clientOpts := &goredis.UniversalOptions{
 		Addrs:        opts.Addresses,
 		Username:     opts.Username,
 		Password:     opts.Password,
@@ -174,17 +179,17 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		clientOpts.TLSConfig = &tls.Config{ServerName: opts.TLSServerName, MinVersion: tls.VersionTLS12}
 	}
 	closing, endLeases := context.WithCancel(context.Background())
-	return &Redis{opts: opts, codec: JSONCodec{}, client: redis.NewUniversalClient(clientOpts),
+	return &Store{opts: opts, codec: keystore.JSONCodec{}, client: goredis.NewUniversalClient(clientOpts),
 		closing: closing, endLeases: endLeases}, nil
 }
 
 // UseCodec sets how documents are encoded at rest (plain JSON by default).
-func (r *Redis) UseCodec(c Codec) { r.codec = c }
+func (r *Store) UseCodec(c keystore.Codec) { r.codec = c }
 
 // Close stops renewing the locks still held and closes the store's
 // connections to Redis. Those locks then expire after LockTTL, unless their
 // holders release them first (which fails once the connections are closed).
-func (r *Redis) Close() error {
+func (r *Store) Close() error {
 	r.endLeases()
 	if err := r.client.Close(); err != nil {
 		return fmt.Errorf("closing the redis keystore: %w", err)
@@ -194,12 +199,12 @@ func (r *Redis) Close() error {
 
 // Key names. Key set names cannot hold a ':', so a document key never
 // collides with a lock key, whatever the name.
-func (r *Redis) documentKey(name string) string { return r.opts.KeyPrefix + "keyset:" + name }
-func (r *Redis) lockKey(name string) string     { return r.opts.KeyPrefix + "lock:" + name }
+func (r *Store) documentKey(name string) string { return r.opts.KeyPrefix + "keyset:" + name }
+func (r *Store) lockKey(name string) string     { return r.opts.KeyPrefix + "lock:" + name }
 
-// Load implements Store.
-func (r *Redis) Load(ctx context.Context, name string) (*KeySet, error) {
-	if err := ValidateName(name); err != nil {
+// Load implements keystore.Store.
+func (r *Store) Load(ctx context.Context, name string) (*keystore.KeySet, error) {
+	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
 	fields, err := r.client.HMGet(ctx, r.documentKey(name), "generation", "document").Result()
@@ -209,7 +214,7 @@ func (r *Redis) Load(ctx context.Context, name string) (*KeySet, error) {
 	generation, _ := fields[0].(string)
 	document, ok := fields[1].(string)
 	if !ok {
-		return nil, fmt.Errorf("loading key set %q from redis: %w", name, ErrNotFound)
+		return nil, fmt.Errorf("loading key set %q from redis: %w", name, keystore.ErrNotFound)
 	}
 	ks, err := r.codec.Decode(name, []byte(document))
 	if err != nil {
@@ -218,7 +223,7 @@ func (r *Redis) Load(ctx context.Context, name string) (*KeySet, error) {
 	// The clear generation decides Save's compare-and-swap; it must be
 	// the document's, or a writer could be fenced by a number it never saw.
 	if generation != strconv.FormatInt(ks.Generation, 10) {
-		return nil, fmt.Errorf("%w: key set %q is stored as generation %q, its document says %d", ErrCorrupt, name, generation, ks.Generation)
+		return nil, fmt.Errorf("%w: key set %q is stored as generation %q, its document says %d", keystore.ErrCorrupt, name, generation, ks.Generation)
 	}
 	return ks, nil
 }
@@ -231,7 +236,7 @@ func (r *Redis) Load(ctx context.Context, name string) (*KeySet, error) {
 //
 // KEYS[1] document key; ARGV[1] new generation; ARGV[2] generation it
 // follows; ARGV[3] encoded document. Returns {stored, stored generation}.
-var saveScript = redis.NewScript(`
+var saveScript = goredis.NewScript(`
 local stored = redis.call("HMGET", KEYS[1], "generation", "document")
 local have = stored[1] or "0"
 if have == ARGV[1] and stored[2] == ARGV[3] then
@@ -244,10 +249,10 @@ redis.call("HSET", KEYS[1], "generation", ARGV[1], "document", ARGV[3])
 return {1, have}
 `)
 
-// Save implements Store with saveScript, so the check and the write are one
-// atomic step in Redis.
-func (r *Redis) Save(ctx context.Context, ks *KeySet) error {
-	if err := ValidateName(ks.Name); err != nil {
+// Save implements keystore.Store with saveScript, so the check and the
+// write are one atomic step in Redis.
+func (r *Store) Save(ctx context.Context, ks *keystore.KeySet) error {
+	if err := keystore.ValidateName(ks.Name); err != nil {
 		return err
 	}
 	data, err := r.codec.Encode(ks)
@@ -264,31 +269,31 @@ func (r *Redis) Save(ctx context.Context, ks *KeySet) error {
 		return fmt.Errorf("saving key set %q to redis: unexpected script reply of %d values", ks.Name, len(reply))
 	}
 	if stored, _ := reply[0].(int64); stored != 1 {
-		return fmt.Errorf("saving key set %q generation %d over stored generation %v: %w", ks.Name, ks.Generation, reply[1], ErrConflict)
+		return fmt.Errorf("saving key set %q generation %d over stored generation %v: %w", ks.Name, ks.Generation, reply[1], keystore.ErrConflict)
 	}
 	return nil
 }
 
-// redisScanCount is the COUNT hint of Names's SCAN: how many keys Redis
+// scanCount is the COUNT hint of Names's SCAN: how many keys Redis
 // looks at per call, which bounds how long each call blocks the server.
-const redisScanCount = 1000
+const scanCount = 1000
 
-// Names implements Lister. It walks the document keys with SCAN, never
+// Names implements keystore.Lister. It walks the document keys with SCAN, never
 // KEYS, which would block Redis for as long as it takes to match every key;
 // on a Redis Cluster it scans every master, as each holds only its slots.
 // Lock keys do not match; keys under the prefix that do not name a valid
 // key set are skipped.
-func (r *Redis) Names(ctx context.Context) ([]string, error) {
-	pattern := escapeRedisGlob(r.documentKey("")) + "*"
+func (r *Store) Names(ctx context.Context) ([]string, error) {
+	pattern := escapeGlob(r.documentKey("")) + "*"
 	var (
 		mu    sync.Mutex // guards names
 		names = []string{}
 	)
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		iter := c.Scan(ctx, 0, pattern, redisScanCount).Iterator()
+	scan := func(ctx context.Context, c goredis.Cmdable) error {
+		iter := c.Scan(ctx, 0, pattern, scanCount).Iterator()
 		for iter.Next(ctx) {
 			name, ok := strings.CutPrefix(iter.Val(), r.documentKey(""))
-			if !ok || ValidateName(name) != nil {
+			if !ok || keystore.ValidateName(name) != nil {
 				continue
 			}
 			mu.Lock()
@@ -298,8 +303,8 @@ func (r *Redis) Names(ctx context.Context) ([]string, error) {
 		return iter.Err()
 	}
 	var err error
-	if cluster, ok := r.client.(*redis.ClusterClient); ok {
-		err = cluster.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+	if cluster, ok := r.client.(*goredis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, func(ctx context.Context, node *goredis.Client) error {
 			return scan(ctx, node)
 		})
 	} else {
@@ -313,9 +318,9 @@ func (r *Redis) Names(ctx context.Context) ([]string, error) {
 	return slices.Compact(names), nil
 }
 
-// escapeRedisGlob escapes the characters that are special in a Redis MATCH
+// escapeGlob escapes the characters that are special in a Redis MATCH
 // pattern, so that a key prefix matches only itself.
-func escapeRedisGlob(s string) string {
+func escapeGlob(s string) string {
 	var b strings.Builder
 	for _, c := range s {
 		switch c {
@@ -329,6 +334,6 @@ func escapeRedisGlob(s string) string {
 
 // Interface guards
 var (
-	_ Store  = (*Redis)(nil)
-	_ Lister = (*Redis)(nil)
+	_ keystore.Store  = (*Store)(nil)
+	_ keystore.Lister = (*Store)(nil)
 )

@@ -1,4 +1,7 @@
-package keystore
+// Package file is the keystore that needs no other service: key set
+// documents as files in a local directory, shared by the processes that see
+// that directory (replicas on one volume) through flock(2) lock files.
+package file
 
 import (
 	"context"
@@ -9,22 +12,24 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
-// File is the embedded default keystore: one JSON document per key set in a
+// Store is the embedded default keystore: one JSON document per key set in a
 // directory, written atomically and durably (temporary file, fsync, rename,
 // fsync of the directory), files 0600 in a 0700 directory. Processes sharing
 // the directory coordinate through flock(2) lock files beside the documents.
-type File struct {
+type Store struct {
 	dir   string
-	codec Codec
+	codec keystore.Codec
 }
 
-// NewFile returns a File store in dir, which it creates 0700 if missing and
-// tightens to 0700 if it exists: the documents hold refresh tokens, so
-// nobody else may list or read them. Documents are plain JSON until
+// New returns a Store in dir, which it creates 0700 if missing and tightens
+// to 0700 if it exists: the documents hold refresh tokens, so nobody else
+// may list or read them. Documents are plain JSON until
 // UseCodec sets another codec.
-func NewFile(dir string) (*File, error) {
+func New(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating keystore directory %q: %w", dir, err)
 	}
@@ -32,22 +37,22 @@ func NewFile(dir string) (*File, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("restricting keystore directory %q to 0700: %w", dir, err)
 	}
-	return &File{dir: dir, codec: JSONCodec{}}, nil
+	return &Store{dir: dir, codec: keystore.JSONCodec{}}, nil
 }
 
 // UseCodec sets how documents are encoded at rest (plain JSON by default).
-func (f *File) UseCodec(c Codec) { f.codec = c }
+func (f *Store) UseCodec(c keystore.Codec) { f.codec = c }
 
-func (f *File) docPath(name string) string { return filepath.Join(f.dir, name+".json") }
+func (f *Store) docPath(name string) string { return filepath.Join(f.dir, name+".json") }
 
-// Load implements Store.
-func (f *File) Load(_ context.Context, name string) (*KeySet, error) {
-	if err := ValidateName(name); err != nil {
+// Load implements keystore.Store.
+func (f *Store) Load(_ context.Context, name string) (*keystore.KeySet, error) {
+	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(f.docPath(name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("loading key set %q from %s: %w", name, f.dir, ErrNotFound)
+		return nil, fmt.Errorf("loading key set %q from %s: %w", name, f.dir, keystore.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading key set %q: %w", name, err)
@@ -55,11 +60,11 @@ func (f *File) Load(_ context.Context, name string) (*KeySet, error) {
 	return f.codec.Decode(name, data)
 }
 
-// Save implements Store. The generation check and the rename happen under
-// an exclusive flock of the key set's write lock file, so writers in other
-// processes sharing the directory cannot interleave.
-func (f *File) Save(ctx context.Context, ks *KeySet) error {
-	if err := ValidateName(ks.Name); err != nil {
+// Save implements keystore.Store. The generation check and the rename
+// happen under an exclusive flock of the key set's write lock file, so
+// writers in other processes sharing the directory cannot interleave.
+func (f *Store) Save(ctx context.Context, ks *keystore.KeySet) error {
+	if err := keystore.ValidateName(ks.Name); err != nil {
 		return err
 	}
 	data, err := f.codec.Encode(ks)
@@ -72,7 +77,7 @@ func (f *File) Save(ctx context.Context, ks *KeySet) error {
 	}
 	defer release()
 
-	if err := CheckFollows(ctx, ks, f.Load); err != nil {
+	if err := keystore.CheckFollows(ctx, ks, f.Load); err != nil {
 		return err
 	}
 	if err := writeFileAtomic(f.docPath(ks.Name), data); err != nil {
@@ -81,10 +86,11 @@ func (f *File) Save(ctx context.Context, ks *KeySet) error {
 	return nil
 }
 
-// Lock implements Store with an exclusive flock(2) on the key set's refresh
-// lock file. The kernel releases it when the holder dies, so it needs no TTL.
-func (f *File) Lock(ctx context.Context, name string) (func() error, error) {
-	if err := ValidateName(name); err != nil {
+// Lock implements keystore.Store with an exclusive flock(2) on the key set's
+// refresh lock file. The kernel releases it when the holder dies, so it
+// needs no TTL.
+func (f *Store) Lock(ctx context.Context, name string) (func() error, error) {
+	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
 	release, err := lockFile(ctx, f.lockPath(name, "refresh"))
@@ -94,10 +100,10 @@ func (f *File) Lock(ctx context.Context, name string) (func() error, error) {
 	return release, nil
 }
 
-// Names implements Lister: the documents in the directory, that is the
-// regular files named <name>.json for a valid name. Lock files and
+// Names implements keystore.Lister: the documents in the directory, that is
+// the regular files named <name>.json for a valid name. Lock files and
 // temporary files start with a dot, which no valid name does.
-func (f *File) Names(_ context.Context) ([]string, error) {
+func (f *Store) Names(_ context.Context) ([]string, error) {
 	entries, err := os.ReadDir(f.dir)
 	if err != nil {
 		return nil, fmt.Errorf("listing key sets in %q: %w", f.dir, err)
@@ -105,7 +111,7 @@ func (f *File) Names(_ context.Context) ([]string, error) {
 	names := []string{}
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !e.Type().IsRegular() || ValidateName(name) != nil {
+		if !ok || !e.Type().IsRegular() || keystore.ValidateName(name) != nil {
 			continue
 		}
 		names = append(names, name)
@@ -118,7 +124,7 @@ func (f *File) Names(_ context.Context) ([]string, error) {
 
 // lockPath names a lock file; the leading dot keeps it apart from documents,
 // whose names cannot start with one.
-func (f *File) lockPath(name, purpose string) string {
+func (f *Store) lockPath(name, purpose string) string {
 	return filepath.Join(f.dir, "."+name+"."+purpose+".lock")
 }
 
@@ -170,6 +176,6 @@ func syncDir(dir string) error {
 
 // Interface guards
 var (
-	_ Store  = (*File)(nil)
-	_ Lister = (*File)(nil)
+	_ keystore.Store  = (*Store)(nil)
+	_ keystore.Lister = (*Store)(nil)
 )
