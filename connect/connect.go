@@ -89,9 +89,13 @@ type Connect struct {
 	// code_challenge, code_challenge_method).
 	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
 
-	// Issuer is the provider's issuer identifier (RFC 8414). A redirect
-	// back that carries iss (RFC 9207) must carry exactly this. Default:
-	// iss, when sent, must have the scheme, host and port of AuthorizeURL.
+	// Issuer is the provider's issuer identifier (RFC 8414), for a
+	// provider that sends iss in its redirect back (RFC 9207; its metadata
+	// says authorization_response_iss_parameter_supported). Set, every
+	// redirect back, error responses included, must carry iss and it must
+	// be exactly this: one without iss is refused (RFC 9207 section 2.4).
+	// Default: iss is checked only when sent, and must then have the
+	// scheme, host and port of AuthorizeURL.
 	Issuer string `json:"issuer,omitempty"`
 
 	// ClientID narrows the page to the oauth2_upstream handlers of this
