@@ -114,6 +114,7 @@ type Connect struct {
 	now             func() time.Time
 	mux             *http.ServeMux
 	authorizeOrigin string // scheme://host[:port] of AuthorizeURL, for the CSP and iss
+	redirectOrigin  string // RedirectURL's, when set: the site whose cookies the page's are
 }
 
 // CaddyModule returns the Caddy module information.
@@ -132,11 +133,14 @@ func (c *Connect) Provision(ctx caddy.Context) error {
 	for _, field := range []*string{&c.AuthorizeURL, &c.RedirectURL, &c.Issuer, &c.ClientID} {
 		*field = repl.ReplaceKnown(*field, "")
 	}
-	if c.CallbackPath == "" {
-		c.CallbackPath = defaultCallbackPath
-		if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
+	if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
+		c.redirectOrigin = origin(u)
+		if c.CallbackPath == "" {
 			c.CallbackPath = u.Path
 		}
+	}
+	if c.CallbackPath == "" {
+		c.CallbackPath = defaultCallbackPath
 	}
 	if c.FlowTimeout == 0 {
 		c.FlowTimeout = caddy.Duration(defaultFlowTimeout)
@@ -246,7 +250,7 @@ func (c *Connect) serving(name string) []*live.Handler {
 // returns the handlers that serve name. Else it answers the refusal, or 404
 // for a name no handler serves, and returns nil.
 func (c *Connect) postFor(w http.ResponseWriter, r *http.Request, name string) []*live.Handler {
-	if err := c.state.checkCSRF(r); err != nil {
+	if err := c.checkCSRF(r); err != nil {
 		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
 		return nil
 	}

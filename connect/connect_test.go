@@ -233,7 +233,7 @@ func (rig *connectRig) callbackRequest(q url.Values) *http.Request {
 func (rig *connectRig) replay(t *testing.T, q url.Values) page {
 	t.Helper()
 	req := rig.callbackRequest(q)
-	req.AddCookie(&http.Cookie{Name: cookieName(req, flowCookieName), Value: q.Get("state")})
+	req.AddCookie(&http.Cookie{Name: rig.connect.cookieName(req, flowCookieName), Value: q.Get("state")})
 	return rig.do(t, newBrowser(t), req)
 }
 
@@ -272,10 +272,10 @@ func TestConnectRunsTheCodeFlowWithPKCE(t *testing.T) {
 	if len(q.Get("code_challenge")) != 43 || len(q.Get("state")) < 43 {
 		t.Errorf("code_challenge %q, state %q: want a 43-character challenge and a 256-bit state", q.Get("code_challenge"), q.Get("state"))
 	}
-	srvURL, _ := url.Parse(rig.server.URL)
+	callbackURL, _ := url.Parse(rig.server.URL + "/callback")
 	var flowCookie *http.Cookie
-	for _, c := range rig.client.Jar.Cookies(srvURL) {
-		if c.Name == flowCookieName {
+	for _, c := range rig.client.Jar.Cookies(callbackURL) {
+		if strings.HasPrefix(c.Name, flowCookieName) {
 			flowCookie = c
 		}
 	}

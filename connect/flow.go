@@ -116,7 +116,7 @@ func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name stri
 		c.message(w, r, http.StatusServiceUnavailable, "Busy", err.Error(), name)
 		return
 	}
-	http.SetCookie(w, flowCookie(r, state, time.Duration(c.FlowTimeout)))
+	http.SetCookie(w, c.flowCookie(r, state, time.Duration(c.FlowTimeout)))
 	scopes := c.Scopes
 	if len(scopes) == 0 {
 		scopes = h.Scopes
@@ -189,14 +189,14 @@ func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
 // to the callback with a state of their own, and the flow the browser did
 // start must still finish when its own redirect back comes.
 func (c *Connect) takeFlow(w http.ResponseWriter, r *http.Request, state string) (pendingFlow, error) {
-	cookie, err := r.Cookie(cookieName(r, flowCookieName))
+	cookie, err := r.Cookie(c.cookieName(r, flowCookieName))
 	if state == "" || err != nil || cookie.Value == "" {
 		return pendingFlow{}, errStateMissing
 	}
 	if subtle.ConstantTimeCompare([]byte(state), []byte(cookie.Value)) != 1 {
 		return pendingFlow{}, errStateMismatch
 	}
-	http.SetCookie(w, flowCookie(r, "", -1))
+	http.SetCookie(w, c.flowCookie(r, "", -1))
 	return c.state.flows.take(state, c.now())
 }
 
