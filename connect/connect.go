@@ -8,6 +8,7 @@ package connect
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -48,7 +49,8 @@ var authorizeParamsReserved = []string{"response_type", "client_id", "redirect_u
 // button per key set that runs the provider's authorization-code flow with
 // PKCE in the operator's browser and stores the tokens it yields as the key
 // set's next generation, and a Refresh now button. It authenticates no one:
-// serve it on a site of its own behind basic_auth or forward_auth.
+// serve it on a site of its own behind basic_auth or forward_auth; without
+// either before it, it refuses to start (AllowUnauthenticated).
 //
 //	GET  /                            the status page, ?limit= (default 100) and ?after=
 //	GET  /key_sets/<name>/connect     a page with the Connect button of one key set
@@ -107,6 +109,16 @@ type Connect struct {
 	// redirect back. Default: 10m.
 	FlowTimeout caddy.Duration `json:"flow_timeout,omitempty"`
 
+	// AllowUnauthenticated lets the page start with no authenticating
+	// handler before it. The page authenticates no one, so by default a
+	// page that no basic_auth (an authentication handler) or forward_auth
+	// precedes, for every request that reaches it in its server's routes,
+	// is refused when it is provisioned (DESIGN.md invariant 11). Set it
+	// only when something outside Caddy authenticates every request that
+	// reaches the page's server, or with an authenticating handler the
+	// check does not know.
+	AllowUnauthenticated bool `json:"allow_unauthenticated,omitempty"`
+
 	registry        *live.Registry
 	page            *live.Page // the page as the registry shows it
 	state           *familyState
@@ -125,8 +137,18 @@ func (Connect) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision replaces placeholders, sets defaults and builds the routes.
+// Provision refuses a page with nothing authenticating in front of it,
+// replaces placeholders, sets defaults and builds the routes.
 func (c *Connect) Provision(ctx caddy.Context) error {
+	// The config as it was loaded, before the defaults below: how the
+	// check finds this page among its server's raw routes.
+	own, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encoding oauth2_upstream_connect: %w", err)
+	}
+	if err := c.refuseUnguarded(ctx, own); err != nil {
+		return err
+	}
 	c.logger = ctx.Logger()
 	c.now = time.Now
 	repl := caddy.NewReplacer()
