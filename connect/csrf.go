@@ -12,16 +12,16 @@ import (
 )
 
 // Cookies of the connect page. Browsers do not scope cookies by port (RFC
-// 6265 section 8.5), so a page on a plain-HTTP loopback port shares its host's
-// cookies with every other port of it: the sidecar's proxy port, another
-// connect page. Each name therefore ends with siteID of the page's own
-// origin, so that a cookie of another page or port is not taken for this
-// page's, and the flow cookie's path is the callback's (cookiePath). Every
-// name starts with oauth2_upstream_ (__Host-oauth2_upstream_ under TLS):
-// the prefix by which a proxying handler knows them, to keep them from
-// upstreams. Under TLS the names take the __Host- prefix, which browsers accept only
-// from a secure origin, on path /, for this host alone: a neighbouring
-// subdomain cannot plant them.
+// 6265 section 8.5), so a page on a plain-HTTP loopback port shares its
+// host's cookies with every other port of it: the sidecar's proxy port,
+// another connect page. Each name therefore ends with siteID of the page's
+// own origin, so that a cookie of another page or port is not taken for
+// this page's, and the flow cookie's path is the callback's (cookiePath).
+// Every name starts with oauth2_upstream_ (__Host-oauth2_upstream_ under
+// TLS): the prefix by which a proxying handler knows them, to keep them
+// from upstreams. Under TLS the names take the __Host- prefix, which
+// browsers accept only from a secure origin, on path /, for this host
+// alone: a neighbouring subdomain cannot plant them.
 const (
 	csrfCookieName = "oauth2_upstream_csrf_"
 	flowCookieName = "oauth2_upstream_flow_"
