@@ -34,6 +34,7 @@ func parseConnectCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		issuer          <url>
 //		client_id       <id>
 //		flow_timeout    <duration>
+//		allow_unauthenticated
 //	}
 func (c *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -58,6 +59,11 @@ func (c *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			c.InsecureHTTP = true
+		case "allow_unauthenticated":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			c.AllowUnauthenticated = true
 		case "scopes":
 			c.Scopes = append(c.Scopes, d.RemainingArgs()...)
 			if len(c.Scopes) == 0 {

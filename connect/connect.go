@@ -8,6 +8,7 @@ package connect
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -48,7 +49,8 @@ var authorizeParamsReserved = []string{"response_type", "client_id", "redirect_u
 // button per key set that runs the provider's authorization-code flow with
 // PKCE in the operator's browser and stores the tokens it yields as the key
 // set's next generation, and a Refresh now button. It authenticates no one:
-// serve it on a site of its own behind basic_auth or forward_auth.
+// serve it on a site of its own behind basic_auth or forward_auth; without
+// either before it, it refuses to start (AllowUnauthenticated).
 //
 //	GET  /                            the status page, ?limit= (default 100) and ?after=
 //	GET  /key_sets/<name>/connect     a page with the Connect button of one key set
@@ -89,9 +91,13 @@ type Connect struct {
 	// code_challenge, code_challenge_method).
 	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
 
-	// Issuer is the provider's issuer identifier (RFC 8414). A redirect
-	// back that carries iss (RFC 9207) must carry exactly this. Default:
-	// iss, when sent, must have the scheme, host and port of AuthorizeURL.
+	// Issuer is the provider's issuer identifier (RFC 8414), for a
+	// provider that sends iss in its redirect back (RFC 9207; its metadata
+	// says authorization_response_iss_parameter_supported). Set, every
+	// redirect back, error responses included, must carry iss and it must
+	// be exactly this: one without iss is refused (RFC 9207 section 2.4).
+	// Default: iss is checked only when sent, and must then have the
+	// scheme, host and port of AuthorizeURL.
 	Issuer string `json:"issuer,omitempty"`
 
 	// ClientID narrows the page to the oauth2_upstream handlers of this
@@ -103,6 +109,16 @@ type Connect struct {
 	// redirect back. Default: 10m.
 	FlowTimeout caddy.Duration `json:"flow_timeout,omitempty"`
 
+	// AllowUnauthenticated lets the page start with no authenticating
+	// handler before it. The page authenticates no one, so by default a
+	// page that no basic_auth (an authentication handler) or forward_auth
+	// precedes, for every request that reaches it in its server's routes,
+	// is refused when it is provisioned (DESIGN.md invariant 11). Set it
+	// only when something outside Caddy authenticates every request that
+	// reaches the page's server, or with an authenticating handler the
+	// check does not know.
+	AllowUnauthenticated bool `json:"allow_unauthenticated,omitempty"`
+
 	registry        *live.Registry
 	page            *live.Page // the page as the registry shows it
 	state           *familyState
@@ -110,6 +126,7 @@ type Connect struct {
 	now             func() time.Time
 	mux             *http.ServeMux
 	authorizeOrigin string // scheme://host[:port] of AuthorizeURL, for the CSP and iss
+	redirectOrigin  string // RedirectURL's, when set: the site whose cookies the page's are
 }
 
 // CaddyModule returns the Caddy module information.
@@ -120,19 +137,32 @@ func (Connect) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision replaces placeholders, sets defaults and builds the routes.
+// Provision refuses a page with nothing authenticating in front of it,
+// replaces placeholders, sets defaults and builds the routes.
 func (c *Connect) Provision(ctx caddy.Context) error {
+	// The config as it was loaded, before the defaults below: how the
+	// check finds this page among its server's raw routes.
+	own, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encoding oauth2_upstream_connect: %w", err)
+	}
+	if err := c.refuseUnguarded(ctx, own); err != nil {
+		return err
+	}
 	c.logger = ctx.Logger()
 	c.now = time.Now
 	repl := caddy.NewReplacer()
 	for _, field := range []*string{&c.AuthorizeURL, &c.RedirectURL, &c.Issuer, &c.ClientID} {
 		*field = repl.ReplaceKnown(*field, "")
 	}
-	if c.CallbackPath == "" {
-		c.CallbackPath = defaultCallbackPath
-		if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
+	if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
+		c.redirectOrigin = origin(u)
+		if c.CallbackPath == "" {
 			c.CallbackPath = u.Path
 		}
+	}
+	if c.CallbackPath == "" {
+		c.CallbackPath = defaultCallbackPath
 	}
 	if c.FlowTimeout == 0 {
 		c.FlowTimeout = caddy.Duration(defaultFlowTimeout)
@@ -242,7 +272,7 @@ func (c *Connect) serving(name string) []*live.Handler {
 // returns the handlers that serve name. Else it answers the refusal, or 404
 // for a name no handler serves, and returns nil.
 func (c *Connect) postFor(w http.ResponseWriter, r *http.Request, name string) []*live.Handler {
-	if err := c.state.checkCSRF(r); err != nil {
+	if err := c.checkCSRF(r); err != nil {
 		c.message(w, r, http.StatusForbidden, "Refused", err.Error(), name)
 		return nil
 	}

@@ -222,6 +222,22 @@ func (rig *connectRig) callback(t *testing.T, q url.Values) page {
 	return rig.get(t, rig.client, "/callback?"+q.Encode())
 }
 
+// callbackRequest is a redirect back to the callback with q, in whichever
+// browser does it.
+func (rig *connectRig) callbackRequest(q url.Values) *http.Request {
+	req, _ := http.NewRequest(http.MethodGet, rig.server.URL+"/callback?"+q.Encode(), nil)
+	return req
+}
+
+// replay is the redirect back q again, with the flow cookie of its state:
+// what someone who saw the redirect and the cookie could send.
+func (rig *connectRig) replay(t *testing.T, q url.Values) page {
+	t.Helper()
+	req := rig.callbackRequest(q)
+	req.AddCookie(&http.Cookie{Name: rig.connect.cookieName(req, flowCookieName), Value: q.Get("state")})
+	return rig.do(t, newBrowser(t), req)
+}
+
 func (rig *connectRig) stored(t *testing.T) *keystore.KeySet {
 	t.Helper()
 	ks, err := rig.store.Load(t.Context(), "crm")
@@ -257,10 +273,10 @@ func TestConnectRunsTheCodeFlowWithPKCE(t *testing.T) {
 	if len(q.Get("code_challenge")) != 43 || len(q.Get("state")) < 43 {
 		t.Errorf("code_challenge %q, state %q: want a 43-character challenge and a 256-bit state", q.Get("code_challenge"), q.Get("state"))
 	}
-	srvURL, _ := url.Parse(rig.server.URL)
+	callbackURL, _ := url.Parse(rig.server.URL + "/callback")
 	var flowCookie *http.Cookie
-	for _, c := range rig.client.Jar.Cookies(srvURL) {
-		if c.Name == flowCookieName {
+	for _, c := range rig.client.Jar.Cookies(callbackURL) {
+		if strings.HasPrefix(c.Name, flowCookieName) {
 			flowCookie = c
 		}
 	}
@@ -297,8 +313,8 @@ func TestConnectRunsTheCodeFlowWithPKCE(t *testing.T) {
 // A redirect back is refused, and no code is exchanged, unless it carries
 // the state of a flow this browser started (its cookie's, compared in
 // constant time), once, within flow_timeout, from the provider the flow
-// went to (RFC 9207 iss); an error answer (the person declined) ends the
-// flow.
+// went to (RFC 9207 iss, required when issuer is configured); an error
+// answer (the person declined) ends the flow.
 func TestConnectCallbackRefusals(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -314,23 +330,14 @@ func TestConnectCallbackRefusals(t *testing.T) {
 			return rig.get(t, newBrowser(t), "/callback?"+url.Values{"code": {"code-1"}, "state": {state}}.Encode())
 		}, "has no state"},
 		{"state wrong", "", func(t *testing.T, rig *connectRig, state string) page {
-			p := rig.callback(t, url.Values{"code": {"code-1"}, "state": {randomToken()}})
-			// The browser's own flow is ended too.
-			req, _ := http.NewRequest(http.MethodGet, rig.server.URL+"/callback?"+url.Values{"code": {"code-1"}, "state": {state}}.Encode(), nil)
-			req.AddCookie(&http.Cookie{Name: flowCookieName, Value: state})
-			if again := rig.do(t, newBrowser(t), req); again.status != http.StatusBadRequest {
-				t.Errorf("the right state after a wrong one = %d; want 400", again.status)
-			}
-			return p
+			return rig.callback(t, url.Values{"code": {"code-1"}, "state": {randomToken()}})
 		}, "not the one this browser started"},
 		{"replayed", "", func(t *testing.T, rig *connectRig, state string) page {
 			q := url.Values{"code": {"code-1"}, "state": {state}}
 			if first := rig.callback(t, q); first.status != http.StatusSeeOther {
 				t.Fatalf("first callback = %d; want 303:\n%s", first.status, first.body)
 			}
-			req, _ := http.NewRequest(http.MethodGet, rig.server.URL+"/callback?"+q.Encode(), nil)
-			req.AddCookie(&http.Cookie{Name: flowCookieName, Value: state})
-			return rig.do(t, newBrowser(t), req)
+			return rig.replay(t, q)
 		}, "already finished"},
 		{"expired", "", func(t *testing.T, rig *connectRig, state string) page {
 			rig.clock.Advance(defaultFlowTimeout + time.Second)
@@ -342,10 +349,27 @@ func TestConnectCallbackRefusals(t *testing.T) {
 		{"iss not the configured issuer", "https://login.example.com/tenant-7", func(t *testing.T, rig *connectRig, state string) page {
 			return rig.callback(t, url.Values{"code": {"code-1"}, "state": {state}, "iss": {"https://login.example.com"}})
 		}, "RFC 9207"},
+		// RFC 9207 section 2.4: a client that knows its server sends iss
+		// refuses a response without it.
+		{"no iss, issuer configured", "https://login.example.com/tenant-7", func(t *testing.T, rig *connectRig, state string) page {
+			return rig.callback(t, url.Values{"code": {"code-1"}, "state": {state}})
+		}, "carries no iss, and issuer"},
+		// Nor is an error response without it taken for the server's.
+		{"error without iss, issuer configured", "https://login.example.com/tenant-7", func(t *testing.T, rig *connectRig, state string) page {
+			p := rig.callback(t, url.Values{"error": {"access_denied"}, "error_description": {"declined"}, "state": {state}})
+			if strings.Contains(p.body, "declined") {
+				t.Errorf("the page shows the text of an error response without iss:\n%s", p.body)
+			}
+			return p
+		}, "carries no iss, and issuer"},
 		{"access_denied", "", func(t *testing.T, rig *connectRig, state string) page {
 			p := rig.callback(t, url.Values{"error": {"access_denied"}, "error_description": {"The user declined <b>"}, "state": {state}})
 			if strings.Contains(p.body, "<b>") {
 				t.Errorf("the provider's description reached the page unescaped:\n%s", p.body)
+			}
+			// The error ended the flow: its code is good for nothing.
+			if again := rig.replay(t, url.Values{"code": {"code-1"}, "state": {state}}); !strings.Contains(again.body, "already finished") {
+				t.Errorf("a code after the flow's error answer = %d; want 400 saying it is finished:\n%s", again.status, again.body)
 			}
 			return p
 		}, "access_denied: The user declined &lt;b&gt;"},
@@ -370,9 +394,63 @@ func TestConnectCallbackRefusals(t *testing.T) {
 	}
 }
 
-// iss is optional (RFC 9207 section 2.4): a redirect back without it, or
-// with the authorization endpoint's origin or the configured issuer,
-// connects.
+// A redirect back that does not carry the state of this browser's flow
+// cookie is anyone's link: it neither ends the flow in progress, which its
+// real redirect back still finishes, nor has its error text shown, which
+// could tell the operator anything. A wrong state, an error with a wrong
+// state, without state, or in a browser holding no flow: each is refused
+// with the page's own words, and then the provider's redirect back connects.
+func TestConnectForgedRedirectLeavesFlow(t *testing.T) {
+	t.Parallel()
+	const lure = "Call 1-555-0100 to finish"
+	tests := []struct {
+		name    string
+		forge   func(rig *connectRig) *http.Request
+		want    string
+		notWant []string
+	}{
+		{"code with a wrong state", func(rig *connectRig) *http.Request {
+			return rig.callbackRequest(url.Values{"code": {"code-attacker"}, "state": {randomToken()}})
+		}, "not the one this browser started", nil},
+		{"error with a wrong state", func(rig *connectRig) *http.Request {
+			return rig.callbackRequest(url.Values{"error": {"server_error"}, "error_description": {lure}, "state": {randomToken()}})
+		}, "not shown", []string{lure, "server_error", "1-555"}},
+		{"error without state", func(rig *connectRig) *http.Request {
+			return rig.callbackRequest(url.Values{"error": {"access_denied"}, "error_description": {lure}})
+		}, "not shown", []string{lure, "access_denied", "1-555"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rig := newConnectRig(t, nil)
+			state := rig.start(t, "crm").Query().Get("state")
+			forged := rig.do(t, rig.client, tt.forge(rig))
+			if forged.status != http.StatusBadRequest || !strings.Contains(forged.body, tt.want) {
+				t.Errorf("forged redirect back = %d; want 400 saying %q:\n%s", forged.status, tt.want, forged.body)
+			}
+			for _, s := range tt.notWant {
+				if strings.Contains(forged.body, s) {
+					t.Errorf("the forged redirect's text %q reached the page:\n%s", s, forged.body)
+				}
+			}
+			// Another browser, which holds no flow, is not told the text either.
+			if other := rig.do(t, newBrowser(t), tt.forge(rig)); other.status != http.StatusBadRequest || strings.Contains(other.body, lure) {
+				t.Errorf("forged redirect back in a browser without a flow = %d:\n%s", other.status, other.body)
+			}
+			p := rig.callback(t, url.Values{"code": {"code-1"}, "state": {state}})
+			if p.status != http.StatusSeeOther || rig.exchangeCount() != 1 {
+				t.Fatalf("the provider's redirect back after a forged one = %d, %d codes exchanged; want 303 and 1:\n%s", p.status, rig.exchangeCount(), p.body)
+			}
+			if ks := rig.stored(t); ks == nil || ks.Generation != 1 {
+				t.Errorf("stored key set = %+v; want generation 1", ks)
+			}
+		})
+	}
+}
+
+// Without issuer, iss is optional (RFC 9207 section 2.4): a redirect back
+// without it, or with the authorization endpoint's origin, connects; with
+// issuer, one carrying it connects.
 func TestConnectAcceptsMatchingIssuer(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct{ name, issuer, iss string }{

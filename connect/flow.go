@@ -32,6 +32,10 @@ var (
 	errFlowExpired   = errors.New("the flow took too long: start again with Connect")
 )
 
+// unboundErrorPrefix leads the refusal of an error redirect back that ends
+// no flow of this browser's, whose text the page does not show.
+const unboundErrorPrefix = "The redirect back reports an error, not shown: the text is the provider's only when it ends a flow this browser started, and "
+
 // pendingFlow is an authorization a browser started and the redirect back
 // has not finished.
 type pendingFlow struct {
@@ -112,7 +116,7 @@ func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name stri
 		c.message(w, r, http.StatusServiceUnavailable, "Busy", err.Error(), name)
 		return
 	}
-	http.SetCookie(w, flowCookie(r, state, time.Duration(c.FlowTimeout)))
+	http.SetCookie(w, c.flowCookie(r, state, time.Duration(c.FlowTimeout)))
 	scopes := c.Scopes
 	if len(scopes) == 0 {
 		scopes = h.Scopes
@@ -132,13 +136,25 @@ func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name stri
 // the code, and shows the status page.
 func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	var cookieState string
-	if cookie, err := r.Cookie(cookieName(r, flowCookieName)); err == nil {
-		cookieState = cookie.Value
+	flow, err := c.takeFlow(w, r, q.Get("state"))
+	if err != nil {
+		detail := err.Error()
+		if q.Has("error") {
+			// Anyone can send the operator's browser here with an error
+			// and a text of their own ("call this number", "paste your
+			// password at ..."): only a redirect back that ends a flow
+			// this browser started is the provider's word.
+			detail = unboundErrorPrefix + detail
+		}
+		c.message(w, r, http.StatusBadRequest, "Not connected", detail, "")
+		return
 	}
-	// The flow's cookie is spent whatever follows.
-	http.SetCookie(w, flowCookie(r, "", -1))
-	flow, stateErr := c.takeFlow(q.Get("state"), cookieState)
+	// Before the error text too: RFC 9207 section 2.4, a client must not
+	// take an error response for the intended authorization server's.
+	if err := c.checkIssuer(q); err != nil {
+		c.message(w, r, http.StatusBadRequest, "Not connected", err.Error(), flow.keySet)
+		return
+	}
 	if code := q.Get("error"); code != "" {
 		// RFC 6749 section 4.1.2.1: the person declined (access_denied),
 		// or the provider refused the request.
@@ -147,14 +163,6 @@ func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
 			detail += ": " + d
 		}
 		c.message(w, r, http.StatusBadRequest, "Not connected", detail+".", flow.keySet)
-		return
-	}
-	if stateErr != nil {
-		c.message(w, r, http.StatusBadRequest, "Not connected", stateErr.Error(), "")
-		return
-	}
-	if err := c.checkIssuer(q); err != nil {
-		c.message(w, r, http.StatusBadRequest, "Not connected", err.Error(), flow.keySet)
 		return
 	}
 	code := q.Get("code")
@@ -173,35 +181,43 @@ func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/?"+url.Values{"connected": {flow.keySet}}.Encode(), http.StatusSeeOther)
 }
 
-// takeFlow finds the flow of the redirect back's state, which must be the
-// state this browser's cookie holds (compared in constant time), and ends
-// it: a second redirect back with the same state is refused.
-func (c *Connect) takeFlow(state, cookieState string) (pendingFlow, error) {
-	if state == "" || cookieState == "" {
+// takeFlow ends and returns the flow of the redirect back's state, which
+// must be the state this browser's flow cookie holds (compared in constant
+// time). Once it is, the flow and its cookie are spent whatever follows: a
+// second redirect back with the same state is refused. A redirect back
+// without this browser's state changes nothing: anyone can send the browser
+// to the callback with a state of their own, and the flow the browser did
+// start must still finish when its own redirect back comes.
+func (c *Connect) takeFlow(w http.ResponseWriter, r *http.Request, state string) (pendingFlow, error) {
+	cookie, err := r.Cookie(c.cookieName(r, flowCookieName))
+	if state == "" || err != nil || cookie.Value == "" {
 		return pendingFlow{}, errStateMissing
 	}
-	if subtle.ConstantTimeCompare([]byte(state), []byte(cookieState)) != 1 {
-		// The browser's own flow is ended too: someone tried to finish
-		// it with a redirect it did not start.
-		c.state.flows.take(cookieState, c.now())
+	if subtle.ConstantTimeCompare([]byte(state), []byte(cookie.Value)) != 1 {
 		return pendingFlow{}, errStateMismatch
 	}
+	http.SetCookie(w, c.flowCookie(r, "", -1))
 	return c.state.flows.take(state, c.now())
 }
 
-// checkIssuer compares the redirect back's iss, when the provider sends
-// one, with the provider the flow was started at (RFC 9207 section 2.4): a
-// code from another authorization server must not be sent to this one's
-// token endpoint.
+// checkIssuer compares the redirect back's iss with the provider the flow
+// was started at (RFC 9207 section 2.4): a code from another authorization
+// server must not be sent to this one's token endpoint. A configured Issuer
+// says the provider sends iss, so a redirect back without it is refused
+// (section 2.4: a client that knows the server supports iss must reject a
+// response without it); otherwise iss is checked when sent.
 func (c *Connect) checkIssuer(q url.Values) error {
-	if _, sent := q["iss"]; !sent {
-		return nil
-	}
+	_, sent := q["iss"]
 	iss := q.Get("iss")
-	if c.Issuer != "" {
+	switch {
+	case c.Issuer != "" && !sent:
+		return fmt.Errorf("the redirect back carries no iss, and issuer %q is configured, which sends one (RFC 9207 section 2.4): not connected", c.Issuer)
+	case c.Issuer != "":
 		if iss != c.Issuer {
 			return fmt.Errorf("the redirect back comes from issuer %q, not %q (RFC 9207): not connected", iss, c.Issuer)
 		}
+		return nil
+	case !sent:
 		return nil
 	}
 	u, err := url.Parse(iss)

@@ -122,7 +122,7 @@ func (c *Connect) statusPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rows, more, warnings := c.listKeySets(r.Context(), after, limit)
-	data := pageData{Title: "Key sets", CSRF: c.state.csrfToken(w, r), Rows: rows, After: after, Warnings: warnings}
+	data := pageData{Title: "Key sets", CSRF: c.csrfToken(w, r), Rows: rows, After: after, Warnings: warnings}
 	if more {
 		data.Next = "/?" + url.Values{"after": {rows[len(rows)-1].Name}, "limit": {strconv.Itoa(limit)}}.Encode()
 	}
@@ -146,7 +146,7 @@ func (c *Connect) confirmPage(w http.ResponseWriter, r *http.Request, name strin
 		c.message(w, r, http.StatusConflict, "Cannot connect", err.Error(), name)
 		return
 	}
-	c.render(w, http.StatusOK, "confirm", pageData{Title: "Connect " + name, CSRF: c.state.csrfToken(w, r), KeySet: name, Provider: c.authorizeOrigin})
+	c.render(w, http.StatusOK, "confirm", pageData{Title: "Connect " + name, CSRF: c.csrfToken(w, r), KeySet: name, Provider: c.authorizeOrigin})
 }
 
 // refreshNow makes a grant for key set name now, once per keystore, and

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -262,5 +263,114 @@ func TestConnectValidate(t *testing.T) {
 				t.Errorf("Validate() = %v; want an error saying %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// setCookies are the cookies an answer sets, with their attributes.
+func setCookies(p page) map[string]*http.Cookie {
+	set := make(map[string]*http.Cookie)
+	for _, c := range (&http.Response{Header: p.header}).Cookies() {
+		set[c.Name] = c
+	}
+	return set
+}
+
+// Browsers share a host's cookies among all its ports (RFC 6265 section
+// 8.5): on the plain-HTTP loopback site the page gets, its cookies reach
+// the sidecar's proxy port and any other page of the host. So the flow
+// cookie's Path is the callback's, and each name carries the page's site:
+// the proxy port is sent no flow cookie and only cookies named
+// oauth2_upstream_, which a proxying handler knows by that prefix; two
+// pages of one host in one browser each run their own flow.
+func TestConnectCookiesScopedToTheSite(t *testing.T) {
+	t.Parallel()
+	rig := newConnectRig(t, nil)
+	site := siteID(rig.server.URL)
+	status := rig.get(t, rig.client, "/")
+	csrf := setCookies(status)[csrfCookieName+site]
+	if csrf == nil || csrf.Path != "/" || csrf.Secure || !csrf.HttpOnly || csrf.SameSite != http.SameSiteStrictMode {
+		t.Errorf("status page sets %v; want the HttpOnly, Strict CSRF cookie %s on /", status.header["Set-Cookie"], csrfCookieName+site)
+	}
+	start := rig.post(t, rig.client, "/key_sets/crm/connect", url.Values{"csrf": {rig.csrf(t, rig.client)}})
+	flow := setCookies(start)[flowCookieName+site]
+	if flow == nil || flow.Path != "/callback" || !flow.HttpOnly || flow.SameSite != http.SameSiteLaxMode {
+		t.Errorf("Connect sets %v; want the HttpOnly, Lax flow cookie %s on /callback", start.header["Set-Cookie"], flowCookieName+site)
+	}
+
+	// The sidecar's proxy port, on the page's host.
+	var mu sync.Mutex
+	var proxied []*http.Cookie
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		proxied = append(proxied, r.Cookies()...)
+		mu.Unlock()
+	}))
+	t.Cleanup(proxy.Close)
+	// (Under the callback's path the proxy port would get it too: the
+	// name's prefix is what a proxying handler knows it by.)
+	for _, path := range []string{"/", "/v1/records"} {
+		resp, err := rig.client.Get(proxy.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mu.Lock()
+	for _, c := range proxied {
+		if strings.HasPrefix(c.Name, flowCookieName) || !strings.HasPrefix(c.Name, "oauth2_upstream_") {
+			t.Errorf("the proxy port was sent cookie %s; want no flow cookie, and only oauth2_upstream_ names", c.Name)
+		}
+	}
+	mu.Unlock()
+
+	// A second page of the host, in the same browser.
+	other := newConnectRig(t, nil)
+	other.client = rig.client
+	first := rig.start(t, "crm").Query().Get("state")
+	second := other.start(t, "crm").Query().Get("state")
+	if p := rig.callback(t, url.Values{"code": {"code-1"}, "state": {first}}); p.status != http.StatusSeeOther {
+		t.Errorf("the first page's redirect back, after the second page's Connect = %d; want 303:\n%s", p.status, p.body)
+	}
+	if p := other.callback(t, url.Values{"code": {"code-1"}, "state": {second}}); p.status != http.StatusSeeOther {
+		t.Errorf("the second page's redirect back = %d; want 303:\n%s", p.status, p.body)
+	}
+}
+
+// Under TLS the cookies keep the __Host- prefix, which requires Path /
+// and Secure, and the site in the name; the flow still connects.
+func TestConnectCookiesUnderTLS(t *testing.T) {
+	t.Parallel()
+	rig := newConnectRig(t, nil)
+	rig.server = httptest.NewTLSServer(rig.server.Config.Handler)
+	t.Cleanup(rig.server.Close)
+	rig.client.Transport = rig.server.Client().Transport
+	site := siteID(rig.server.URL)
+	csrf := setCookies(rig.get(t, rig.client, "/"))[hostPrefix+csrfCookieName+site]
+	if csrf == nil || csrf.Path != "/" || !csrf.Secure {
+		t.Errorf("CSRF cookie %v; want %s, Secure, on /", csrf, hostPrefix+csrfCookieName+site)
+	}
+	start := rig.post(t, rig.client, "/key_sets/crm/connect", url.Values{"csrf": {rig.csrf(t, rig.client)}})
+	flow := setCookies(start)[hostPrefix+flowCookieName+site]
+	if flow == nil || flow.Path != "/" || !flow.Secure {
+		t.Errorf("flow cookie %v; want %s, Secure, on /", flow, hostPrefix+flowCookieName+site)
+	}
+	state := rig.start(t, "crm").Query().Get("state")
+	if p := rig.callback(t, url.Values{"code": {"code-1"}, "state": {state}}); p.status != http.StatusSeeOther {
+		t.Errorf("redirect back under TLS = %d; want 303:\n%s", p.status, p.body)
+	}
+}
+
+// With redirect_url, the cookies are named after its origin, where the
+// redirect back comes, whatever name the page was reached at.
+func TestConnectCookiesNamedAfterRedirectURL(t *testing.T) {
+	t.Parallel()
+	rig := newConnectRig(t, func(c *Connect) { c.RedirectURL = "http://ops.example.com:9443/oauth2/callback" })
+	name := csrfCookieName + siteID("http://ops.example.com:9443")
+	if c := setCookies(rig.get(t, rig.client, "/"))[name]; c == nil {
+		t.Errorf("status page sets no cookie %s", name)
+	}
+	start := rig.post(t, rig.client, "/key_sets/crm/connect", url.Values{"csrf": {rig.csrf(t, rig.client)}})
+	if c := setCookies(start)[flowCookieName+siteID("http://ops.example.com:9443")]; c == nil || c.Path != "/oauth2/callback" {
+		t.Errorf("Connect sets %v; want the flow cookie named after redirect_url, on its path", start.header["Set-Cookie"])
 	}
 }
