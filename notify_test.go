@@ -14,6 +14,14 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 )
 
+// Notification signing secrets of the tests below: whsec_ and the base64
+// of 32 bytes.
+const (
+	orderSecret = "whsec_b3JkZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXM="
+	envSecret   = "whsec_ZW52LW5vdGlmeS1zZWNyZXQtdGhpcnR5LXR3by1ieXQ="
+	plainSecret = "whsec_bm90aWZ5LXRlc3Qtc2VjcmV0LTMyLWJ5dGVzLWxvbmc="
+)
+
 // With notify_include_tokens, every stored change is POSTed once, in
 // order, signed, with the whole token response: the seed, a grant, a
 // refresh after a 401, and an admin PUT; Cleanup delivers what is still
@@ -25,7 +33,7 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0",
-		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "order-secret", NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: orderSecret, NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
 	a, _ := adminFor(t)
 
 	clock := credentialtest.NewClock()
@@ -62,7 +70,7 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 		t.Errorf("PUT notification body %s; want the token's exact text (no HTML escaping)", raw[3])
 	}
 	for i, d := range rcv.Deliveries() {
-		if _, err := credentialtest.VerifySignature(d.Header.Get(credential.SignatureHeader), d.Body, "order-secret"); err != nil {
+		if _, err := credentialtest.VerifyWebhook(d.Header, d.Body, orderSecret); err != nil {
 			t.Errorf("delivery %d: %v", i+1, err)
 		}
 	}
@@ -84,7 +92,7 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Hold = "notify-slow"
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-slow", RefreshToken: "rt-0", Refresh: credential.ModeAlways,
-		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "s"}}, hostPort(t, api.URL))
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: plainSecret}}, hostPort(t, api.URL))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i := range 5 {
@@ -117,7 +125,7 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 // carries the notify_header values, placeholders replaced.
 func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 	// Not parallel: t.Setenv.
-	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_SECRET", "env-notify-secret")
+	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_SECRET", envSecret)
 	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_KEY", "env-receiver-key")
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
@@ -154,7 +162,7 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 		}
 	}
 	for i, d := range rcv.Deliveries() {
-		if _, err := credentialtest.VerifySignature(d.Header.Get(credential.SignatureHeader), d.Body, "env-notify-secret"); err != nil {
+		if _, err := credentialtest.VerifyWebhook(d.Header, d.Body, envSecret); err != nil {
 			t.Errorf("delivery %d: %v", i+1, err)
 		}
 		if got := d.Header.Get("Authorization"); got != "Bearer env-receiver-key" {
@@ -187,7 +195,9 @@ func TestNotifyValidate(t *testing.T) {
 		{name: "bad notify_header name", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Bad Header": {"k"}} }, wantErr: `notify_header "Bad Header": not a valid header field name`},
 		{name: "notify_header Content-Type", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Content-Type": {"text/plain"}} }, wantErr: "notify_header Content-Type: set by the notifier"},
 		{name: "notify_header Host", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"host": {"evil.example.com"}} }, wantErr: "notify_header host: set by the notifier"},
-		{name: "notify_header signature", modify: func(h *Handler) { h.NotifyHeaders = http.Header{credential.SignatureHeader: {"t=1,v1=00"}} }, wantErr: "set by the notifier"},
+		{name: "notify_header webhook-signature", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"webhook-signature": {"v1,AA=="}} }, wantErr: "set by the notifier"},
+		{name: "notify_header webhook-id", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Webhook-Id": {"msg_1"}} }, wantErr: "set by the notifier"},
+		{name: "notify_secret not whsec_", modify: func(h *Handler) { h.NotifySecret = "s" }, wantErr: "notify_secret must be a Standard Webhooks signing secret, whsec_"},
 		{name: "notify_secret without notify", modify: func(h *Handler) { h.Notify = "" }, wantErr: "notify, which is not set"},
 		{name: "include_tokens without notify", modify: func(h *Handler) { h.Notify, h.NotifySecret, h.NotifyIncludeTokens = "", "", true }, wantErr: "notify, which is not set"},
 	}
@@ -195,7 +205,7 @@ func TestNotifyValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			h := &Handler{TokenURL: "https://login.example.com/token", ClientID: "c",
-				NotifyOptions: NotifyOptions{Notify: "https://platform.example.com/keys", NotifySecret: "s"}}
+				NotifyOptions: NotifyOptions{Notify: "https://platform.example.com/keys", NotifySecret: plainSecret}}
 			tt.modify(h)
 			h.setDefaults()
 			err := h.Validate()
