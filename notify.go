@@ -7,6 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // NotifyOptions are the options of change notifications. Handler embeds
@@ -14,7 +15,8 @@ import (
 type NotifyOptions struct {
 	// Notify is a URL that receives every key set change this handler
 	// stores, as a POSTed JSON {"type", "name", "generation",
-	// "updated_at", "expiry", "extra"} holding no token value (unless
+	// "updated_at", "expiry", "extra"} (extra: the fields ExtraFields
+	// names) holding no token value (unless
 	// NotifyIncludeTokens), with the Standard Webhooks headers
 	// (webhook-id, webhook-timestamp, webhook-signature keyed with
 	// NotifySecret), in order per key set, retried with backoff. It must
@@ -63,7 +65,8 @@ func (n *NotifyOptions) replacePlaceholders(repl *caddy.Replacer) {
 // with it.
 func (n *NotifyOptions) validate() error {
 	if n.Notify != "" {
-		return n.config().Validate()
+		// The extras do not matter here: extra_fields is checked apart.
+		return n.config(keystore.ExtraFields{}).Validate()
 	}
 	if n.NotifySecret != "" || n.NotifyIncludeTokens || len(n.NotifyHeaders) > 0 {
 		return fmt.Errorf("notify_secret, notify_include_tokens and notify_header configure notify, which is not set")
@@ -71,8 +74,9 @@ func (n *NotifyOptions) validate() error {
 	return nil
 }
 
-// config is the change notifier the options describe; its URL is
-// empty without notify.
-func (n *NotifyOptions) config() credential.NotifyConfig {
-	return credential.NotifyConfig{URL: n.Notify, Secret: n.NotifySecret, IncludeTokens: n.NotifyIncludeTokens, Header: n.NotifyHeaders}
+// config is the change notifier the options describe, sending the extras
+// that extras allows; its URL is empty without notify.
+func (n *NotifyOptions) config(extras keystore.ExtraFields) credential.NotifyConfig {
+	return credential.NotifyConfig{URL: n.Notify, Secret: n.NotifySecret, IncludeTokens: n.NotifyIncludeTokens,
+		ExtraFields: extras, Header: n.NotifyHeaders}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // Notification signing secrets of the tests below: whsec_ and the base64
@@ -120,15 +121,16 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 
 // Without notify_include_tokens a notification holds no token value, even
 // for a refresh an operator forces: a receiver that a connector could
-// configure learns that the key set changed (generation, expiry, extras),
-// never its credentials. Each delivery is signed with notify_secret and
+// configure learns that the key set changed (generation, expiry, the
+// extras of the default allow-list), never its credentials, whatever
+// their names (id_token, api_key, tokens). Each delivery is signed with notify_secret and
 // carries the notify_header values, placeholders replaced.
 func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 	// Not parallel: t.Setenv.
 	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_SECRET", envSecret)
 	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_KEY", "env-receiver-key")
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
-	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
+	te.Extra = map[string]any{"instance_url": "https://eu1.example.com", "id_token": "id-value", "api_key": "ak-value", "tokens": "tk-value"}
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-plain", RefreshToken: "rt-0",
@@ -148,7 +150,7 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 		t.Fatalf("received generations %v; want [1 2 3]", gens)
 	}
 	for i, body := range rcv.Bodies() {
-		for _, value := range []string{"rt-0", "at-1", "rt-1", "at-2", "rt-2"} {
+		for _, value := range []string{"rt-0", "at-1", "rt-1", "at-2", "rt-2", "id-value", "ak-value", "tk-value"} {
 			if strings.Contains(body, value) {
 				t.Errorf("notification %d %s holds the token value %s", i+1, body, value)
 			}
@@ -168,6 +170,29 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 		if got := d.Header.Get("Authorization"); got != "Bearer env-receiver-key" {
 			t.Errorf("delivery %d Authorization = %q; want %q", i+1, got, "Bearer env-receiver-key")
 		}
+	}
+}
+
+// extra_fields names what a notification's extra holds: a field it adds
+// is sent, a default it leaves out is not.
+func TestNotifyExtraFields(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Extra = map[string]any{"instance_url": "https://eu1.example.com", "tenant": "acme"}
+	api := newAPIServer(t, "Bearer at-1")
+	rcv := credentialtest.NewReceiver(t)
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-extras", RefreshToken: "rt-0",
+		ExtraFields:   []string{"instance_url", "tenant"},
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: plainSecret}}, hostPort(t, api.server.URL))
+	s.get(t, "/first") // seed (1), grant (2)
+	s.handler.Cleanup()
+
+	got := rcv.Notifications()
+	if len(got) != 2 {
+		t.Fatalf("received %d notifications; want 2 (the seed, the grant)", len(got))
+	}
+	if want := map[string]string{"instance_url": "https://eu1.example.com", "tenant": "acme"}; !reflect.DeepEqual(got[1].Extra, want) {
+		t.Errorf("grant's extra = %v; want %v (what extra_fields names)", got[1].Extra, want)
 	}
 }
 
@@ -252,8 +277,8 @@ func TestNotifyCaddyfile(t *testing.T) {
 				}
 				return
 			}
-			got := h.NotifyOptions.config()
-			if want := tt.want.NotifyOptions.config(); err != nil || !reflect.DeepEqual(got, want) {
+			got := h.NotifyOptions.config(keystore.ExtraFields{})
+			if want := tt.want.NotifyOptions.config(keystore.ExtraFields{}); err != nil || !reflect.DeepEqual(got, want) {
 				t.Errorf("UnmarshalCaddyfile(%q) = %+v, %v; want %+v", input, got, err, want)
 			}
 		})

@@ -65,7 +65,7 @@ const (
 // notification is the body POSTed to the notify URL for each event. By
 // default it carries no token value: the key set's bookkeeping, and for
 // key_set.updated the extras that placeholders may show too
-// (keystore.Token.Extras). Token, the provider's whole token response, is
+// (NotifyConfig.ExtraFields, the handler's extra_fields). Token, the provider's whole token response, is
 // there only in key_set.updated and only when the receiver asked for it
 // (NotifyConfig.IncludeTokens); the body is never logged.
 type notification struct {
@@ -175,6 +175,9 @@ type NotifyConfig struct {
 	// platforms that persist the keys themselves. Without it no token
 	// value leaves in a notification.
 	IncludeTokens bool
+	// ExtraFields names the token response fields sent under "extra"
+	// (the handler's extra_fields); the zero value is the default list.
+	ExtraFields keystore.ExtraFields
 	// Header is added to every delivery (an Authorization the receiver
 	// wants, say); it may not hold the headers the notifier or the HTTP
 	// client set themselves (Validate refuses them).
@@ -238,6 +241,7 @@ type Notifier struct {
 	url           string
 	key           []byte // the HMAC key: notify_secret, decoded
 	includeTokens bool
+	extras        keystore.ExtraFields
 	header        http.Header // added to every delivery; read-only
 	client        *http.Client
 	logger        *zap.Logger
@@ -283,6 +287,7 @@ func NewNotifier(cfg NotifyConfig, logger *zap.Logger) (*Notifier, error) {
 		url:           cfg.URL,
 		key:           key,
 		includeTokens: cfg.IncludeTokens,
+		extras:        cfg.ExtraFields,
 		header:        header,
 		client: &http.Client{
 			Transport: transport,
@@ -416,7 +421,7 @@ func (n *Notifier) deliver(name string, ev event) {
 func (n *Notifier) notificationOf(ev event) notification {
 	if ks := ev.stored; ks != nil {
 		body := notification{Type: eventUpdated, Name: ks.Name, Generation: ks.Generation,
-			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: ks.Token.Extras()}
+			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: n.extras.Extras(ks.Token)}
 		if n.includeTokens {
 			body.Token = ks.Token
 		}

@@ -176,32 +176,43 @@ func newTestNotifier(t *testing.T, cfg NotifyConfig) *Notifier {
 
 // A notification carries no token value unless tokens are included: a
 // receiver that only needs to know a key set changed (its generation, its
-// expiry, its instance_url) never holds a credential. Tokens nested in an
-// object (Slack's authed_user) stay out too.
+// expiry, its instance_url) never holds a credential. Extras are those the
+// allow-list names: by default no api_key or tokens field (credentials a
+// screen of secret-looking names let through), and never a token nested
+// in an object (Slack's authed_user), even when named; a field added to
+// the list is sent.
 func TestNotifyPayload(t *testing.T) {
 	t.Parallel()
 	const response = `{"access_token":"AT-VALUE","refresh_token":"RT-VALUE","id_token":"ID-VALUE",` +
 		`"token_type":"Bearer","expires_in":3600,"instance_url":"https://eu1.example.com",` +
-		`"authed_user":{"access_token":"NESTED-VALUE"}}`
+		`"api_key":"AK-VALUE","tokens":"TOKENS-VALUE","team_ok":true,"authed_user":{"access_token":"NESTED-VALUE"}}`
 	updated := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	expiry := updated.Add(time.Hour)
-	secrets := []string{"AT-VALUE", "RT-VALUE", "ID-VALUE", "NESTED-VALUE"}
-	wantExtra := map[string]string{"token_type": "Bearer", "expires_in": "3600", "instance_url": "https://eu1.example.com"}
+	secrets := []string{"AT-VALUE", "RT-VALUE", "ID-VALUE", "AK-VALUE", "TOKENS-VALUE", "NESTED-VALUE"}
+	defaultExtra := map[string]string{"token_type": "Bearer", "expires_in": "3600", "instance_url": "https://eu1.example.com"}
+	listed, err := keystore.NewExtraFields([]string{"instance_url", "team_ok", "authed_user"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name          string
 		includeTokens bool
+		extras        keystore.ExtraFields
 		expiry        time.Time
+		wantExtra     map[string]string
 		wantTokens    bool
 	}{
-		{name: "default", expiry: expiry},
-		{name: "default, unknown expiry"},
-		{name: "include_tokens", includeTokens: true, expiry: expiry, wantTokens: true},
+		{name: "default", expiry: expiry, wantExtra: defaultExtra},
+		{name: "default, unknown expiry", wantExtra: defaultExtra},
+		{name: "extra_fields", extras: listed, expiry: expiry,
+			wantExtra: map[string]string{"instance_url": "https://eu1.example.com", "team_ok": "true"}},
+		{name: "include_tokens", includeTokens: true, expiry: expiry, wantExtra: defaultExtra, wantTokens: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			rcv := credentialtest.NewReceiver(t)
-			n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL, IncludeTokens: tt.includeTokens})
+			n := newTestNotifier(t, NotifyConfig{URL: rcv.Server.URL, IncludeTokens: tt.includeTokens, ExtraFields: tt.extras})
 			token := credentialtest.TokenOf(t, response)
 			n.KeySetStored(&keystore.KeySet{Name: "payload", Generation: 7, UpdatedAt: updated, Expiry: tt.expiry, Token: token})
 			rcv.WaitFor(t, 1)
@@ -215,8 +226,8 @@ func TestNotifyPayload(t *testing.T) {
 			if hasExpiry := strings.Contains(body, `"expiry"`); hasExpiry == tt.expiry.IsZero() {
 				t.Errorf("body %s has expiry %v; want it only when the expiry is known", body, hasExpiry)
 			}
-			if !reflect.DeepEqual(got.Extra, wantExtra) {
-				t.Errorf("extra = %v; want %v", got.Extra, wantExtra)
+			if !reflect.DeepEqual(got.Extra, tt.wantExtra) {
+				t.Errorf("extra = %v; want %v", got.Extra, tt.wantExtra)
 			}
 			for _, secret := range secrets {
 				if strings.Contains(body, secret) != tt.wantTokens {

@@ -2,9 +2,11 @@ package integration_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -87,5 +89,60 @@ func TestNotifyStandardWebhooks(t *testing.T) {
 	}
 	if id(got[2]) == id(got[0]) {
 		t.Errorf("the grant's notification has the seed's webhook-id %s; want an id per event", id(got[2]))
+	}
+}
+
+// extra_fields, given in the Caddyfile, names what a notification's
+// "extra" holds: the fields it lists, not a credential under a name a
+// screen of secret-looking names would miss (api_key), nor a default it
+// leaves out (scope).
+func TestNotifyExtraFieldsAllowList(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan []byte, 16)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("reading a notification: %v", err)
+		}
+		arrived <- body
+	}))
+	t.Cleanup(receiver.Close)
+
+	const apiKey = "e2e-api-key-value"
+	auth := newAuthServer(t, authserver.Config{Profile: authserver.Profile{ExtraFields: map[string]string{"tenant": "acme", "api_key": apiKey}}})
+	api := newResourceServer(t, auth)
+	_, ksOption := fileKeystore(t)
+	sc := startSidecar(t, spec{
+		auth: auth, upstream: hostport(api.URL()), keystore: ksOption, seed: seedToken(t, auth),
+		options: []string{"notify " + receiver.URL, "notify_secret {env.NOTIFY_SECRET}", "extra_fields tenant token_type"},
+		env:     []string{"NOTIFY_SECRET=" + webhookSecret},
+	})
+	if r := get(newClient(t, 1), sc.URL()+"/x"); r.status != http.StatusOK { // the seed (1), a grant (2)
+		t.Fatalf("request: %s; want 200", r)
+	}
+
+	type notification struct {
+		Generation int64             `json:"generation"`
+		Extra      map[string]string `json:"extra"`
+	}
+	var grant notification
+	timeout := time.After(30 * time.Second)
+	for grant.Generation != 2 {
+		select {
+		case body := <-arrived:
+			if bytes.Contains(body, []byte(apiKey)) {
+				t.Fatalf("notification %s holds the api_key value", body)
+			}
+			var n notification
+			if err := json.Unmarshal(body, &n); err != nil {
+				t.Fatalf("notification %s: %v", body, err)
+			}
+			grant = n
+		case <-timeout:
+			t.Fatal("no notification of the grant")
+		}
+	}
+	if want := map[string]string{"tenant": "acme", "token_type": "bearer"}; !reflect.DeepEqual(grant.Extra, want) {
+		t.Errorf("grant's extra = %v; want %v (what extra_fields names)", grant.Extra, want)
 	}
 }
