@@ -53,6 +53,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		expiry_skew     <duration>
 //		token_timeout   <duration>
 //		header          <name> [<scheme>|raw]
+//		extra_fields    <name...>
 //		replay_memory   <size>
 //		max_replay_body <size>|off
 //		keystore        <backend> [<args...>] [{ ... }]
@@ -133,6 +134,12 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		if len(h.Scopes) == 0 {
 			return d.ArgErr()
 		}
+	case "extra_fields":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.Errf("extra_fields: want <name...>")
+		}
+		h.ExtraFields = append(h.ExtraFields, args...)
 	case "param":
 		args := d.RemainingArgs()
 		if len(args) < 2 {

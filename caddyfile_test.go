@@ -150,6 +150,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{name: "max_retry_after 0", input: "oauth2_upstream {\n max_retry_after 0\n}", want: `max_retry_after must be a positive duration, got "0"`},
 		{name: "max_retry_after off", input: "oauth2_upstream {\n max_retry_after off\n}", want: `max_retry_after: "off" is not a duration`},
 		{name: "param without value", input: "oauth2_upstream {\n param resource\n}", want: "param: want <name> <value...>"},
+		{name: "extra_fields without names", input: "oauth2_upstream {\n extra_fields\n}", want: "extra_fields: want <name...>"},
 		{name: "unknown keystore", input: "oauth2_upstream {\n keystore floppy\n}", want: "floppy"},
 		{name: "argument on the directive", input: "oauth2_upstream extra {\n}", want: "wrong argument count"},
 	}
@@ -205,6 +206,13 @@ func TestValidateErrors(t *testing.T) {
 		{name: "header scheme", modify: func(h *Handler) { h.HeaderScheme = "Two words" }, want: "header_scheme"},
 		{name: "replay_memory", modify: func(h *Handler) { h.ReplayMemory = -5 }, want: "replay_memory -5"},
 		{name: "max_replay_body", modify: func(h *Handler) { h.MaxReplayBody = -2 }, want: "max_replay_body -2"},
+		{name: "extra_fields id_token", modify: func(h *Handler) { h.ExtraFields = []string{"instance_url", "id_token"} }, want: `extra_fields: field "id_token" is named like a credential`},
+		{name: "extra_fields access_token", modify: func(h *Handler) { h.ExtraFields = []string{"access_token"} }, want: `extra_fields: field "access_token" is named like a credential`},
+		{name: "extra_fields refresh_token", modify: func(h *Handler) { h.ExtraFields = []string{"refresh_token"} }, want: `extra_fields: field "refresh_token" is named like a credential`},
+		{name: "extra_fields api_key", modify: func(h *Handler) { h.ExtraFields = []string{"api_key"} }, want: `extra_fields: field "api_key" is named like a credential`},
+		{name: "extra_fields tokens", modify: func(h *Handler) { h.ExtraFields = []string{"tokens"} }, want: `extra_fields: field "tokens" is named like a credential`},
+		{name: "extra_fields client_secret", modify: func(h *Handler) { h.ExtraFields = []string{"client_secret"} }, want: `extra_fields: field "client_secret" is named like a credential`},
+		{name: "extra_fields empty name", modify: func(h *Handler) { h.ExtraFields = []string{""} }, want: "extra_fields: an empty field name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -426,12 +426,15 @@ func (l *loadCounter) names() []string {
 }
 
 // Extra fields of the token response, such as Salesforce's instance_url,
-// select the upstream through placeholders; token values never resolve.
+// select the upstream through placeholders; by default only the fields of
+// keystore.DefaultExtraFields resolve: no token value, nor a credential
+// under another name (api_key, tokens), nor a field nobody named.
 func TestPlaceholders(t *testing.T) {
 	t.Parallel()
 	api := newAPIServer(t, "Bearer at-1")
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	te.Extra = map[string]any{"instance_url": api.server.URL, "id_token": "id-secret", "scope": "api",
+		"api_key": "ak-secret", "tokens": "tk-secret",
 		"authed_user": map[string]any{"id": "U1", "access_token": "xoxp-nested"}, "scopes": []string{"a"}, "team_ok": true}
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0"},
 		"{http.oauth2_upstream.extra.instance_url.hostport}")
@@ -443,7 +446,7 @@ func TestPlaceholders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vars := &requestPlaceholders{keySet: "default", cred: cred}
+	vars := &requestPlaceholders{keySet: "default", cred: cred, extras: s.handler.extras}
 	u, _ := url.Parse(api.server.URL)
 	tests := []struct {
 		key    string
@@ -458,9 +461,12 @@ func TestPlaceholders(t *testing.T) {
 		{key: "http.oauth2_upstream.extra.instance_url.hostport", want: u.Host, wantOK: true},
 		{key: "http.oauth2_upstream.extra.scope", want: "api", wantOK: true},
 		{key: "http.oauth2_upstream.extra.expires_in", want: "3600", wantOK: true},
+		{key: "http.oauth2_upstream.extra.token_type", want: "Bearer", wantOK: true},
 		{key: "http.oauth2_upstream.extra.access_token"},
 		{key: "http.oauth2_upstream.extra.refresh_token"},
 		{key: "http.oauth2_upstream.extra.id_token"},
+		{key: "http.oauth2_upstream.extra.api_key"},
+		{key: "http.oauth2_upstream.extra.tokens"},
 		{key: "http.oauth2_upstream.extra.access_token.host"},
 		{key: "http.oauth2_upstream.extra.missing"},
 		// Only top-level scalars resolve: Slack's authed_user nests an
@@ -468,8 +474,48 @@ func TestPlaceholders(t *testing.T) {
 		{key: "http.oauth2_upstream.extra.authed_user"},
 		{key: "http.oauth2_upstream.extra.authed_user.host"},
 		{key: "http.oauth2_upstream.extra.scopes"},
-		{key: "http.oauth2_upstream.extra.team_ok", want: "true", wantOK: true},
+		// A harmless field resolves only once extra_fields names it.
+		{key: "http.oauth2_upstream.extra.team_ok"},
 		{key: "http.other"},
+	}
+	for _, tt := range tests {
+		got, ok := vars.lookup(tt.key)
+		if ok != tt.wantOK || (ok && got != tt.want) {
+			t.Errorf("lookup(%q) = %v, %v; want %v, %v", tt.key, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
+// extra_fields replaces the default allow-list: a field it names resolves,
+// in the request's placeholders (here reverse_proxy's upstream), and a
+// default it leaves out does not; an object stays unresolved even named.
+func TestExtraFieldsOption(t *testing.T) {
+	t.Parallel()
+	api := newAPIServer(t, "Bearer at-1")
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Extra = map[string]any{"api_url": api.server.URL, "team_ok": true, "scope": "api",
+		"authed_user": map[string]any{"access_token": "xoxp-nested"}}
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0",
+		ExtraFields: []string{"api_url", "team_ok", "authed_user"}}, "{http.oauth2_upstream.extra.api_url.hostport}")
+	if resp, body := s.get(t, "/x"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status = %d (%s); want 200 through the api_url upstream that extra_fields names", resp.StatusCode, body)
+	}
+
+	cred, err := s.handler.engine.Current(context.Background(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := &requestPlaceholders{keySet: "default", cred: cred, extras: s.handler.extras}
+	tests := []struct {
+		key    string
+		want   any
+		wantOK bool
+	}{
+		{key: "http.oauth2_upstream.extra.api_url", want: api.server.URL, wantOK: true},
+		{key: "http.oauth2_upstream.extra.team_ok", want: "true", wantOK: true},
+		{key: "http.oauth2_upstream.extra.scope"},
+		{key: "http.oauth2_upstream.extra.authed_user"},
+		{key: "http.oauth2_upstream.extra.access_token"},
 	}
 	for _, tt := range tests {
 		got, ok := vars.lookup(tt.key)

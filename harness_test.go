@@ -108,7 +108,7 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	h.unregister()
 	h.logger = zap.New(core)
 	h.ops.stop()
-	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(), h.logger); err != nil {
+	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(h.extras), h.logger); err != nil {
 		t.Fatalf("newOperations() = %v", err)
 	}
 	h.engine.Close()

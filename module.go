@@ -20,6 +20,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/selfproxy"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 func init() {
@@ -114,6 +115,19 @@ type Handler struct {
 	// "raw" sends the token alone. Default: Bearer.
 	HeaderScheme string `json:"header_scheme,omitempty"`
 
+	// ExtraFields names the token response fields that
+	// {http.oauth2_upstream.extra.<field>} placeholders resolve and that
+	// notifications carry under "extra": only those, and only as top-level
+	// strings, numbers or booleans (an object or an array may nest tokens,
+	// so it is never exposed, named or not). A list replaces the default:
+	// repeat the defaults still needed. A name shaped like a credential
+	// (ending in token, tokens, key, keys or code, or holding secret,
+	// password, passwd, credential, assertion or cookie: access_token,
+	// id_token, api_key, ...) is refused. Default: api_domain, expires_in,
+	// id, instance_url, issued_at, scope, token_type
+	// (keystore.DefaultExtraFields).
+	ExtraFields []string `json:"extra_fields,omitempty"`
+
 	// EncryptionKeys encrypt key set documents at rest with AES-256-GCM:
 	// each a base64 32-byte key, usually {env.KEYSTORE_KEY}, replaced when
 	// the handler starts. The first encrypts; all decrypt, so a key is
@@ -164,8 +178,9 @@ type Handler struct {
 	NotifyOptions
 
 	engine       *credential.Engine
-	keySets      live.KeySetRule // KeySet and KeySetAllow
-	ownedHeaders []string        // canonical: the headers the sidecar owns, HeaderName and DPoP
+	keySets      live.KeySetRule      // KeySet and KeySetAllow
+	extras       keystore.ExtraFields // ExtraFields
+	ownedHeaders []string             // canonical: the headers the sidecar owns, HeaderName and DPoP
 	logger       *zap.Logger
 	ops          *operations          // metrics and notifications (operations.go)
 	unstored     *credential.Unstored // shared with handlers over the same keystore (live.Registry.Unstored)
@@ -200,6 +215,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.keySets, err = live.NewKeySetRule(h.KeySet, h.KeySetAllow); err != nil {
 		return fmt.Errorf("key_set_allow %q: %w", h.KeySetAllow, err)
 	}
+	if h.extras, err = h.extraFields(); err != nil {
+		return err
+	}
 	if err := h.checkHeaderIsNotLogged(ctx); err != nil {
 		return err
 	}
@@ -213,7 +231,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(), h.logger); err != nil {
+	if h.ops, err = newOperations(ctx, h.NotifyOptions.config(h.extras), h.logger); err != nil {
 		return err
 	}
 	h.engine = h.newEngine(store, time.Now)

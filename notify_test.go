@@ -12,6 +12,15 @@ import (
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
+)
+
+// Notification signing secrets of the tests below: whsec_ and the base64
+// of 32 bytes.
+const (
+	orderSecret = "whsec_b3JkZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXM="
+	envSecret   = "whsec_ZW52LW5vdGlmeS1zZWNyZXQtdGhpcnR5LXR3by1ieXQ="
+	plainSecret = "whsec_bm90aWZ5LXRlc3Qtc2VjcmV0LTMyLWJ5dGVzLWxvbmc="
 )
 
 // With notify_include_tokens, every stored change is POSTed once, in
@@ -25,7 +34,7 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-order", RefreshToken: "rt-0",
-		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "order-secret", NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: orderSecret, NotifyIncludeTokens: true}}, hostPort(t, api.server.URL))
 	a, _ := adminFor(t)
 
 	clock := credentialtest.NewClock()
@@ -62,7 +71,7 @@ func TestNotifyDeliversEachChangeInOrder(t *testing.T) {
 		t.Errorf("PUT notification body %s; want the token's exact text (no HTML escaping)", raw[3])
 	}
 	for i, d := range rcv.Deliveries() {
-		if _, err := credentialtest.VerifySignature(d.Header.Get(credential.SignatureHeader), d.Body, "order-secret"); err != nil {
+		if _, err := credentialtest.VerifyWebhook(d.Header, d.Body, orderSecret); err != nil {
 			t.Errorf("delivery %d: %v", i+1, err)
 		}
 	}
@@ -84,7 +93,7 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 	rcv := credentialtest.NewReceiver(t)
 	rcv.Hold = "notify-slow"
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-slow", RefreshToken: "rt-0", Refresh: credential.ModeAlways,
-		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: "s"}}, hostPort(t, api.URL))
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: plainSecret}}, hostPort(t, api.URL))
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i := range 5 {
@@ -112,15 +121,16 @@ func TestNotifySlowReceiverDoesNotHoldRequests(t *testing.T) {
 
 // Without notify_include_tokens a notification holds no token value, even
 // for a refresh an operator forces: a receiver that a connector could
-// configure learns that the key set changed (generation, expiry, extras),
-// never its credentials. Each delivery is signed with notify_secret and
+// configure learns that the key set changed (generation, expiry, the
+// extras of the default allow-list), never its credentials, whatever
+// their names (id_token, api_key, tokens). Each delivery is signed with notify_secret and
 // carries the notify_header values, placeholders replaced.
 func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 	// Not parallel: t.Setenv.
-	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_SECRET", "env-notify-secret")
+	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_SECRET", envSecret)
 	t.Setenv("OAUTH2UPSTREAM_TEST_NOTIFY_KEY", "env-receiver-key")
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
-	te.Extra = map[string]any{"instance_url": "https://eu1.example.com"}
+	te.Extra = map[string]any{"instance_url": "https://eu1.example.com", "id_token": "id-value", "api_key": "ak-value", "tokens": "tk-value"}
 	api := newAPIServer(t, "Bearer at-1")
 	rcv := credentialtest.NewReceiver(t)
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-plain", RefreshToken: "rt-0",
@@ -140,7 +150,7 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 		t.Fatalf("received generations %v; want [1 2 3]", gens)
 	}
 	for i, body := range rcv.Bodies() {
-		for _, value := range []string{"rt-0", "at-1", "rt-1", "at-2", "rt-2"} {
+		for _, value := range []string{"rt-0", "at-1", "rt-1", "at-2", "rt-2", "id-value", "ak-value", "tk-value"} {
 			if strings.Contains(body, value) {
 				t.Errorf("notification %d %s holds the token value %s", i+1, body, value)
 			}
@@ -154,12 +164,35 @@ func TestNotifyDefaultCarriesNoTokens(t *testing.T) {
 		}
 	}
 	for i, d := range rcv.Deliveries() {
-		if _, err := credentialtest.VerifySignature(d.Header.Get(credential.SignatureHeader), d.Body, "env-notify-secret"); err != nil {
+		if _, err := credentialtest.VerifyWebhook(d.Header, d.Body, envSecret); err != nil {
 			t.Errorf("delivery %d: %v", i+1, err)
 		}
 		if got := d.Header.Get("Authorization"); got != "Bearer env-receiver-key" {
 			t.Errorf("delivery %d Authorization = %q; want %q", i+1, got, "Bearer env-receiver-key")
 		}
+	}
+}
+
+// extra_fields names what a notification's extra holds: a field it adds
+// is sent, a default it leaves out is not.
+func TestNotifyExtraFields(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Extra = map[string]any{"instance_url": "https://eu1.example.com", "tenant": "acme"}
+	api := newAPIServer(t, "Bearer at-1")
+	rcv := credentialtest.NewReceiver(t)
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "notify-extras", RefreshToken: "rt-0",
+		ExtraFields:   []string{"instance_url", "tenant"},
+		NotifyOptions: NotifyOptions{Notify: rcv.Server.URL, NotifySecret: plainSecret}}, hostPort(t, api.server.URL))
+	s.get(t, "/first") // seed (1), grant (2)
+	s.handler.Cleanup()
+
+	got := rcv.Notifications()
+	if len(got) != 2 {
+		t.Fatalf("received %d notifications; want 2 (the seed, the grant)", len(got))
+	}
+	if want := map[string]string{"instance_url": "https://eu1.example.com", "tenant": "acme"}; !reflect.DeepEqual(got[1].Extra, want) {
+		t.Errorf("grant's extra = %v; want %v (what extra_fields names)", got[1].Extra, want)
 	}
 }
 
@@ -187,7 +220,9 @@ func TestNotifyValidate(t *testing.T) {
 		{name: "bad notify_header name", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Bad Header": {"k"}} }, wantErr: `notify_header "Bad Header": not a valid header field name`},
 		{name: "notify_header Content-Type", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Content-Type": {"text/plain"}} }, wantErr: "notify_header Content-Type: set by the notifier"},
 		{name: "notify_header Host", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"host": {"evil.example.com"}} }, wantErr: "notify_header host: set by the notifier"},
-		{name: "notify_header signature", modify: func(h *Handler) { h.NotifyHeaders = http.Header{credential.SignatureHeader: {"t=1,v1=00"}} }, wantErr: "set by the notifier"},
+		{name: "notify_header webhook-signature", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"webhook-signature": {"v1,AA=="}} }, wantErr: "set by the notifier"},
+		{name: "notify_header webhook-id", modify: func(h *Handler) { h.NotifyHeaders = http.Header{"Webhook-Id": {"msg_1"}} }, wantErr: "set by the notifier"},
+		{name: "notify_secret not whsec_", modify: func(h *Handler) { h.NotifySecret = "s" }, wantErr: "notify_secret must be a Standard Webhooks signing secret, whsec_"},
 		{name: "notify_secret without notify", modify: func(h *Handler) { h.Notify = "" }, wantErr: "notify, which is not set"},
 		{name: "include_tokens without notify", modify: func(h *Handler) { h.Notify, h.NotifySecret, h.NotifyIncludeTokens = "", "", true }, wantErr: "notify, which is not set"},
 	}
@@ -195,7 +230,7 @@ func TestNotifyValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			h := &Handler{TokenURL: "https://login.example.com/token", ClientID: "c",
-				NotifyOptions: NotifyOptions{Notify: "https://platform.example.com/keys", NotifySecret: "s"}}
+				NotifyOptions: NotifyOptions{Notify: "https://platform.example.com/keys", NotifySecret: plainSecret}}
 			tt.modify(h)
 			h.setDefaults()
 			err := h.Validate()
@@ -242,8 +277,8 @@ func TestNotifyCaddyfile(t *testing.T) {
 				}
 				return
 			}
-			got := h.NotifyOptions.config()
-			if want := tt.want.NotifyOptions.config(); err != nil || !reflect.DeepEqual(got, want) {
+			got := h.NotifyOptions.config(keystore.ExtraFields{})
+			if want := tt.want.NotifyOptions.config(keystore.ExtraFields{}); err != nil || !reflect.DeepEqual(got, want) {
 				t.Errorf("UnmarshalCaddyfile(%q) = %+v, %v; want %+v", input, got, err, want)
 			}
 		})

@@ -124,6 +124,9 @@ func (h *Handler) validateOptions() error {
 	if strings.ContainsAny(h.HeaderScheme, " \t\r\n") {
 		return fmt.Errorf("header_scheme %q: must be one word", h.HeaderScheme)
 	}
+	if _, err := h.extraFields(); err != nil {
+		return err
+	}
 	if err := h.NotifyOptions.validate(); err != nil {
 		return err
 	}
@@ -131,6 +134,16 @@ func (h *Handler) validateOptions() error {
 		return err
 	}
 	return h.validateLimits()
+}
+
+// extraFields is the allow-list extra_fields names, the default without
+// it.
+func (h *Handler) extraFields() (keystore.ExtraFields, error) {
+	extras, err := keystore.NewExtraFields(h.ExtraFields)
+	if err != nil {
+		return keystore.ExtraFields{}, fmt.Errorf("extra_fields: %w", err)
+	}
+	return extras, nil
 }
 
 // validateKeySet checks key_set and the seed that goes with it.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 const placeholderPrefix = "http.oauth2_upstream."
@@ -16,20 +17,22 @@ const placeholderPrefix = "http.oauth2_upstream."
 //	key_set              the key set's name
 //	generation           the key set's generation
 //	expiry               the access token's expiry (RFC 3339), "" if unknown
-//	extra.<field>        a top-level field of the token response, such as
-//	                     extra.instance_url
+//	extra.<field>        a field of the token response that extra_fields
+//	                     names, such as extra.instance_url
 //	extra.<field>.scheme, .host, .hostport
 //	                     parts of a URL-valued field; hostport has the
 //	                     scheme's default port when the URL names none
 //	                     (reverse_proxy refuses placeholders in an upstream
 //	                     address that carries a scheme)
 //
-// Only the token response's extras resolve (keystore.Token.Extra): top-level
-// strings, numbers and booleans whose names do not mark a secret. Token
-// values must not reach placeholders, nested ones included.
+// Only the token response's extras resolve (keystore.ExtraFields.Extra):
+// top-level strings, numbers and booleans that the handler's extra_fields
+// allow-list names. Token values must not reach placeholders, nested ones
+// included.
 type requestPlaceholders struct {
 	keySet string
 	cred   *credential.Credential // replaced before a replay
+	extras keystore.ExtraFields   // the handler's extra_fields
 }
 
 func (p *requestPlaceholders) lookup(key string) (any, bool) {
@@ -54,7 +57,7 @@ func (p *requestPlaceholders) lookup(key string) (any, bool) {
 	}
 	token := p.cred.KeySet.Token
 	if _, present := token[field]; present {
-		v, ok := token.Extra(field)
+		v, ok := p.extras.Extra(token, field)
 		return v, ok
 	}
 	for _, part := range [...]string{"scheme", "hostport", "host"} {
@@ -62,7 +65,7 @@ func (p *requestPlaceholders) lookup(key string) (any, bool) {
 		if !ok {
 			continue
 		}
-		v, ok := token.Extra(base)
+		v, ok := p.extras.Extra(token, base)
 		if !ok {
 			return nil, false
 		}

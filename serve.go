@@ -33,7 +33,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return answer.CredentialFailure(w, err)
 	}
-	x := &requestState{vars: requestPlaceholders{keySet: name, cred: cred}}
+	x := &requestState{vars: requestPlaceholders{keySet: name, cred: cred, extras: h.extras}}
 	repl.Map(x.vars.lookup)
 
 	body := newReplayBody(r, h.ReplayMemory, h.MaxReplayBody, h.ownedHeaders)

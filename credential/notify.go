@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,7 +65,7 @@ const (
 // notification is the body POSTed to the notify URL for each event. By
 // default it carries no token value: the key set's bookkeeping, and for
 // key_set.updated the extras that placeholders may show too
-// (keystore.Token.Extras). Token, the provider's whole token response, is
+// (NotifyConfig.ExtraFields, the handler's extra_fields). Token, the provider's whole token response, is
 // there only in key_set.updated and only when the receiver asked for it
 // (NotifyConfig.IncludeTokens); the body is never logged.
 type notification struct {
@@ -84,9 +86,21 @@ type notification struct {
 // event is one notification waiting for delivery: a stored key set, or a
 // change of state.
 type event struct {
+	// id is the event's webhook-id: drawn when the event happens, sent
+	// unchanged on every attempt to deliver it, so that a receiver can use
+	// it as the idempotency key the Standard Webhooks specification
+	// describes ("Webhook metadata": it "remains the same no matter how
+	// many times a webhook that has failed is retried").
+	id     string
 	stored *keystore.KeySet // key_set.updated; nil for a change of state
 	change StateChange
 }
+
+// newEventID returns a webhook-id that no other event has: "msg_" (the
+// specification's examples' prefix) and 130 random bits in base32. It
+// holds no '.', which the specification forbids in the id since the
+// signed content joins id, timestamp and body with dots.
+func newEventID() string { return "msg_" + rand.Text() }
 
 func (ev event) generation() int64 {
 	if ev.stored != nil {
@@ -95,29 +109,75 @@ func (ev event) generation() int64 {
 	return ev.change.Generation
 }
 
-// SignatureHeader carries a delivery's signature,
+// The headers of the Standard Webhooks specification 1.0.0 ("Webhook
+// headers",
+// https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md)
+// that every delivery carries, so that a receiver verifies it with any of
+// the specification's libraries, or the check described below, rather
+// than with a scheme of this project's own:
 //
-//	t=<unix seconds>,v1=<hex of HMAC-SHA256(secret, t + "." + body)>
+//	webhook-id:        the event's id, the same on every attempt (newEventID)
+//	webhook-timestamp: the attempt's time, Unix seconds
+//	webhook-signature: v1,<base64 of HMAC-SHA256(key, "<id>.<timestamp>.<body>")>
 //
-// keyed with NotifyConfig.Secret. This is Stripe's webhook scheme: the receiver
-// recomputes the HMAC over the timestamp and the raw body, compares in
-// constant time, and refuses a t too far from its clock, so a recorded
-// delivery cannot be replayed later.
-const SignatureHeader = "Oauth2-Upstream-Signature"
+// The key is the base64-decoded part of notify_secret's whsec_<base64>. A
+// receiver recomputes the HMAC over the raw body it read, compares in
+// constant time, refuses a timestamp too far from its clock (the
+// libraries: five minutes) and an id it already processed.
+const (
+	WebhookIDHeader        = "Webhook-Id"
+	WebhookTimestampHeader = "Webhook-Timestamp"
+	WebhookSignatureHeader = "Webhook-Signature"
+)
+
+// Bounds of the signing secret's key: the specification's "Signing secret"
+// row for symmetric signatures says "At least 24 bytes (192 bits, 512
+// maximum)".
+const (
+	webhookSecretPrefix = "whsec_"
+	minWebhookKey       = 24
+	maxWebhookKey       = 64
+)
+
+// errWebhookSecret is why a notify_secret was refused; it never holds the
+// value.
+var errWebhookSecret = errors.New("notify_secret must be a Standard Webhooks signing secret, whsec_ followed by the base64 " +
+	"of 24 to 64 random bytes; make one with: echo \"whsec_$(openssl rand -base64 32)\"")
+
+// webhookKey returns the HMAC key of a whsec_<base64> secret. Any other
+// form is refused, a raw passphrase included: a receiver's Standard
+// Webhooks library decodes the secret it is given as base64 after the
+// prefix, so a secret of another form would be keyed differently on each
+// side, and a short passphrase is no key.
+func webhookKey(secret string) ([]byte, error) {
+	encoded, ok := strings.CutPrefix(secret, webhookSecretPrefix)
+	if !ok {
+		return nil, errWebhookSecret
+	}
+	key, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil || len(key) < minWebhookKey || len(key) > maxWebhookKey {
+		return nil, errWebhookSecret
+	}
+	return key, nil
+}
 
 // NotifyConfig is where a Notifier sends changes, what it sends and how it
 // signs them.
 type NotifyConfig struct {
 	// URL receives the POSTs: https, or http to a loopback host.
 	URL string
-	// Secret keys the signature of every delivery (SignatureHeader).
-	// Required: a receiver must be able to tell the sidecar's events from
-	// anyone else's.
+	// Secret keys the signature of every delivery
+	// (WebhookSignatureHeader): whsec_<base64 of 24 to 64 bytes>, the
+	// Standard Webhooks form. Required: a receiver must be able to tell
+	// the sidecar's events from anyone else's.
 	Secret string
 	// IncludeTokens adds the whole token response under "token", for
 	// platforms that persist the keys themselves. Without it no token
 	// value leaves in a notification.
 	IncludeTokens bool
+	// ExtraFields names the token response fields sent under "extra"
+	// (the handler's extra_fields); the zero value is the default list.
+	ExtraFields keystore.ExtraFields
 	// Header is added to every delivery (an Authorization the receiver
 	// wants, say); it may not hold the headers the notifier or the HTTP
 	// client set themselves (Validate refuses them).
@@ -131,7 +191,7 @@ type NotifyConfig struct {
 var reservedNotifyHeaders = map[string]bool{
 	"Content-Type": true, "Content-Length": true, "Host": true,
 	"Transfer-Encoding": true, "Trailer": true, "Connection": true,
-	SignatureHeader: true,
+	WebhookIDHeader: true, WebhookTimestampHeader: true, WebhookSignatureHeader: true,
 }
 
 // validateNotifyHeader accepts a header name that may be added to
@@ -155,6 +215,9 @@ func (c NotifyConfig) Validate() error {
 	if c.Secret == "" {
 		return fmt.Errorf("notify_secret is required with notify: every delivery is signed")
 	}
+	if _, err := webhookKey(c.Secret); err != nil {
+		return err
+	}
 	for _, name := range slices.Sorted(maps.Keys(c.Header)) {
 		if err := validateNotifyHeader(name); err != nil {
 			return err
@@ -176,8 +239,9 @@ func (c NotifyConfig) Validate() error {
 // overtakes an earlier one.
 type Notifier struct {
 	url           string
-	secret        []byte
+	key           []byte // the HMAC key: notify_secret, decoded
 	includeTokens bool
+	extras        keystore.ExtraFields
 	header        http.Header // added to every delivery; read-only
 	client        *http.Client
 	logger        *zap.Logger
@@ -207,6 +271,10 @@ func NewNotifier(cfg NotifyConfig, logger *zap.Logger) (*Notifier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	key, err := webhookKey(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
 	header := make(http.Header, len(cfg.Header))
 	for name, values := range cfg.Header {
 		for _, v := range values {
@@ -217,8 +285,9 @@ func NewNotifier(cfg NotifyConfig, logger *zap.Logger) (*Notifier, error) {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	return &Notifier{
 		url:           cfg.URL,
-		secret:        []byte(cfg.Secret),
+		key:           key,
 		includeTokens: cfg.IncludeTokens,
+		extras:        cfg.ExtraFields,
 		header:        header,
 		client: &http.Client{
 			Transport: transport,
@@ -248,13 +317,15 @@ func validateNotifyURL(raw string) error {
 }
 
 // KeySetStored queues key_set.updated for ks; it never blocks.
-func (n *Notifier) KeySetStored(ks *keystore.KeySet) { n.enqueue(ks.Name, event{stored: ks}) }
+func (n *Notifier) KeySetStored(ks *keystore.KeySet) {
+	n.enqueue(ks.Name, event{id: newEventID(), stored: ks})
+}
 
 // KeySetStateChanged queues key_set.failed or key_set.recovered when the
 // change is one; it never blocks.
 func (n *Notifier) KeySetStateChanged(change StateChange) {
 	if change.failed() || change.recovered() {
-		n.enqueue(change.KeySet, event{change: change})
+		n.enqueue(change.KeySet, event{id: newEventID(), change: change})
 	}
 }
 
@@ -321,10 +392,11 @@ func (n *Notifier) deliver(name string, ev event) {
 		n.logger.Error("encoding key set change notification", zap.String("key_set", name), zap.Error(err))
 		return
 	}
-	fields := []zap.Field{zap.String("key_set", name), zap.Int64("generation", body.Generation), zap.String("type", body.Type)}
+	fields := []zap.Field{zap.String("key_set", name), zap.Int64("generation", body.Generation),
+		zap.String("type", body.Type), zap.String("webhook_id", ev.id)}
 	backoff := n.minBackoff
 	for attempt := 1; ; attempt++ {
-		err := n.post(buf.Bytes())
+		err := n.post(ev.id, buf.Bytes())
 		if err == nil {
 			n.logger.Info("notified key set change", append(fields, zap.Int("attempts", attempt))...)
 			return
@@ -349,7 +421,7 @@ func (n *Notifier) deliver(name string, ev event) {
 func (n *Notifier) notificationOf(ev event) notification {
 	if ks := ev.stored; ks != nil {
 		body := notification{Type: eventUpdated, Name: ks.Name, Generation: ks.Generation,
-			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: ks.Token.Extras()}
+			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: n.extras.Extras(ks.Token)}
 		if n.includeTokens {
 			body.Token = ks.Token
 		}
@@ -364,14 +436,15 @@ func (n *Notifier) notificationOf(ev event) notification {
 	return body
 }
 
-// sign returns the SignatureHeader value of body sent at now.
-func (n *Notifier) sign(body []byte, now time.Time) string {
-	t := strconv.FormatInt(now.Unix(), 10)
-	mac := hmac.New(sha256.New, n.secret)
-	mac.Write([]byte(t))
-	mac.Write([]byte{'.'})
+// sign returns the webhook-signature of body as event id, sent at
+// timestamp: the specification's "Signature scheme", HMAC-SHA256 over
+// "<id>.<timestamp>.<body>", base64, after the v1 identifier of symmetric
+// signatures.
+func (n *Notifier) sign(id, timestamp string, body []byte) string {
+	mac := hmac.New(sha256.New, n.key)
+	mac.Write([]byte(id + "." + timestamp + "."))
 	mac.Write(body)
-	return "t=" + t + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+	return "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
 }
 
 // refusedError is a receiver's answer that a retry cannot change.
@@ -379,10 +452,14 @@ type refusedError struct{ status int }
 
 func (e *refusedError) Error() string { return fmt.Sprintf("receiver answered %d", e.status) }
 
-// post sends one notification body, signed now: a retry is signed anew, so
-// that its timestamp stays within a receiver's tolerance however long the
-// backoff was. Its errors hold no part of the body or of the headers.
-func (n *Notifier) post(body []byte) error {
+// post sends one attempt at delivering event id's body. Every attempt
+// carries the same id and the same body bytes, and the time of that
+// attempt, signed anew: the specification's "Webhook metadata" says the
+// attempt's timestamp "is updated" on every retry while the id stays, and
+// retries go on as long as the handler runs, so a first attempt's
+// timestamp would soon fall outside every receiver's tolerance. Its errors
+// hold no part of the body or of the headers.
+func (n *Notifier) post(id string, body []byte) error {
 	req, err := http.NewRequestWithContext(n.ctx, http.MethodPost, n.url, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("building notification request: %w", err)
@@ -392,7 +469,10 @@ func (n *Notifier) post(body []byte) error {
 		req.Header[name] = slices.Clone(values) // validated: none of the headers set below
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(SignatureHeader, n.sign(body, n.now()))
+	timestamp := strconv.FormatInt(n.now().Unix(), 10)
+	req.Header.Set(WebhookIDHeader, id)
+	req.Header.Set(WebhookTimestampHeader, timestamp)
+	req.Header.Set(WebhookSignatureHeader, n.sign(id, timestamp, body))
 	resp, err := n.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("posting notification: %w", err)

@@ -9,6 +9,7 @@ require (
 	github.com/go-jose/go-jose/v4 v4.1.6
 	github.com/oauth2upstream/caddy-oauth2-upstream v0.0.0-00010101000000-000000000000
 	github.com/ory/fosite v0.49.0
+	github.com/standard-webhooks/standard-webhooks/libraries v1.3.0
 	golang.org/x/crypto v0.57.0
 )
 

@@ -3,7 +3,7 @@ package credentialtest
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -40,34 +40,48 @@ type Delivery struct {
 	Body   []byte
 }
 
-// VerifySignature checks a delivery's signature header the way a receiver
-// following the documented scheme does: "t=<unix seconds>,v1=<hex
-// HMAC-SHA256 of "<t>.<body>">" keyed with secret. It returns t.
-func VerifySignature(header string, body []byte, secret string) (int64, error) {
-	var t, v1 string
-	for _, part := range strings.Split(header, ",") {
-		key, value, _ := strings.Cut(part, "=")
-		switch key {
-		case "t":
-			t = value
-		case "v1":
-			v1 = value
+// Webhook is what a receiver learns of a delivery once its Standard
+// Webhooks signature checks out.
+type Webhook struct {
+	ID        string // webhook-id
+	Timestamp int64  // webhook-timestamp, Unix seconds
+}
+
+// VerifyWebhook checks a delivery the way the Standard Webhooks
+// specification 1.0.0 tells a receiver to ("Signature scheme" and
+// "Verifying signatures",
+// https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md),
+// written from the specification rather than from the notifier: the key
+// is the base64 after secret's whsec_ prefix; webhook-signature is a
+// space-separated list of <version>,<base64>, and one v1 entry must equal,
+// compared in constant time, the base64 HMAC-SHA256 of
+// "<webhook-id>.<webhook-timestamp>.<body>". It checks no tolerance: tests
+// run on a clock of their own; callers compare Timestamp.
+func VerifyWebhook(header http.Header, body []byte, secret string) (Webhook, error) {
+	id, stamp, signatures := header.Get("webhook-id"), header.Get("webhook-timestamp"), header.Get("webhook-signature")
+	if id == "" || stamp == "" || signatures == "" {
+		return Webhook{}, fmt.Errorf("missing webhook-id, webhook-timestamp or webhook-signature")
+	}
+	ts, err := strconv.ParseInt(stamp, 10, 64)
+	if err != nil {
+		return Webhook{}, fmt.Errorf("webhook-timestamp %q: not Unix seconds", stamp)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil {
+		return Webhook{}, fmt.Errorf("decoding the secret: %w", err)
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(id + "." + stamp + "."))
+	mac.Write(body)
+	want := mac.Sum(nil)
+	for _, versioned := range strings.Fields(signatures) {
+		version, encoded, _ := strings.Cut(versioned, ",")
+		got, err := base64.StdEncoding.DecodeString(encoded)
+		if version == "v1" && err == nil && hmac.Equal(got, want) {
+			return Webhook{ID: id, Timestamp: ts}, nil
 		}
 	}
-	ts, err := strconv.ParseInt(t, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("signature %q: no t=<unix seconds>", header)
-	}
-	got, err := hex.DecodeString(v1)
-	if err != nil || len(got) == 0 {
-		return 0, fmt.Errorf("signature %q: no v1=<hex>", header)
-	}
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write([]byte(t + "." + string(body)))
-	if !hmac.Equal(got, mac.Sum(nil)) {
-		return 0, fmt.Errorf("signature %q does not match the body", header)
-	}
-	return ts, nil
+	return Webhook{}, fmt.Errorf("webhook-signature %q: no v1 signature matches the body", signatures)
 }
 
 // Receiver is a notification receiver: it records what it accepts and can
