@@ -121,7 +121,7 @@ func TestEngineDPoPTokenRequests(t *testing.T) {
 	f.other.UseCodec(codec)
 	de := f.useDPoP(t, nil)
 	f.r.client.URL += "?tenant=t1"
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 
 	first := f.mustCurrent(t, "sf")
 	f.clock.Advance(2 * time.Hour)
@@ -175,7 +175,7 @@ func TestEngineDPoPTokenEndpointNonce(t *testing.T) {
 	f.r.client.Signer = mustSigner(t, testECKey(), "", "")
 	de := f.useDPoP(t, nil)
 	de.nonce, de.next = "n-1", "n-2"
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 
 	f.mustCurrent(t, "sf")
 	proofs := de.seen()
@@ -218,7 +218,7 @@ func TestEngineProofForResourceRequests(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
 	de := f.useDPoP(t, nil)
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	cred := f.mustCurrent(t, "sf")
 	f.r.NoteNonce("https://api.example.com/v1/other", "rs-1")
 
@@ -267,7 +267,7 @@ func TestDPoPConfiguredKey(t *testing.T) {
 	}
 	f := newEngineFixture(t, "rt-0")
 	de := f.useDPoP(t, testECKey())
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	cred := f.mustCurrent(t, "sf")
 	if len(cred.KeySet.ProofKey) != 0 {
 		t.Errorf("stored proof key = %s; want none with a configured key", cred.KeySet.ProofKey)

@@ -74,6 +74,16 @@ type Config struct {
 	// when the keystore has no key set of that name.
 	SeedName  string
 	SeedToken string
+	// BindUnbound names the one key set whose stored document may name no
+	// client (keystore.KeySet.Client nil: written by hand, or before key
+	// sets were bound): the engine takes it up as its own and binds it
+	// with its next write. Every other unbound document is refused with a
+	// permanent *Error of code CodeKeySetUnbound, since nothing in it says
+	// whose tokens it holds. It is a one-time migration switch for an
+	// engine that serves one fixed key set: one that selects key sets per
+	// request must leave it empty, or the first client to ask would take
+	// up, and bind, a document of any name. Default: none.
+	BindUnbound string
 	// MaxWait bounds how long a request waits for a refresh another
 	// request started; zero: only the request's context bounds it.
 	MaxWait time.Duration
@@ -165,14 +175,15 @@ func spreadOf(ks *keystore.KeySet) float64 {
 // through the keystore's lock, per cluster), and stores each new key set
 // before anything uses it.
 type Engine struct {
-	store     keystore.Store
-	client    *tokenClient
-	mode      string
-	skew      time.Duration
-	seedName  string
-	seedToken string
-	headerFor func(accessToken string) string
-	maxWait   time.Duration
+	store       keystore.Store
+	client      *tokenClient
+	mode        string
+	skew        time.Duration
+	seedName    string
+	seedToken   string
+	bindUnbound string // the one key set whose unbound document is taken up
+	headerFor   func(accessToken string) string
+	maxWait     time.Duration
 	// minRefreshInterval: a rejection of a younger generation makes no
 	// grant; negative: no minimum.
 	minRefreshInterval time.Duration
@@ -212,14 +223,15 @@ func New(store keystore.Store, cfg Config) *Engine {
 		endpoint.Transport = http.DefaultTransport
 	}
 	e := &Engine{
-		store:     store,
-		client:    &tokenClient{TokenEndpoint: endpoint, now: time.Now},
-		mode:      cfg.Mode,
-		skew:      cfg.Skew,
-		seedName:  cfg.SeedName,
-		seedToken: cfg.SeedToken,
-		headerFor: cfg.Header,
-		maxWait:   cfg.MaxWait,
+		store:       store,
+		client:      &tokenClient{TokenEndpoint: endpoint, now: time.Now},
+		mode:        cfg.Mode,
+		skew:        cfg.Skew,
+		seedName:    cfg.SeedName,
+		seedToken:   cfg.SeedToken,
+		bindUnbound: cfg.BindUnbound,
+		headerFor:   cfg.Header,
+		maxWait:     cfg.MaxWait,
 		// Zero means the default, as elsewhere in Config; no minimum is
 		// asked for with a negative interval.
 		minRefreshInterval: cmp.Or(cfg.MinRefreshInterval, DefaultMinRefreshInterval),

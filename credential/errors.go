@@ -19,6 +19,11 @@ const (
 	// client (token URL or client id), so this engine neither uses,
 	// refreshes nor overwrites it.
 	CodeKeySetForeign = "key_set_foreign"
+	// CodeKeySetUnbound: the stored key set names no client (written by
+	// hand, or before key sets were bound), so nothing says whose tokens
+	// it holds; this engine neither uses, refreshes nor overwrites it
+	// unless Config.BindUnbound names it.
+	CodeKeySetUnbound = "key_set_unbound"
 	// CodeInvalidResponse replaces an error code from the token endpoint
 	// that RFC 6749 section 5.2 does not allow, or that is too long or
 	// holds a secret: a provider's code reaches answers, statuses and logs.

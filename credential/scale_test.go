@@ -52,11 +52,11 @@ func first(names []string) string {
 func TestDyingTokenIsNotSent(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(minTokenLife/2)))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(minTokenLife/2)))
 	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
 		t.Errorf("Current(%q) with %v left = %s; want the refreshed Bearer at-1", "sf", minTokenLife/2, credString(cred))
 	}
-	storeKeySet(t, f.store, testKeySet("long", 1, "at-long", "rt-0", f.clock.Now().Add(2*minTokenLife+time.Minute)))
+	storeKeySet(t, f.store, f.keySet("long", 1, "at-long", "rt-0", f.clock.Now().Add(2*minTokenLife+time.Minute)))
 	if cred := f.mustCurrent(t, "long"); cred.Header != "Bearer at-long" {
 		t.Errorf("Current(%q) = %s; want Bearer at-long", "long", credString(cred))
 	}
