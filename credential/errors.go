@@ -33,6 +33,10 @@ const (
 	CodeUnsupportedGrant = "unsupported_grant"
 	// CodeNoProofKey: a DPoP proof cannot be made for the key set.
 	CodeNoProofKey = "dpop_key_unavailable"
+	// CodeTokenNotDPoP: with DPoP, the token endpoint answered a token
+	// type other than DPoP, a token not bound to the proof key: refused,
+	// neither stored nor sent (RFC 9449 section 5).
+	CodeTokenNotDPoP = "token_type_not_dpop"
 	// CodeKeySetNotAllowed: a key set name that a request selected and
 	// key_set_allow does not admit.
 	CodeKeySetNotAllowed = "key_set_not_allowed"
