@@ -132,9 +132,14 @@ type Credential struct {
 	spread         float64 // in [0.5, 1): where in the skew its proactive refresh starts
 }
 
-// minTokenLife is the least life a token must have left to be sent: one
-// closer to its expiry would die on its way to the upstream, or while the
-// upstream works on the request, so it counts as expired.
+// minTokenLife is the least life a token must have left to be sent, the
+// sending floor: one closer to its expiry would die on its way to the
+// upstream, or while the upstream works on the request, so it counts as
+// expired and is replaced first. A token endpoint that announces a
+// lifetime no longer than the floor (expires_in 1, or 0.5) would make
+// every token it grants unusable on arrival, and so a grant per request,
+// each spending (and, with rotation, replacing) the refresh token: such a
+// lifetime is taken as unknown instead (expiryOf, belowSendingFloor).
 const minTokenLife = time.Second
 
 // usable reports whether the credential's access token can be sent at now.

@@ -67,6 +67,7 @@ func (e *Engine) storeNext(ctx context.Context, name string, produce func(curren
 	// operator who sends only an access token wants exactly that.
 	next := e.bind(current.Next(res.token, res.expiry, e.now()))
 	res.keepProofKey(next)
+	e.noteSendingFloor(next)
 	if err := e.store.Save(ctx, next); err != nil {
 		return nil, e.keystoreError(name, "save", "storing the key set", err)
 	}
