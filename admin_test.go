@@ -126,11 +126,11 @@ func decodeProblem(t *testing.T, rec *httptest.ResponseRecorder, wantStatus int)
 	return p
 }
 
-// seedStore stores a seed key set (a refresh token only) in the sidecar's
-// file keystore.
+// seedStore stores a seed key set (a refresh token only), bound to the
+// sidecar's client, in its file keystore.
 func (s *sidecar) seedStore(t *testing.T, name, refreshToken string) {
 	t.Helper()
-	ks := &keystore.KeySet{Name: name, Generation: 1, Token: keystore.Token{}}
+	ks := &keystore.KeySet{Name: name, Generation: 1, Token: keystore.Token{}, Client: s.client()}
 	ks.Token.SetString(keystore.FieldRefreshToken, refreshToken)
 	if err := s.store.Save(context.Background(), ks); err != nil {
 		t.Fatalf("Save(%q) = %v", name, err)

@@ -80,17 +80,18 @@ func newBenchHandler(b *testing.B, configure ...func(*Handler)) *Handler {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ks := &keystore.KeySet{Name: defaultKeySet, Generation: 1, UpdatedAt: time.Now().UTC(),
-		Expiry: time.Now().Add(24 * time.Hour).UTC(), Token: keystore.Token{}}
-	ks.Token.SetString(keystore.FieldAccessToken, "bench-access-token")
-	ks.Token.SetString(keystore.FieldRefreshToken, "bench-refresh-token")
-	if err := store.Save(context.Background(), ks); err != nil {
-		b.Fatal(err)
-	}
 	raw, _ := json.Marshal(map[string]string{"backend": "file", "path": dir})
 	h := &Handler{TokenURL: "http://127.0.0.1:9/token", ClientID: "bench", KeystoreRaw: raw}
 	for _, c := range configure {
 		c(h)
+	}
+	ks := &keystore.KeySet{Name: defaultKeySet, Generation: 1, UpdatedAt: time.Now().UTC(),
+		Expiry: time.Now().Add(24 * time.Hour).UTC(), Token: keystore.Token{},
+		Client: &keystore.Binding{TokenURL: h.TokenURL, ClientID: h.ClientID}} // the handler's own
+	ks.Token.SetString(keystore.FieldAccessToken, "bench-access-token")
+	ks.Token.SetString(keystore.FieldRefreshToken, "bench-refresh-token")
+	if err := store.Save(context.Background(), ks); err != nil {
+		b.Fatal(err)
 	}
 
 	provisionMu.Lock()

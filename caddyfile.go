@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		key_set         <name>
 //		key_set_allow   <regexp>
 //		refresh_token   <seed>
+//		bind_unbound
 //		refresh         proactive|reactive|always
 //		refresh_on      <status|invalid_token...>
 //		min_refresh_interval <duration>|off
@@ -129,6 +130,11 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 			return d.ArgErr()
 		}
 		h.AllowAdminTCP = true
+	case "bind_unbound":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.BindUnbound = true
 	case "scopes":
 		h.Scopes = append(h.Scopes, d.RemainingArgs()...)
 		if len(h.Scopes) == 0 {

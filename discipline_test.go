@@ -19,7 +19,7 @@ import (
 // has been in use for a while.
 func (s *sidecar) storeInUse(t *testing.T, name string, now time.Time) {
 	t.Helper()
-	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: now.Add(-time.Hour), Expiry: now.Add(time.Hour), Token: keystore.Token{}}
+	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: now.Add(-time.Hour), Expiry: now.Add(time.Hour), Token: keystore.Token{}, Client: s.client()}
 	ks.Token.SetString(keystore.FieldAccessToken, "at-old")
 	ks.Token.SetString(keystore.FieldRefreshToken, "rt-0")
 	if err := s.store.Save(context.Background(), ks); err != nil {

@@ -133,6 +133,7 @@ func (a *dpopAPI) outcomes() []string {
 func TestDPoPUpstreamRequests(t *testing.T) {
 	t.Parallel()
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	te.Extra = map[string]any{"token_type": "DPoP"} // bound tokens: no other is accepted (RFC 9449 section 5)
 	api := newDPoPAPI(t)
 	api.set("at-1", "n-1")
 	h := &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", EncryptionKeys: []string{testEncryptionKey},

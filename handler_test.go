@@ -362,7 +362,7 @@ func TestKeySetSelection(t *testing.T) {
 	api := newAPIServer(t, "Bearer at-1")
 	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "{http.request.header.X-Account}", KeySetAllow: "[a-z0-9-]+"}, hostPort(t, api.server.URL))
 	for _, name := range []string{"acme", "Salesforce"} {
-		seed := &keystore.KeySet{Name: name, Generation: 1, Token: keystore.Token{}}
+		seed := &keystore.KeySet{Name: name, Generation: 1, Token: keystore.Token{}, Client: s.client()}
 		seed.Token.SetString("refresh_token", "rt-0")
 		if err := s.store.Save(context.Background(), seed); err != nil {
 			t.Fatal(err)

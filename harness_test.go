@@ -69,6 +69,13 @@ type sidecar struct {
 	logs    *observer.ObservedLogs
 }
 
+// client is the binding of the key sets the sidecar's handler stores: a
+// document a test stores for it must carry it, or the handler refuses the
+// document (key_set_unbound).
+func (s *sidecar) client() *keystore.Binding {
+	return &keystore.Binding{TokenURL: s.handler.TokenURL, ClientID: s.handler.ClientID}
+}
+
 // newSidecar provisions h (with a file keystore in a temporary directory
 // unless h has one) in front of reverse_proxy to upstream. upstream may be
 // a placeholder such as {http.oauth2_upstream.extra.instance_url.hostport}.

@@ -86,6 +86,17 @@ type Handler struct {
 	// when the handler starts.
 	RefreshToken string `json:"refresh_token,omitempty"`
 
+	// BindUnbound lets the handler take up its key set's stored document
+	// when it names no client (its "client" is missing: written by hand,
+	// or by a version before key sets were bound), and bind it to this
+	// handler's client with the next write. Without it such a document is
+	// refused (502 key_set_unbound): nothing in it says whose tokens it
+	// holds, and a handler of another client that shares the keystore
+	// would otherwise spend its refresh token first. A one-time migration
+	// switch: once the key set is bound it does nothing, and it can be
+	// removed. Only for a key_set without placeholders. Default: false.
+	BindUnbound bool `json:"bind_unbound,omitempty"`
+
 	// Refresh is when tokens are refreshed: "proactive" (before a known
 	// expiry, within ExpirySkew, without holding up requests while the
 	// token is still valid; and on a trigger status), "reactive" (only on

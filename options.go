@@ -155,6 +155,12 @@ func (h *Handler) validateKeySet() error {
 		}
 	case h.RefreshToken != "":
 		return fmt.Errorf("refresh_token seeds one key set, but key_set %q has placeholders; seed each key set in the keystore", h.KeySet)
+	case h.BindUnbound:
+		// A request would choose which unbound document this client takes
+		// up: any other client's, by name.
+		return fmt.Errorf("bind_unbound binds the one key set a fixed key_set names, but key_set %q has placeholders, "+
+			"so clients would choose which unbound document becomes this client's; seed each key set anew through the admin API "+
+			"(caddy oauth2-upstream seed), which binds it", h.KeySet)
 	case credential.SeedlessGrant(h.Grant):
 		// One client's credentials give one token: key sets selected per
 		// request would all hold the same, under names clients invent.
@@ -203,9 +209,12 @@ func (h *Handler) validateLimits() error {
 // newEngine is the credential engine the options describe, over store,
 // reading the clock now.
 func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credential.Engine {
-	seedName := ""
+	seedName, bindUnbound := "", ""
 	if !h.keySets.PerRequest() {
 		seedName = h.KeySet
+		if h.BindUnbound {
+			bindUnbound = h.KeySet
+		}
 	}
 	endpoint := credential.TokenEndpoint{
 		URL: h.TokenURL, ClientID: h.ClientID, ClientSecret: h.ClientSecret,
@@ -221,6 +230,7 @@ func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credent
 		MaxRetryAfter:       time.Duration(h.MaxRetryAfter),
 		SeedName:            seedName,
 		SeedToken:           h.RefreshToken,
+		BindUnbound:         bindUnbound,
 		MaxWait:             time.Duration(h.MaxWait),
 		Header:              h.headerValue,
 		Logger:              h.logger,

@@ -142,13 +142,16 @@ func oauth2Handler(oauth *OAuth2Options) map[string]any {
 // operator seeds one: accessToken valid until expiry (zero: unknown, as
 // from Salesforce) and refreshToken for the next grant. It is dated an
 // hour ago, as a key set in use for a while: a rejection of its token makes
-// a grant (min_refresh_interval).
-func SeedKeySet(dir, accessToken, refreshToken string, expiry time.Time) error {
+// a grant (min_refresh_interval). It is bound to the sidecar's client at
+// tokenURL, as a grant binds it: the sidecar refuses a document bound to
+// none (key_set_unbound).
+func SeedKeySet(dir, tokenURL, accessToken, refreshToken string, expiry time.Time) error {
 	store, err := file.New(dir)
 	if err != nil {
 		return err
 	}
-	ks := &keystore.KeySet{Name: keySetName, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}}
+	client := bindingOf(tokenURL)
+	ks := &keystore.KeySet{Name: keySetName, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}, Client: &client}
 	if !expiry.IsZero() {
 		ks.Expiry = expiry.UTC()
 		ks.Token[keystore.FieldExpiresIn] = json.RawMessage("3600")

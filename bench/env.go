@@ -96,7 +96,7 @@ func (e *Env) StartTargets(ctx context.Context, nginxBin string) (ts *Targets, e
 	if err != nil {
 		return nil, err
 	}
-	if err := SeedKeySet(keys, benchAccessToken, benchRefreshToken, time.Now().Add(24*time.Hour)); err != nil {
+	if err := SeedKeySet(keys, ts.Token.URL, benchAccessToken, benchRefreshToken, time.Now().Add(24*time.Hour)); err != nil {
 		return nil, fmt.Errorf("seeding key set: %w", err)
 	}
 	oauth := &OAuth2Options{TokenURL: ts.Token.URL, KeystoreDir: keys, Refresh: "proactive"}
@@ -112,7 +112,7 @@ func (e *Env) StartTargets(ctx context.Context, nginxBin string) (ts *Targets, e
 		if err != nil {
 			return nil, err
 		}
-		if err := SeedKeySet(keys, benchAccessToken, benchRefreshToken, time.Now().Add(24*time.Hour)); err != nil {
+		if err := SeedKeySet(keys, ts.Token.URL, benchAccessToken, benchRefreshToken, time.Now().Add(24*time.Hour)); err != nil {
 			return nil, fmt.Errorf("seeding key set: %w", err)
 		}
 		oauth := &OAuth2Options{TokenURL: ts.Token.URL, KeystoreDir: keys, Refresh: "proactive"}

@@ -56,7 +56,7 @@ func (e *Env) Storm(ctx context.Context, opt StormOptions) (*StormResult, error)
 	if opt.Rejected {
 		expiry = time.Time{} // unknown: only the upstream's 401 tells
 	}
-	if err := SeedKeySet(keys, staleAccessToken, benchRefreshToken, expiry); err != nil {
+	if err := SeedKeySet(keys, te.URL, staleAccessToken, benchRefreshToken, expiry); err != nil {
 		return nil, fmt.Errorf("seeding key set: %w", err)
 	}
 	dir, err := e.dir("storm-caddy")

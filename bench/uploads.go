@@ -38,11 +38,11 @@ func (e *Env) Uploads(ctx context.Context, opt UploadOptions) (*UploadResult, er
 		if err != nil {
 			return nil, err
 		}
-		if err := SeedKeySet(keys, benchAccessToken, benchRefreshToken, time.Now().Add(24*time.Hour)); err != nil {
-			return nil, fmt.Errorf("seeding key set: %w", err)
-		}
 		// Nothing refreshes here; the endpoint is never asked.
 		oauth = &OAuth2Options{TokenURL: "http://127.0.0.1:9/token", KeystoreDir: keys, Refresh: "proactive"}
+		if err := SeedKeySet(keys, oauth.TokenURL, benchAccessToken, benchRefreshToken, time.Now().Add(24*time.Hour)); err != nil {
+			return nil, fmt.Errorf("seeding key set: %w", err)
+		}
 	}
 	up, err := StartUpstream(auth)
 	if err != nil {

@@ -167,7 +167,8 @@ func TestConnectStatusPagePages(t *testing.T) {
 	rig.handler.KeySets = perRequest // before the first request
 	now := time.Now()
 	for _, name := range []string{"acct-1", "acct-2", "acct-3", "other"} {
-		ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: now.Add(-time.Hour), Expiry: now.Add(time.Hour), Token: keystore.Token{}}
+		ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: now.Add(-time.Hour), Expiry: now.Add(time.Hour), Token: keystore.Token{},
+			Client: &keystore.Binding{TokenURL: rig.te.URL(), ClientID: "client-1"}}
 		ks.Token.SetString(keystore.FieldAccessToken, "at-"+name)
 		ks.Token.SetString(keystore.FieldRefreshToken, "rt-"+name)
 		if err := rig.store.Save(t.Context(), ks); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,18 @@ import (
 // ownBinding is the client of newEngineFixture's engine.
 func (f *refresherFixture) ownBinding() *keystore.Binding {
 	return &keystore.Binding{TokenURL: f.te.URL(), ClientID: "client-1"}
+}
+
+// keySet is testKeySet bound to the fixture's client: a document as the
+// engine, or another process of the same client, stores it.
+func (f *refresherFixture) keySet(name string, gen int64, access, refresh string, expiry time.Time) *keystore.KeySet {
+	return ownedBy(f.r, testKeySet(name, gen, access, refresh, expiry))
+}
+
+// ownedBy returns ks bound to e's client.
+func ownedBy(e *Engine, ks *keystore.KeySet) *keystore.KeySet {
+	own := e.binding()
+	return boundTo(ks, &own)
 }
 
 // otherClient is a client other than the fixture's own.
@@ -137,12 +150,109 @@ func TestEngineRefusesForeignSuccessor(t *testing.T) {
 	}
 }
 
-// TestEngineBindsUnboundKeySet: a key set stored before key sets were
-// bound is used as it is, and the next grant stores its successor bound
-// to the engine's client.
+// wantUnbound fails the test unless err is the permanent key_set_unbound
+// refusal of key set name, saying how to bind it.
+func wantUnbound(t *testing.T, call string, err error, name string) {
+	t.Helper()
+	re := asError(t, err)
+	if re.Code != CodeKeySetUnbound || re.Temporary || re.KeySet != name {
+		t.Errorf("%s = {KeySet %q, Code %q, Temporary %v}; want {%q, %q, false}",
+			call, re.KeySet, re.Code, re.Temporary, name, CodeKeySetUnbound)
+	}
+	for _, fix := range []string{"PUT /oauth2_upstream/key_sets/", "caddy oauth2-upstream seed", "bind_unbound"} {
+		if !strings.Contains(re.Error(), fix) {
+			t.Errorf("%s = %q; want it to name the fix %q", call, re.Error(), fix)
+		}
+	}
+}
+
+// TestEngineRefusesUnboundKeySet: a document that names no client (the
+// README's hand-written seed of before, or one written before key sets
+// were bound) could hold any client's tokens, so an engine that selects
+// key sets per request never takes it up, nor does one with a fixed key
+// set unless Config.BindUnbound names it (DESIGN.md invariant 9): its
+// access token is not sent, its refresh token is not spent at this
+// client's token endpoint, the document is not written over, and its
+// status says key_set_unbound.
+func TestEngineRefusesUnboundKeySet(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		seedName    string // a fixed key set's engine has one (options.go)
+		bindUnbound string
+		expiry      time.Duration // of the access token, from now
+	}{
+		{"per request", "", "", time.Hour},
+		{"per request, access token expired", "", "", -time.Minute},
+		{"fixed key set", "sf", "", time.Hour},
+		{"fixed key set, access token expired", "sf", "", -time.Minute},
+		{"fixed key set, bind_unbound for another name", "other", "other", time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newEngineFixture(t, "rt-0")
+			f.r.seedName, f.r.bindUnbound = tt.seedName, tt.bindUnbound
+			storeKeySet(t, f.store, testKeySet("sf", 1, "at-b", "rt-0", f.clock.Now().Add(tt.expiry)))
+			before := f.readDocument(t, "sf")
+
+			cred, err := f.r.Current(context.Background(), "sf")
+			if cred != nil {
+				t.Errorf("Current(%q) = %s; want no credential", "sf", credString(cred))
+			}
+			wantUnbound(t, `Current("sf")`, err, "sf")
+			cred, err = f.r.Rejected(context.Background(), "sf", 1)
+			if cred != nil {
+				t.Errorf("Rejected(%q, 1) = %s; want no credential", "sf", credString(cred))
+			}
+			wantUnbound(t, `Rejected("sf", 1)`, err, "sf")
+			_, err = f.r.ForceRefresh(context.Background(), "sf")
+			wantUnbound(t, `ForceRefresh("sf")`, err, "sf")
+			if got := f.sent.n.Load(); got != 0 {
+				t.Errorf("token requests = %d; want 0", got)
+			}
+			if after := f.readDocument(t, "sf"); !bytes.Equal(after, before) {
+				t.Errorf("stored key set changed:\n%s\nwant\n%s", after, before)
+			}
+			_, err = f.r.Status(context.Background(), "sf")
+			if s := FailedStatus("sf", err); s.State != StateNeedsReauthorization || s.ErrorCode != CodeKeySetUnbound {
+				t.Errorf("FailedStatus(%q, %v) = {State %q, ErrorCode %q}; want {%q, %q}",
+					"sf", err, s.State, s.ErrorCode, StateNeedsReauthorization, CodeKeySetUnbound)
+			}
+		})
+	}
+}
+
+// TestEngineRefusesUnboundSuccessor: a key set in use whose stored
+// successor names no client (a document written over it by hand) is not
+// refreshed through it: the rejection that would refresh gets
+// key_set_unbound, and no token request is sent.
+func TestEngineRefusesUnboundSuccessor(t *testing.T) {
+	t.Parallel()
+	f := newEngineFixture(t, "rt-0")
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-own", "rt-0", f.clock.Now().Add(time.Hour)))
+	f.mustCurrent(t, "sf")
+	storeNext(t, f.other, testKeySet("sf", 2, "", "rt-b", time.Time{}))
+
+	cred, err := f.r.Rejected(context.Background(), "sf", 1)
+	if cred != nil {
+		t.Errorf("Rejected(%q, 1) = %s; want no credential", "sf", credString(cred))
+	}
+	wantUnbound(t, `Rejected("sf", 1)`, err, "sf")
+	if got := f.sent.n.Load(); got != 0 {
+		t.Errorf("token requests = %d; want 0", got)
+	}
+}
+
+// TestEngineBindsUnboundKeySet: with Config.BindUnbound naming it (the
+// bind_unbound option of a handler with a fixed key set), a key set
+// stored before key sets were bound is used as it is, and the next grant
+// stores its successor bound to the engine's client; from then on it is
+// an ordinary bound key set.
 func TestEngineBindsUnboundKeySet(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
+	f.r.seedName, f.r.bindUnbound = "sf", "sf"
 	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 
 	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-old" {
@@ -153,6 +263,29 @@ func TestEngineBindsUnboundKeySet(t *testing.T) {
 		t.Fatalf("Rejected(%q, 1) = %v, %v; want Bearer at-1 generation 2", "sf", credString(cred), err)
 	}
 	f.wantBound(t, "sf", 2)
+}
+
+// TestEnginePutReplacesUnboundKeySet: an operator's Put over a document
+// that names no client seeds the key set anew, bound: it does not carry
+// the unbound document's refresh token or proof key into the bound
+// successor, which would bind another client's tokens to this one.
+func TestEnginePutReplacesUnboundKeySet(t *testing.T) {
+	t.Parallel()
+	f := newEngineFixture(t, "rt-0")
+	unbound := testKeySet("sf", 1, "at-old", "rt-unbound", time.Time{})
+	unbound.ProofKey = []byte(`{"kty":"EC"}`)
+	storeKeySet(t, f.store, unbound)
+
+	ks, err := f.r.Put(context.Background(), "sf", credentialtest.TokenOf(t, `{"access_token":"at-put"}`))
+	if err != nil {
+		t.Fatalf("Put(%q) = %v; want nil", "sf", err)
+	}
+	f.wantBound(t, "sf", 2)
+	stored := loadKeySet(t, f.other, "sf")
+	if rt := stored.Token.RefreshToken(); rt != "" || stored.ProofKey != nil || ks.Token.AccessToken() != "at-put" {
+		t.Errorf("stored after Put = {access %q, refresh %q, proof key of %d bytes}; want {at-put, none, none}",
+			stored.Token.AccessToken(), rt, len(stored.ProofKey))
+	}
 }
 
 // TestEngineWritesCarryBinding: every key set the engine stores is bound to
@@ -262,7 +395,7 @@ func TestEngineForeignSuccessorNotAdopted(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
-			storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 			var once sync.Once
 			f.respond(func(w http.ResponseWriter, r *http.Request) bool {
 				var err error
@@ -298,7 +431,7 @@ func TestEngineForeignSuccessorNotAdopted(t *testing.T) {
 func TestEngineCachedFailureForeignSuccessor(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-other") // the stored rt-0 is no longer valid
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	if _, err := f.r.Current(context.Background(), "sf"); asError(t, err).Code != "invalid_grant" {
 		t.Fatalf("Current(%q) = %v; want invalid_grant", "sf", err)
 	}

@@ -48,7 +48,7 @@ func TestEngineRecentGenerationRejected(t *testing.T) {
 			if tt.minInterval != 0 {
 				f.r.minRefreshInterval = tt.minInterval
 			}
-			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 			var tooRecent int
 			for i := range tt.requests {
 				err := f.alwaysRejected(t, "sf")
@@ -93,7 +93,7 @@ func TestEngineRecentRejectionAdoptsStored(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
-			ks := testKeySet("sf", 1, "at-old", "rt-spent", f.clock.Now().Add(time.Hour))
+			ks := f.keySet("sf", 1, "at-old", "rt-spent", f.clock.Now().Add(time.Hour))
 			ks.UpdatedAt = f.clock.Now()
 			storeKeySet(t, f.store, ks)
 			f.mustState(t, "sf")
@@ -101,7 +101,7 @@ func TestEngineRecentRejectionAdoptsStored(t *testing.T) {
 			if tt.access != "" {
 				expiry = f.clock.Now().Add(time.Hour)
 			}
-			storeNext(t, f.other, testKeySet("sf", 2, tt.access, "rt-0", expiry))
+			storeNext(t, f.other, f.keySet("sf", 2, tt.access, "rt-0", expiry))
 
 			cred, err := f.r.Rejected(context.Background(), "sf", 1)
 			if err != nil || cred.Header != tt.wantHeader {
@@ -124,7 +124,7 @@ func TestEngineRecentRejectionAdoptsStored(t *testing.T) {
 func TestEngineRecentRejectionWithPermanentFailure(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-other") // the stored rt-0 is no longer valid
-	ks := testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour))
+	ks := f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour))
 	ks.UpdatedAt = f.clock.Now()
 	storeKeySet(t, f.store, ks)
 	if _, err := f.r.ForceRefresh(context.Background(), "sf"); asError(t, err).Code != "invalid_grant" {
@@ -144,7 +144,7 @@ func TestEngineRecentRejectionWithPermanentFailure(t *testing.T) {
 func TestEngineRejectedOldEnoughGrants(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	cred := f.mustCurrent(t, "sf") // generation 2, granted now
 	f.clock.Advance(DefaultMinRefreshInterval - time.Second)
 	var tre *TooRecentError
@@ -167,7 +167,7 @@ func TestEngineRejectedOldEnoughGrants(t *testing.T) {
 func TestEngineRejectedFutureGeneration(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	ks := testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour))
+	ks := f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour))
 	ks.UpdatedAt = f.clock.Now().Add(time.Hour)
 	storeKeySet(t, f.store, ks)
 	if cred, err := f.r.Rejected(context.Background(), "sf", 1); err != nil || cred.KeySet.Generation != 2 {
@@ -180,7 +180,7 @@ func TestEngineRejectedFutureGeneration(t *testing.T) {
 func TestEngineRejectedRecentJoinsFlight(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	ks := testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour))
+	ks := f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour))
 	ks.UpdatedAt = f.clock.Now()
 	storeKeySet(t, f.store, ks)
 	st := f.mustState(t, "sf")
@@ -218,7 +218,7 @@ func TestEngineShortLivedTokenSkew(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
 	f.te.ExpiresIn = 20
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
 		t.Fatalf("Current(%q) = %s; want Bearer at-1", "sf", credString(cred))
 	}
@@ -333,7 +333,7 @@ func TestEngineRetryAfterCapped(t *testing.T) {
 			if tt.max != 0 {
 				f.r.maxRetryAfter = tt.max
 			}
-			storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 			var limited atomic.Bool
 			limited.Store(true)
 			f.respond(func(w http.ResponseWriter, _ *http.Request) bool {

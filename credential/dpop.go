@@ -24,6 +24,10 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
+// dpopTokenType is the token_type of a DPoP-bound token (RFC 9449 section
+// 5); with DPoP no other is accepted (tokenClient.checkBound).
+const dpopTokenType = "DPoP"
+
 // DPoP holds what an engine needs for DPoP (RFC 9449): the key of every
 // key set, or none, in which case each key set gets its own at its first
 // grant (keystore.KeySet.ProofKey); and the nonces servers asked for, by

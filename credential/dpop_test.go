@@ -1,6 +1,7 @@
 package credential
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -9,6 +10,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +21,8 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
@@ -56,8 +61,8 @@ func verifyProof(t *testing.T, compact string) seenProof {
 	return p
 }
 
-// dpopEndpoint makes the fixture's token endpoint record every DPoP proof
-// and, while nonce is set, answer a proof without it 400 use_dpop_nonce
+// dpopEndpoint makes the fixture's token endpoint answer DPoP-bound
+// tokens, record every DPoP proof and, while nonce is set, answer a proof without it 400 use_dpop_nonce
 // with the nonce (RFC 9449 section 8). It also sends DPoP-Nonce next with
 // successful answers when not empty.
 type dpopEndpoint struct {
@@ -78,6 +83,7 @@ func (f *refresherFixture) useDPoP(t *testing.T, key crypto.Signer) *dpopEndpoin
 	f.r.client.DPoP = d
 	de := &dpopEndpoint{}
 	f.te.Mu.Lock()
+	f.te.Extra = map[string]any{"token_type": "DPoP"} // a bound token (RFC 9449 section 5)
 	f.te.Respond = func(w http.ResponseWriter, r *http.Request) bool {
 		r.ParseForm()
 		proof := r.Header.Get("DPoP")
@@ -121,7 +127,7 @@ func TestEngineDPoPTokenRequests(t *testing.T) {
 	f.other.UseCodec(codec)
 	de := f.useDPoP(t, nil)
 	f.r.client.URL += "?tenant=t1"
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 
 	first := f.mustCurrent(t, "sf")
 	f.clock.Advance(2 * time.Hour)
@@ -175,7 +181,7 @@ func TestEngineDPoPTokenEndpointNonce(t *testing.T) {
 	f.r.client.Signer = mustSigner(t, testECKey(), "", "")
 	de := f.useDPoP(t, nil)
 	de.nonce, de.next = "n-1", "n-2"
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 
 	f.mustCurrent(t, "sf")
 	proofs := de.seen()
@@ -218,7 +224,7 @@ func TestEngineProofForResourceRequests(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
 	de := f.useDPoP(t, nil)
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	cred := f.mustCurrent(t, "sf")
 	f.r.NoteNonce("https://api.example.com/v1/other", "rs-1")
 
@@ -267,7 +273,7 @@ func TestDPoPConfiguredKey(t *testing.T) {
 	}
 	f := newEngineFixture(t, "rt-0")
 	de := f.useDPoP(t, testECKey())
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	cred := f.mustCurrent(t, "sf")
 	if len(cred.KeySet.ProofKey) != 0 {
 		t.Errorf("stored proof key = %s; want none with a configured key", cred.KeySet.ProofKey)
@@ -275,5 +281,121 @@ func TestDPoPConfiguredKey(t *testing.T) {
 	thumb, _ := (&jose.JSONWebKey{Key: testECKey().Public()}).Thumbprint(crypto.SHA256)
 	if got := verifyProof(t, de.seen()[0]).jkt; got != base64.RawURLEncoding.EncodeToString(thumb) {
 		t.Errorf("proof key %s; want the configured key's", got)
+	}
+}
+
+// grantRecorder counts the grants an Observer is told of, by outcome.
+type grantRecorder struct {
+	Observers // the other methods: nothing
+	mu        sync.Mutex
+	failed    []string // the code of each failed grant
+	succeeded int
+}
+
+func (g *grantRecorder) GrantDone(_ string, err error, _ time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var re *Error
+	switch {
+	case err == nil:
+		g.succeeded++
+	case errors.As(err, &re):
+		g.failed = append(g.failed, re.Code)
+	default:
+		g.failed = append(g.failed, err.Error())
+	}
+}
+
+// With DPoP, a token response whose token_type is not DPoP (RFC 9449
+// section 5; compared case-insensitively, as token types are) holds a
+// bearer token: it is refused as a temporary token_type_not_dpop, counted
+// as a failed grant and logged; nothing of it is stored, and its access
+// token is never sent: the key set in use goes on with its own. The token
+// endpoint's answer reaches the engine by x/oauth2's path and by the
+// salvage of a 200 x/oauth2 refused (a fractional expires_in).
+func TestEngineDPoPRefusesTokenNotBound(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name      string
+		tokenType string // "" leaves token_type out
+		expiresIn string
+		refused   bool
+	}{
+		{"Bearer", `"Bearer"`, "3600", true},
+		{"bearer", `"bearer"`, "3600", true},
+		{"no token_type", "", "3600", true},
+		{"another type", `"N_A"`, "3600", true},
+		{"the access token as token_type", `"at-unbound-secret"`, "3600", true}, // not echoed
+		{"Bearer, salvaged", `"Bearer"`, "3600.5", true},
+		{"DPoP", `"DPoP"`, "3600", false},
+		{"dpop", `"dpop"`, "3600", false},
+		{"DPoP, salvaged", `"DPoP"`, "3600.5", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newEngineFixture(t, "rt-0")
+			d, err := NewDPoP(testECKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.r.client.DPoP = d
+			core, logs := observer.New(zap.DebugLevel)
+			f.r.logger = zap.New(core)
+			grants := &grantRecorder{}
+			f.r.observer = grants
+			body := `{"access_token":"at-unbound-secret","refresh_token":"rt-unbound-secret","expires_in":` + tt.expiresIn
+			if tt.tokenType != "" {
+				body += `,"token_type":` + tt.tokenType
+			}
+			f.respond(func(w http.ResponseWriter, r *http.Request) bool {
+				answerJSON(http.StatusOK, body+"}")(w, r)
+				return true
+			})
+			// In use: a token an hour old that the upstream just rejected.
+			storeKeySet(t, f.store, f.keySet("sf", 1, "at-own", "rt-0", f.clock.Now().Add(time.Hour)))
+			f.mustCurrent(t, "sf")
+			before := f.readDocument(t, "sf")
+
+			cred, err := f.r.Rejected(context.Background(), "sf", 1)
+			if !tt.refused {
+				if err != nil || cred.KeySet.Token.AccessToken() != "at-unbound-secret" || cred.KeySet.Generation != 2 {
+					t.Fatalf("Rejected(%q, 1) = %s, %v; want the granted token, generation 2", "sf", credString(cred), err)
+				}
+				return
+			}
+			if cred != nil {
+				t.Errorf("Rejected(%q, 1) = %s; want no credential", "sf", credString(cred))
+			}
+			re := asError(t, err)
+			if re.Code != CodeTokenNotDPoP || !re.Temporary || re.KeySet != "sf" {
+				t.Errorf("Rejected(%q, 1) = {KeySet %q, Code %q, Temporary %v}; want {sf, %q, true}", "sf", re.KeySet, re.Code, re.Temporary, CodeTokenNotDPoP)
+			}
+			if after := f.readDocument(t, "sf"); !bytes.Equal(after, before) {
+				t.Errorf("stored key set changed:\n%s\nwant\n%s", after, before)
+			}
+			if cred := f.mustCurrent(t, "sf"); cred.KeySet.Token.AccessToken() != "at-own" || cred.KeySet.Generation != 1 {
+				t.Errorf("Current(%q) after the refusal = %s; want at-own, generation 1", "sf", credString(cred))
+			}
+			grants.mu.Lock()
+			if grants.succeeded != 0 || len(grants.failed) != 1 || grants.failed[0] != CodeTokenNotDPoP {
+				t.Errorf("observed grants: %d succeeded, failed %q; want none succeeded, one %s", grants.succeeded, grants.failed, CodeTokenNotDPoP)
+			}
+			grants.mu.Unlock()
+			logged := false
+			for _, e := range logs.All() {
+				if e.Level >= zap.WarnLevel && e.ContextMap()["error_code"] == CodeTokenNotDPoP {
+					logged = true
+				}
+				if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, "unbound-secret") {
+					t.Errorf("log line holds a token value: %s", line)
+				}
+			}
+			if !logged {
+				t.Errorf("no log entry at warn or above with error_code %s", CodeTokenNotDPoP)
+			}
+			if strings.Contains(err.Error(), "unbound-secret") {
+				t.Errorf("error %q holds a token value", err)
+			}
+		})
 	}
 }

@@ -74,6 +74,16 @@ type Config struct {
 	// when the keystore has no key set of that name.
 	SeedName  string
 	SeedToken string
+	// BindUnbound names the one key set whose stored document may name no
+	// client (keystore.KeySet.Client nil: written by hand, or before key
+	// sets were bound): the engine takes it up as its own and binds it
+	// with its next write. Every other unbound document is refused with a
+	// permanent *Error of code CodeKeySetUnbound, since nothing in it says
+	// whose tokens it holds. It is a one-time migration switch for an
+	// engine that serves one fixed key set: one that selects key sets per
+	// request must leave it empty, or the first client to ask would take
+	// up, and bind, a document of any name. Default: none.
+	BindUnbound string
 	// MaxWait bounds how long a request waits for a refresh another
 	// request started; zero: only the request's context bounds it.
 	MaxWait time.Duration
@@ -122,9 +132,14 @@ type Credential struct {
 	spread         float64 // in [0.5, 1): where in the skew its proactive refresh starts
 }
 
-// minTokenLife is the least life a token must have left to be sent: one
-// closer to its expiry would die on its way to the upstream, or while the
-// upstream works on the request, so it counts as expired.
+// minTokenLife is the least life a token must have left to be sent, the
+// sending floor: one closer to its expiry would die on its way to the
+// upstream, or while the upstream works on the request, so it counts as
+// expired and is replaced first. A token endpoint that announces a
+// lifetime no longer than the floor (expires_in 1, or 0.5) would make
+// every token it grants unusable on arrival, and so a grant per request,
+// each spending (and, with rotation, replacing) the refresh token: such a
+// lifetime is taken as unknown instead (expiryOf, belowSendingFloor).
 const minTokenLife = time.Second
 
 // usable reports whether the credential's access token can be sent at now.
@@ -165,14 +180,15 @@ func spreadOf(ks *keystore.KeySet) float64 {
 // through the keystore's lock, per cluster), and stores each new key set
 // before anything uses it.
 type Engine struct {
-	store     keystore.Store
-	client    *tokenClient
-	mode      string
-	skew      time.Duration
-	seedName  string
-	seedToken string
-	headerFor func(accessToken string) string
-	maxWait   time.Duration
+	store       keystore.Store
+	client      *tokenClient
+	mode        string
+	skew        time.Duration
+	seedName    string
+	seedToken   string
+	bindUnbound string // the one key set whose unbound document is taken up
+	headerFor   func(accessToken string) string
+	maxWait     time.Duration
 	// minRefreshInterval: a rejection of a younger generation makes no
 	// grant; negative: no minimum.
 	minRefreshInterval time.Duration
@@ -212,14 +228,15 @@ func New(store keystore.Store, cfg Config) *Engine {
 		endpoint.Transport = http.DefaultTransport
 	}
 	e := &Engine{
-		store:     store,
-		client:    &tokenClient{TokenEndpoint: endpoint, now: time.Now},
-		mode:      cfg.Mode,
-		skew:      cfg.Skew,
-		seedName:  cfg.SeedName,
-		seedToken: cfg.SeedToken,
-		headerFor: cfg.Header,
-		maxWait:   cfg.MaxWait,
+		store:       store,
+		client:      &tokenClient{TokenEndpoint: endpoint, now: time.Now},
+		mode:        cfg.Mode,
+		skew:        cfg.Skew,
+		seedName:    cfg.SeedName,
+		seedToken:   cfg.SeedToken,
+		bindUnbound: cfg.BindUnbound,
+		headerFor:   cfg.Header,
+		maxWait:     cfg.MaxWait,
 		// Zero means the default, as elsewhere in Config; no minimum is
 		// asked for with a negative interval.
 		minRefreshInterval: cmp.Or(cfg.MinRefreshInterval, DefaultMinRefreshInterval),

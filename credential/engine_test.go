@@ -242,7 +242,7 @@ func TestEngineSingleFlight(t *testing.T) {
 			if tt.access != "" {
 				expiry = f.clock.Now().Add(tt.expiry)
 			}
-			storeKeySet(t, f.store, testKeySet("sf", 1, tt.access, "rt-0", expiry))
+			storeKeySet(t, f.store, f.keySet("sf", 1, tt.access, "rt-0", expiry))
 			is := f.instrument()
 			f.mustState(t, "sf")
 			release := f.holdGrants(t)
@@ -293,7 +293,7 @@ func credString(c *Credential) string {
 func TestEngineRejectedOlderGeneration(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 3, "at-3", "rt-0", f.clock.Now().Add(time.Hour)))
+	storeKeySet(t, f.store, f.keySet("sf", 3, "at-3", "rt-0", f.clock.Now().Add(time.Hour)))
 	is := f.instrument()
 	cred, err := f.r.Rejected(context.Background(), "sf", 2)
 	if err != nil || cred.Header != "Bearer at-3" || cred.KeySet.Generation != 3 {
@@ -314,7 +314,7 @@ func TestEngineRejectedOlderGeneration(t *testing.T) {
 func TestEngineRejectedCurrentGeneration(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 	is := f.instrument()
 	f.mustState(t, "sf")
 	release := f.holdGrants(t)
@@ -363,7 +363,7 @@ func TestEngineKeepsRefreshToken(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
 	f.te.Rotate = false
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 
 	for gen := int64(2); gen <= 3; gen++ {
 		f.clock.Advance(DefaultMinRefreshInterval) // a rejection of a generation old enough to grant
@@ -403,7 +403,7 @@ func TestEngineSeed(t *testing.T) {
 			f.r.seedName, f.r.seedToken = "sf", "rt-seed"
 			var before []byte
 			if tt.stored != nil {
-				storeKeySet(t, f.store, tt.stored)
+				storeKeySet(t, f.store, ownedBy(f.r, tt.stored))
 				before = f.readDocument(t, "sf")
 			}
 			cred := f.mustCurrent(t, "sf")
@@ -479,7 +479,7 @@ func TestEngineNoKeySet(t *testing.T) {
 func TestEngineInvalidGrantIsCached(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-other") // the stored rt-0 is no longer valid
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	before := f.readDocument(t, "sf")
 
 	_, first := f.r.Current(context.Background(), "sf")
@@ -506,7 +506,7 @@ func TestEngineInvalidGrantIsCached(t *testing.T) {
 	}
 
 	// An operator or another replica stores a working generation.
-	storeNext(t, f.other, testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour)))
+	storeNext(t, f.other, f.keySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour)))
 	cred, err := f.r.Current(context.Background(), "sf")
 	if err != nil || cred.Header != "Bearer at-other" || cred.KeySet.Generation != 2 {
 		t.Errorf("Current(%q) = %v, %v; want Bearer at-other generation 2", "sf", credString(cred), err)
@@ -537,10 +537,10 @@ func answerInvalidGrant(w http.ResponseWriter) {
 func TestEngineInvalidGrantAdoptsSuccessor(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	f.respond(func(w http.ResponseWriter, r *http.Request) bool {
 		// The other writer rotates first and stores its result.
-		if err := f.other.Save(r.Context(), testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))); err != nil {
+		if err := f.other.Save(r.Context(), f.keySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return true
 		}
@@ -574,7 +574,7 @@ func answer503(down *atomic.Bool) func(http.ResponseWriter, *http.Request) bool 
 func TestEngineTemporaryFailureBackoff(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	var down atomic.Bool
 	down.Store(true)
 	f.respond(answer503(&down))
@@ -620,7 +620,7 @@ func TestEngineTemporaryFailureBackoff(t *testing.T) {
 func TestEngineRetryAfterExtendsBackoff(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	f.respond(func(w http.ResponseWriter, _ *http.Request) bool {
 		w.Header().Set("Retry-After", "7")
 		w.WriteHeader(http.StatusTooManyRequests)
@@ -659,7 +659,7 @@ func TestEngineExpirySkew(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
 			f.r.mode = tt.mode
-			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 			st := f.mustState(t, "sf")
 			release := f.holdGrants(t)
 
@@ -702,7 +702,7 @@ func TestEngineExpired(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
 	f.r.mode = ModeReactive
-	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-old" {
 		t.Fatalf("Current(%q) = %s; want Bearer at-old", "sf", credString(cred))
 	}
@@ -718,7 +718,7 @@ func TestEngineAlwaysMode(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
 	f.r.mode = ModeAlways
-	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(time.Hour)))
 
 	for i := 1; i <= 3; i++ {
 		want := fmt.Sprintf("Bearer at-%d", i)
@@ -784,7 +784,7 @@ func TestEngineAlwaysModeFailures(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
 			f.r.mode = ModeAlways
-			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(tt.expiry)))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(tt.expiry)))
 			f.respond(tt.answer)
 			for i := range 5 {
 				cred, err := f.r.Current(context.Background(), "sf")
@@ -813,7 +813,7 @@ func TestEngineAlwaysModeFailures(t *testing.T) {
 func TestEngineStoreFailure(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	fs := f.instrument()
 	fs.failSave.Store(true)
 
@@ -868,12 +868,12 @@ func TestEngineStoreFailure(t *testing.T) {
 func TestEngineSaveConflictAdoptsStored(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	var once sync.Once
 	f.respond(func(w http.ResponseWriter, r *http.Request) bool {
 		var err error
 		once.Do(func() {
-			err = f.other.Save(r.Context(), testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour)))
+			err = f.other.Save(r.Context(), f.keySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour)))
 		})
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -899,7 +899,7 @@ func TestEngineSaveConflictAdoptsStored(t *testing.T) {
 func TestEngineClientCancelKeepsGrant(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	release := f.holdGrants(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -934,7 +934,7 @@ func TestEngineClientCancelKeepsGrant(t *testing.T) {
 func TestEngineCloseWaitsForFlights(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	release := f.holdGrants(t)
 
 	go f.r.Current(context.Background(), "sf")
@@ -968,7 +968,7 @@ func TestEngineLogsHoldNoTokens(t *testing.T) {
 	f := newEngineFixture(t, "rt-0")
 	core, logs := observer.New(zap.DebugLevel)
 	f.r.logger = zap.New(core)
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 
 	f.mustCurrent(t, "sf") // a grant
 	f.respond(func(w http.ResponseWriter, _ *http.Request) bool {

@@ -19,6 +19,11 @@ const (
 	// client (token URL or client id), so this engine neither uses,
 	// refreshes nor overwrites it.
 	CodeKeySetForeign = "key_set_foreign"
+	// CodeKeySetUnbound: the stored key set names no client (written by
+	// hand, or before key sets were bound), so nothing says whose tokens
+	// it holds; this engine neither uses, refreshes nor overwrites it
+	// unless Config.BindUnbound names it.
+	CodeKeySetUnbound = "key_set_unbound"
 	// CodeInvalidResponse replaces an error code from the token endpoint
 	// that RFC 6749 section 5.2 does not allow, or that is too long or
 	// holds a secret: a provider's code reaches answers, statuses and logs.
@@ -28,6 +33,10 @@ const (
 	CodeUnsupportedGrant = "unsupported_grant"
 	// CodeNoProofKey: a DPoP proof cannot be made for the key set.
 	CodeNoProofKey = "dpop_key_unavailable"
+	// CodeTokenNotDPoP: with DPoP, the token endpoint answered a token
+	// type other than DPoP, a token not bound to the proof key: refused,
+	// neither stored nor sent (RFC 9449 section 5).
+	CodeTokenNotDPoP = "token_type_not_dpop"
 	// CodeKeySetNotAllowed: a key set name that a request selected and
 	// key_set_allow does not admit.
 	CodeKeySetNotAllowed = "key_set_not_allowed"

@@ -28,7 +28,7 @@ func answerOAuthError(w http.ResponseWriter, status int, code, description strin
 func TestEngineProactiveRetryableFailure(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 	var conflicts atomic.Int64
 	conflicts.Store(1)
 	f.respond(func(w http.ResponseWriter, _ *http.Request) bool {
@@ -86,7 +86,7 @@ func TestEngineProactiveFailureServesUntilExpiry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
-			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 			f.respond(func(w http.ResponseWriter, _ *http.Request) bool {
 				answerOAuthError(w, tt.status, tt.code, "")
 				return true
@@ -121,9 +121,9 @@ func TestEnginePermanentFailureAdoptsStored(t *testing.T) {
 		t.Run(code, func(t *testing.T) {
 			t.Parallel()
 			f := newEngineFixture(t, "rt-0")
-			storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+			storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 			f.respond(func(w http.ResponseWriter, r *http.Request) bool {
-				if err := f.other.Save(r.Context(), testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))); err != nil {
+				if err := f.other.Save(r.Context(), f.keySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))); err != nil {
 					http.Error(w, err.Error(), http.StatusInternalServerError)
 					return true
 				}
@@ -164,7 +164,7 @@ func (s *slowLoadStore) Load(ctx context.Context, name string) (*keystore.KeySet
 func TestEngineKeystoreReadOutsideKeySetLock(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-other") // the stored rt-0 is no longer valid
-	storeKeySet(t, f.store, testKeySet("sf", 1, "", "rt-0", time.Time{}))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
 	if _, err := f.r.Current(context.Background(), "sf"); asError(t, err).Code != "invalid_grant" {
 		t.Fatalf("Current(%q) = %v; want invalid_grant", "sf", err)
 	}
@@ -216,7 +216,7 @@ func TestEngineKeystoreReadOutsideKeySetLock(t *testing.T) {
 func TestEngineRejectedDuringBackoffAdoptsStored(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, testKeySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-old", "rt-0", f.clock.Now().Add(20*time.Second)))
 	f.respond(func(w http.ResponseWriter, _ *http.Request) bool {
 		answerOAuthError(w, http.StatusBadRequest, "invalid_request", "Please retry the request")
 		return true
@@ -230,7 +230,7 @@ func TestEngineRejectedDuringBackoffAdoptsStored(t *testing.T) {
 	}
 
 	// Another replica's grant.
-	other := testKeySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))
+	other := f.keySet("sf", 2, "at-other", "rt-other", f.clock.Now().Add(time.Hour))
 	if err := f.other.Save(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}

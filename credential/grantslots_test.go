@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // inFlightCounter counts the token requests in flight, and the most seen,
@@ -61,8 +62,9 @@ func newHerdEngine(t *testing.T, clock *credentialtest.Clock, n, limit int, expi
 		return true
 	}
 	store := newFileStore(t, t.TempDir())
+	client := &keystore.Binding{TokenURL: te.URL(), ClientID: "client-1"} // the engine's, below
 	for i := range n {
-		storeKeySet(t, store, testKeySet(fmt.Sprintf("herd-%d", i), 1, "at-0", "rt-0", expiry))
+		storeKeySet(t, store, boundTo(testKeySet(fmt.Sprintf("herd-%d", i), 1, "at-0", "rt-0", expiry), client))
 	}
 	counter := &inFlightCounter{base: http.DefaultTransport, gate: make(chan struct{})}
 	e := New(store, Config{
@@ -148,7 +150,7 @@ func TestUrgentGrantNotQueuedBehindProactive(t *testing.T) {
 	clock := credentialtest.NewClock()
 	// Every token expires in 10 s: within the 30 s skew, still valid.
 	e, counter := newHerdEngine(t, clock, 20, 4, clock.Now().Add(10*time.Second))
-	storeKeySet(t, e.Store(), testKeySet("expired", 1, "at-0", "rt-urgent", clock.Now().Add(-time.Second)))
+	storeKeySet(t, e.Store(), ownedBy(e, testKeySet("expired", 1, "at-0", "rt-urgent", clock.Now().Add(-time.Second))))
 	startHerd(t, e, 20)
 	credentialtest.Eventually(t, "three proactive grants in flight", func() bool { return counter.now.Load() == 3 })
 	awaitCurrent(t, e, "expired")
@@ -163,7 +165,7 @@ func TestQueuedProactiveGrantPromoted(t *testing.T) {
 	t.Parallel()
 	clock := credentialtest.NewClock()
 	e, counter := newHerdEngine(t, clock, 20, 4, clock.Now().Add(10*time.Second))
-	storeKeySet(t, e.Store(), testKeySet("late", 1, "at-0", "rt-urgent", clock.Now().Add(10*time.Second)))
+	storeKeySet(t, e.Store(), ownedBy(e, testKeySet("late", 1, "at-0", "rt-urgent", clock.Now().Add(10*time.Second))))
 	startHerd(t, e, 20)
 	credentialtest.Eventually(t, "three proactive grants in flight", func() bool { return counter.now.Load() == 3 })
 	// late's proactive refresh queues behind the herd's.

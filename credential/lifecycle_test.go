@@ -45,11 +45,13 @@ func newFileStore(t *testing.T, dir string) *file.Store {
 }
 
 // saveKeySet stores generation 1 of key set name, refreshed at updated,
-// with refresh token rt and an access token that expires an hour later.
-func saveKeySet(t *testing.T, store keystore.Store, name string, updated time.Time, rt string) {
+// with refresh token rt and an access token that expires an hour later,
+// bound to the client of newWatchedEngine's engines granting at te.
+func saveKeySet(t *testing.T, store keystore.Store, te *credentialtest.TokenEndpoint, name string, updated time.Time, rt string) {
 	t.Helper()
 	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: updated, Expiry: updated.Add(time.Hour),
-		Token: credentialtest.TokenOf(t, `{"access_token":"at-0","refresh_token":"`+rt+`"}`)}
+		Client: &keystore.Binding{TokenURL: te.URL(), ClientID: "client-1"},
+		Token:  credentialtest.TokenOf(t, `{"access_token":"at-0","refresh_token":"`+rt+`"}`)}
 	if err := store.Save(context.Background(), ks); err != nil {
 		t.Fatalf("Save(%q) = %v", name, err)
 	}
@@ -97,8 +99,8 @@ func TestKeepaliveRefreshesIdleKeySets(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	store := newFileStore(t, t.TempDir())
-	saveKeySet(t, store, "idle", clock.Now(), "rt-0")
-	saveKeySet(t, store, "not-served", clock.Now(), "rt-x")
+	saveKeySet(t, store, te, "idle", clock.Now(), "rt-0")
+	saveKeySet(t, store, te, "not-served", clock.Now(), "rt-x")
 	rec := &changeRecorder{}
 	newWatchedEngine(t, store, te, clock, Config{Keepalive: week, Observer: rec,
 		Serves: func(name string) bool { return name != "not-served" }})
@@ -142,7 +144,7 @@ func TestKeepaliveOneGrantAcrossReplicas(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	dir := t.TempDir()
-	saveKeySet(t, newFileStore(t, dir), "idle", clock.Now(), "rt-0")
+	saveKeySet(t, newFileStore(t, dir), te, "idle", clock.Now(), "rt-0")
 	all := func(string) bool { return true }
 	a := newWatchedEngine(t, newFileStore(t, dir), te, clock, Config{Keepalive: week, Serves: all})
 	// b checks when the test says so.
@@ -172,7 +174,7 @@ func TestKeepaliveOff(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	store := newFileStore(t, t.TempDir())
-	saveKeySet(t, store, "idle", clock.Now(), "rt-0")
+	saveKeySet(t, store, te, "idle", clock.Now(), "rt-0")
 	rec := &changeRecorder{}
 	e := newWatchedEngine(t, store, te, clock, Config{Keepalive: -1, Observer: rec, Serves: func(string) bool { return true }})
 	if _, err := e.Status(context.Background(), "idle"); err != nil {
@@ -193,7 +195,7 @@ func TestStateEventsFailThenRecover(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	store := newFileStore(t, t.TempDir())
-	saveKeySet(t, store, "acct", clock.Now().Add(-2*time.Hour), "rt-revoked") // expired an hour ago
+	saveKeySet(t, store, te, "acct", clock.Now().Add(-2*time.Hour), "rt-revoked") // expired an hour ago
 	rcv := credentialtest.NewReceiver(t)
 	notifier, err := NewNotifier(NotifyConfig{URL: rcv.Server.URL, Secret: testSecret}, zap.NewNop())
 	if err != nil {
@@ -252,7 +254,7 @@ func TestUnstoredKeySetOutlivesItsEngine(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	dir := t.TempDir()
-	saveKeySet(t, newFileStore(t, dir), "acct", clock.Now().Add(-2*time.Hour), "rt-0") // expired
+	saveKeySet(t, newFileStore(t, dir), te, "acct", clock.Now().Add(-2*time.Hour), "rt-0") // expired
 	unstored := NewUnstored()
 	disk := &instrumentedStore{Store: newFileStore(t, dir)}
 	disk.failSave.Store(true)
@@ -293,7 +295,7 @@ func TestCloseStoresUnstoredKeySet(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	dir := t.TempDir()
-	saveKeySet(t, newFileStore(t, dir), "acct", clock.Now().Add(-2*time.Hour), "rt-0")
+	saveKeySet(t, newFileStore(t, dir), te, "acct", clock.Now().Add(-2*time.Hour), "rt-0")
 	disk := &instrumentedStore{Store: newFileStore(t, dir)}
 	disk.failSave.Store(true)
 	e := newWatchedEngine(t, disk, te, clock, Config{CheckInterval: time.Hour})
@@ -322,7 +324,7 @@ func TestUpdatedSentOncePerGenerationAcrossReplicas(t *testing.T) {
 	te := credentialtest.NewTokenEndpoint(t, "rt-0")
 	clock := credentialtest.NewClock()
 	dir := t.TempDir()
-	saveKeySet(t, newFileStore(t, dir), "acct", clock.Now(), "rt-0")
+	saveKeySet(t, newFileStore(t, dir), te, "acct", clock.Now(), "rt-0")
 	rcv := credentialtest.NewReceiver(t)
 	var engines []*Engine
 	var notifiers []*Notifier

@@ -15,7 +15,9 @@ import (
 // missing, and takes it into use at once. token must hold a refresh_token
 // or an access_token. The key set is bound to the engine's client; one
 // bound to another client is not written over (a permanent *Error of code
-// CodeKeySetForeign).
+// CodeKeySetForeign). Over a document bound to no client, token starts
+// the key set afresh: nothing of that document is kept but its
+// generation, so this is how an operator seeds an unbound key set anew.
 func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*keystore.KeySet, error) {
 	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
@@ -34,7 +36,8 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 // stored, so produce (a code exchange, say) sees the generation it
 // replaces, and the store's compare-and-swap on the generation fences any
 // writer whose lock lapsed. A key set bound to another client is refused
-// before produce runs.
+// before produce runs; one bound to none is replaced, not continued
+// (replaceable).
 func (e *Engine) storeNext(ctx context.Context, name string, produce func(current *keystore.KeySet) (grantResult, error)) (*keystore.KeySet, error) {
 	unlock, err := e.store.Lock(ctx, name)
 	if err != nil {
@@ -52,7 +55,7 @@ func (e *Engine) storeNext(ctx context.Context, name string, produce func(curren
 		// its generation is unknown, so the write must be unconditional.
 		return nil, fmt.Errorf("key set %q: the stored document is corrupt; remove it from the keystore first: %w", name, err)
 	default:
-		if err := e.owns(current); err != nil {
+		if current, err = e.replaceable(current); err != nil {
 			return nil, err
 		}
 	}
@@ -64,6 +67,7 @@ func (e *Engine) storeNext(ctx context.Context, name string, produce func(curren
 	// operator who sends only an access token wants exactly that.
 	next := e.bind(current.Next(res.token, res.expiry, e.now()))
 	res.keepProofKey(next)
+	e.noteSendingFloor(next)
 	if err := e.store.Save(ctx, next); err != nil {
 		return nil, e.keystoreError(name, "save", "storing the key set", err)
 	}

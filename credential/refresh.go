@@ -125,6 +125,7 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason)
 	}
 	next := e.bind(stored.Next(res.token, res.expiry, e.now()))
 	res.keepProofKey(next)
+	e.noteSendingFloor(next)
 	if err := e.store.Save(ctx, next); err != nil {
 		if errors.Is(err, keystore.ErrConflict) {
 			// Our lock lapsed and another holder stored a newer generation:
@@ -165,6 +166,19 @@ func (e *Engine) adoptOrGrant(ctx context.Context, successor *keystore.KeySet, w
 		return e.credentialFor(successor), nil
 	}
 	return e.grant(ctx, successor, why)
+}
+
+// noteSendingFloor logs, once per key set it is about to store, a token
+// response whose expires_in is at or below the sending floor, whose expiry
+// it therefore takes as unknown (belowSendingFloor): a provider that means
+// such lifetimes gets a grant per trigger status, not per request, and the
+// operator should know why its expires_in is not kept to.
+func (e *Engine) noteSendingFloor(ks *keystore.KeySet) {
+	if belowSendingFloor(ks.Token) {
+		e.logger.Warn("token lifetime at or below the sending floor; its expiry is taken as unknown, renewed on a trigger status",
+			zap.String("key_set", ks.Name), zap.Int64("generation", ks.Generation),
+			zap.Duration("expires_in", lifetimeOf(ks.Token)), zap.Duration("floor", minTokenLife))
+	}
 }
 
 func (e *Engine) logRefreshFailure(name string, gen int64, start time.Time, err error) {

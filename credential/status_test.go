@@ -28,7 +28,7 @@ func TestStatusFailingWhenBackoffOutlastsToken(t *testing.T) {
 			f := newEngineFixture(t, "rt-0")
 			f.r.maxRetryAfter = time.Hour
 			// Valid for 10 more minutes, old enough for any refresh.
-			ks := testKeySet("sf", 1, "at-0", "rt-0", f.clock.Now().Add(10*time.Minute))
+			ks := f.keySet("sf", 1, "at-0", "rt-0", f.clock.Now().Add(10*time.Minute))
 			ks.UpdatedAt = f.clock.Now().Add(-time.Hour)
 			storeKeySet(t, f.store, ks)
 			f.respond(func(w http.ResponseWriter, _ *http.Request) bool {

@@ -134,11 +134,48 @@ func (c *tokenClient) request(ctx context.Context, keySet string, params url.Val
 			// spent the old refresh token (or the code): throwing this
 			// away would lose the credential.
 			res.proofKey = freshProofKey(ctx)
-			return res, nil
+			return res, c.checkBound(keySet, res.token)
 		}
 		return grantResult{}, c.classify(keySet, err, append(signing.sent, secrets...)...)
 	}
-	return captured(ctx, keySet, capture, requested)
+	res, err := captured(ctx, keySet, capture, requested)
+	if err != nil {
+		return grantResult{}, err
+	}
+	return res, c.checkBound(keySet, res.token)
+}
+
+// checkBound refuses, with DPoP, a token response whose token_type is not
+// DPoP. RFC 9449 section 5: a server that binds the access token to the
+// proof key answers token_type DPoP; one that answers Bearer (a server
+// without DPoP, or a downgrade) issued a bearer token, which whoever reads
+// it off the wire or out of a log can use, the very thing DPoP is there to
+// stop. Sending it as "Authorization: DPoP <token>" would not bind it.
+// Token types are case-insensitive (RFC 6749 section 5.1, RFC 9449
+// section 5). The refusal is a temporary *Error, so the key set keeps the
+// token in use and grants back off; nothing of the response is kept. A
+// refresh token it rotated is lost with it, and the key set then needs a
+// person (invalid_grant): better than a bearer token sent upstream.
+func (c *tokenClient) checkBound(keySet string, token keystore.Token) error {
+	if c.DPoP == nil {
+		return nil
+	}
+	tokenType := token.String(keystore.FieldTokenType)
+	if strings.EqualFold(tokenType, dpopTokenType) {
+		return nil
+	}
+	// The provider's text reaches answers and logs: shown only when it
+	// looks like a token type and holds none of the response's secrets.
+	shown := "none"
+	if tokenType != "" {
+		shown = "(not shown)"
+		if errorCode(tokenType, token.AccessToken(), token.RefreshToken()) == tokenType {
+			shown = strconv.Quote(tokenType)
+		}
+	}
+	return &Error{KeySet: keySet, Code: CodeTokenNotDPoP, Temporary: true,
+		Description: "the token endpoint answered token_type " + shown + " to a DPoP token request, not DPoP " +
+			"(RFC 9449 section 5): the token is not bound to the proof key, so it is neither stored nor sent"}
 }
 
 // captured is the grant result of the token response that capture holds,

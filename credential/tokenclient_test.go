@@ -395,7 +395,8 @@ func TestTokenClientKeepsGrantWithOddExpiresIn(t *testing.T) {
 }
 
 // TestTokenClientExpiryOf: expires_in counts from the request time; anything that is
-// not a positive number of seconds gives an unknown (zero) expiry, and
+// not a positive number of seconds, or no more than the sending floor,
+// gives an unknown (zero) expiry, and
 // an absurdly long one must not overflow time.Duration into an expiry in the
 // past, which would make every request refresh the token.
 func TestTokenClientExpiryOf(t *testing.T) {
@@ -414,6 +415,12 @@ func TestTokenClientExpiryOf(t *testing.T) {
 		{"not a number", `"soon"`, time.Time{}},
 		{"fraction", `59.5`, tokenClientTestNow.Add(59500 * time.Millisecond)},
 		{"NaN-like", `"NaN"`, time.Time{}},
+		// At or below the sending floor (minTokenLife): as good as expired
+		// on arrival, so taken as unknown rather than as a grant per request.
+		{"the floor", `1`, time.Time{}},
+		{"the floor as a string", `"1"`, time.Time{}},
+		{"below the floor", `0.5`, time.Time{}},
+		{"above the floor", `1.5`, tokenClientTestNow.Add(1500 * time.Millisecond)},
 		{"infinite", `"Inf"`, time.Time{}},
 	}
 	for _, tt := range tests {

@@ -47,14 +47,37 @@ func parseTokenResponse(header http.Header, body []byte) (keystore.Token, error)
 // key set is treated as one without expires_in: refreshed on a trigger.
 const maxExpiresIn = 10 * 365 * 24 * 60 * 60
 
-// expiryOf computes the expiry from expires_in (a number or, as some
-// providers send it, a string), counted from when the request was sent.
-func expiryOf(token keystore.Token, requested time.Time) time.Time {
+// lifetimeOf is the lifetime that token's expires_in announces (a number
+// or, as some providers send it, a string); zero when it has none, or one
+// that is not a positive number of seconds up to maxExpiresIn.
+func lifetimeOf(token keystore.Token) time.Duration {
 	secs, err := strconv.ParseFloat(token.String(keystore.FieldExpiresIn), 64)
 	if err != nil || !(secs > 0 && secs <= maxExpiresIn) {
+		return 0
+	}
+	return time.Duration(secs * float64(time.Second))
+}
+
+// expiryOf computes the expiry from expires_in, counted from when the
+// request was sent; zero (unknown) without a lifetime (lifetimeOf), and for
+// one at or below the sending floor (belowSendingFloor).
+func expiryOf(token keystore.Token, requested time.Time) time.Time {
+	lifetime := lifetimeOf(token)
+	if lifetime <= minTokenLife {
 		return time.Time{}
 	}
-	return requested.Add(time.Duration(secs * float64(time.Second)))
+	return requested.Add(lifetime)
+}
+
+// belowSendingFloor reports whether token announces a lifetime, but one no
+// longer than minTokenLife: taken at its word, the token would be expired
+// (unusable) the moment it arrived, and every request would make a grant,
+// each spending the refresh token. Its expiry is taken as unknown instead,
+// as with a missing expires_in (Salesforce): it is renewed on a trigger
+// status, and by the keepalive.
+func belowSendingFloor(token keystore.Token) bool {
+	lifetime := lifetimeOf(token)
+	return lifetime > 0 && lifetime <= minTokenLife
 }
 
 // capturingTransport adds the extra form fields to the token request and

@@ -145,7 +145,8 @@ func probe(t *testing.T, sc *sidecar.Process) map[int]int {
 func reseed(t *testing.T, auth *authserver.Server, sc *sidecar.Process, dir string) {
 	t.Helper()
 	stored, _ := readKeySet(t, dir, keySetName)
-	next := &keystore.KeySet{Name: keySetName, Generation: stored.Generation + 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{}}
+	next := &keystore.KeySet{Name: keySetName, Generation: stored.Generation + 1, UpdatedAt: time.Now().UTC(), Token: keystore.Token{},
+		Client: stored.Client} // still the sidecar's client: an unbound document would be refused
 	next.Token.SetString(keystore.FieldRefreshToken, seedToken(t, auth))
 	store, err := file.New(dir)
 	if err != nil {

@@ -181,7 +181,8 @@ func (env *interopEnv) storeKeySet(t *testing.T, name string, stale bool) {
 	if err != nil {
 		t.Fatalf("grant: %v", err)
 	}
-	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}}
+	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{},
+		Client: &keystore.Binding{TokenURL: env.auth.TokenURL(), ClientID: authserver.DefaultClientID}} // the sidecar's, or it is refused
 	ks.Token.SetString(keystore.FieldAccessToken, tok.AccessToken)
 	ks.Token.SetString(keystore.FieldRefreshToken, tok.RefreshToken)
 	ks.Token.SetString(keystore.FieldTokenType, "bearer")

@@ -106,7 +106,8 @@ func storeStaleKeySet(t *testing.T, auth *authserver.Server, dir, name string) {
 	}
 	// Stored an hour ago: a token that has been in use for a while, whose
 	// rejection makes a grant (min_refresh_interval).
-	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{}}
+	ks := &keystore.KeySet{Name: name, Generation: 1, UpdatedAt: time.Now().Add(-time.Hour).UTC(), Token: keystore.Token{},
+		Client: &keystore.Binding{TokenURL: auth.TokenURL(), ClientID: authserver.DefaultClientID}} // the sidecar's, or it is refused
 	ks.Token.SetString(keystore.FieldAccessToken, first.AccessToken)
 	ks.Token.SetString(keystore.FieldRefreshToken, second.RefreshToken)
 	ks.Token.SetString(keystore.FieldTokenType, "bearer")

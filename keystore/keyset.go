@@ -43,9 +43,11 @@ type KeySet struct {
 	// Client is the client the key set was granted for. Its tokens are
 	// that client's: an engine configured for another client must not
 	// send them upstream, spend the refresh token at its own token
-	// endpoint, or write over the document. Nil in documents written
-	// before key sets were bound; an engine adopts those and binds them
-	// on its next write.
+	// endpoint, or write over the document. Nil in documents written by
+	// hand or before key sets were bound: nothing then says whose tokens
+	// they hold, so an engine refuses them, unless its operator named the
+	// key set for binding (credential.Config.BindUnbound), and binds it on
+	// its next write.
 	Client *Binding `json:"client,omitempty"`
 
 	// ProofKey is the private key, a JWK, that the key set's tokens are

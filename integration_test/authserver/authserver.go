@@ -169,15 +169,19 @@ func New(cfg Config) (*Server, error) {
 	if err := s.startAPI(); err != nil {
 		return nil, err
 	}
-	addr, err := reserveTokenAddr()
-	if err == nil {
-		fositeConfig.TokenURL = "http://" + addr + "/token" // the aud of assertions
-		err = registerIssuers(store, cfg.JWTIssuers)
+	ln, err := reserveTokenListener()
+	if err != nil {
+		s.Close()
+		return nil, err
 	}
+	addr := ln.Addr().String()
+	fositeConfig.TokenURL = "http://" + addr + "/token" // the aud of assertions
+	err = registerIssuers(store, cfg.JWTIssuers)
 	if err == nil {
-		addr, err = s.startToken(addr)
+		addr, err = s.startToken(addr, ln)
 	}
 	if err != nil {
+		ln.Close()
 		s.Close()
 		return nil, err
 	}
@@ -343,7 +347,7 @@ func (s *Server) Stop() error {
 // Start serves the token endpoint again on the port it had before Stop.
 // Starting a running endpoint is harmless.
 func (s *Server) Start() error {
-	_, err := s.startToken(s.tokenAddr)
+	_, err := s.startToken(s.tokenAddr, nil)
 	return err
 }
 
@@ -365,9 +369,9 @@ func (s *Server) Close() error {
 	return errors.Join(errStop, err)
 }
 
-// startToken serves the token endpoint on addr and returns the address it
-// listens on.
-func (s *Server) startToken(addr string) (string, error) {
+// startToken serves the token endpoint on ln, or when ln is nil on a new
+// listener at addr, and returns the address it listens on.
+func (s *Server) startToken(addr string, ln net.Listener) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tokenServer != nil {
@@ -376,7 +380,7 @@ func (s *Server) startToken(addr string) (string, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /token", s.faults.wrap(s.serveToken))
 	s.routeAuthorize(mux)
-	srv, done, ln, err := serve(addr, mux)
+	srv, done, ln, err := serve(addr, ln, mux)
 	if err != nil {
 		return "", fmt.Errorf("authserver: start token endpoint on %s: %w", addr, err)
 	}
@@ -387,7 +391,7 @@ func (s *Server) startToken(addr string) (string, error) {
 func (s *Server) startAPI() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /introspect", s.serveIntrospect)
-	srv, done, ln, err := serve("127.0.0.1:0", mux)
+	srv, done, ln, err := serve("127.0.0.1:0", nil, mux)
 	if err != nil {
 		return fmt.Errorf("authserver: start introspection endpoint: %w", err)
 	}
@@ -398,11 +402,14 @@ func (s *Server) startAPI() error {
 	return nil
 }
 
-// serve listens on addr and serves handler until the returned server is closed.
-func serve(addr string, handler http.Handler) (*http.Server, chan struct{}, net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, nil, nil, err
+// serve serves handler on ln, or when ln is nil on a new listener at addr,
+// until the returned server is closed.
+func serve(addr string, ln net.Listener, handler http.Handler) (*http.Server, chan struct{}, net.Listener, error) {
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})

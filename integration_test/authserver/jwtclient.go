@@ -119,14 +119,15 @@ func clientAssertion(c Client, tokenURL string) (url.Values, error) {
 	return url.Values{"client_id": {c.ID}, "client_assertion_type": {clientAssertionType}, "client_assertion": {assertion}}, nil
 }
 
-// reserveTokenAddr picks a loopback port for the token endpoint before it
-// serves: fosite checks assertion audiences against the token URL, which
-// its configuration must hold before any request can read it.
-func reserveTokenAddr() (string, error) {
+// reserveTokenListener listens on a loopback port for the token endpoint
+// before it serves: fosite checks assertion audiences against the token
+// URL, which its configuration must hold before any request can read it.
+// The listener is kept, not closed and bound again, so that no parallel
+// test can take the port in between.
+func reserveTokenListener() (net.Listener, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", fmt.Errorf("authserver: reserve a port: %w", err)
+		return nil, fmt.Errorf("authserver: reserve a port: %w", err)
 	}
-	addr := ln.Addr().String()
-	return addr, ln.Close()
+	return ln, nil
 }
