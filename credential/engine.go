@@ -287,22 +287,29 @@ func (e *Engine) Store() keystore.Store { return e.store }
 // Current returns the credential to send for key set name now, refreshing
 // first when the mode or the token's expiry demands it. A request that the
 // token in use can still serve is never failed because a refresh failed or
-// is held back: it gets that token (DESIGN.md invariant 10).
+// is held back: it gets that token (DESIGN.md invariant 10). A key set
+// granted but not yet stored is such a token: it is served from memory, and
+// each request that finds it unsaved starts the save again in the
+// background, so that it is stored as soon as the keystore takes it.
 func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) {
 	st, err := e.state(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	st.mu.Lock()
+	if st.unsaved && st.flight == nil {
+		e.startFlightLocked(st, name, st.cred.KeySet.Generation, causeUnstored)
+	}
 	if due, soon := e.refreshNeed(st.cred, e.now()); !due && !soon {
 		cred := st.cred
 		st.mu.Unlock()
 		return cred, nil
 	}
-	// A grant is due or near, unless a recorded failure stands in for it.
-	// Checking that may release st.mu to read the keystore, so what
-	// follows looks at the key set in use afterwards.
-	blocked := e.blockedLocked(ctx, st, name)
+	// A grant is due or near, unless a recorded failure stands in for it:
+	// its urgent backoff when the token in use cannot serve. Checking that
+	// may release st.mu to read the keystore, so what follows looks at the
+	// key set in use afterwards.
+	blocked := e.blockedLocked(ctx, st, name, !st.cred.usable(e.now()))
 	now, cred := e.now(), st.cred
 	due, soon := e.refreshNeed(cred, now)
 	switch {
@@ -317,6 +324,10 @@ func (e *Engine) Current(ctx context.Context, name string) (*Credential, error) 
 		st.mu.Unlock()
 		if cred.usable(now) {
 			return cred, nil // always mode: the token in use still serves
+		}
+		// Another replica may have stored a successor since this one failed.
+		if stored := e.adoptStored(ctx, st, name, cred.KeySet.Generation); stored != nil {
+			return stored, nil
 		}
 		return nil, blocked
 	}
@@ -373,6 +384,11 @@ func (e *Engine) state(ctx context.Context, name string) (*keySetState, error) {
 	defer e.mu.Unlock()
 	if st = e.states[name]; st == nil {
 		st = &keySetState{cred: e.credentialFor(ks)}
+		// An engine that stopped (a reload) may have left a successor it
+		// granted but could not store: it serves, and is stored first.
+		if pending := e.unstored.get(name); newer(pending, ks.Generation) && e.owns(pending) == nil {
+			st.cred, st.unsaved = e.credentialFor(pending), true
+		}
 		e.states[name] = st
 	}
 	return st, nil

@@ -568,9 +568,11 @@ func answer503(down *atomic.Bool) func(http.ResponseWriter, *http.Request) bool 
 }
 
 // TestEngineTemporaryFailureBackoff: a token endpoint that is down gives
-// a temporary error with Retry-After; no grant is attempted before the
-// backoff ends, and the backoff doubles from 1s up to 30s; a success
-// resets it.
+// a temporary error with Retry-After, and no grant is attempted before the
+// backoff ends. With requests waiting on a token that cannot serve them
+// (here: none at all) the backoff stays at urgentFailureBackoff however
+// many grants failed, so that the first request after the endpoint comes
+// back is served within about a second; a success resets it.
 func TestEngineTemporaryFailureBackoff(t *testing.T) {
 	t.Parallel()
 	f := newEngineFixture(t, "rt-0")
@@ -579,28 +581,26 @@ func TestEngineTemporaryFailureBackoff(t *testing.T) {
 	down.Store(true)
 	f.respond(answer503(&down))
 
-	backoffs := []time.Duration{1, 2, 4, 8, 16, 30, 30}
-	for i, backoff := range backoffs {
-		backoff *= time.Second
+	for i := range 8 {
 		_, err := f.r.Current(context.Background(), "sf")
 		re := asError(t, err)
-		if re.Code != CodeTokenEndpointUnavailable || !re.Temporary || re.RetryAfter != backoff {
+		if re.Code != CodeTokenEndpointUnavailable || !re.Temporary || re.RetryAfter != urgentFailureBackoff {
 			t.Fatalf("Current(%q) failure %d = {Code %q, Temporary %v, RetryAfter %v}; want {%q, true, %v}",
-				"sf", i+1, re.Code, re.Temporary, re.RetryAfter, CodeTokenEndpointUnavailable, backoff)
+				"sf", i+1, re.Code, re.Temporary, re.RetryAfter, CodeTokenEndpointUnavailable, urgentFailureBackoff)
 		}
 		if got := f.sent.n.Load(); got != int64(i+1) {
 			t.Fatalf("token requests = %d after failure %d; want %d", got, i+1, i+1)
 		}
 		// Within the backoff: no request, and the time left is reported.
-		f.clock.Advance(backoff / 2)
+		f.clock.Advance(urgentFailureBackoff / 2)
 		_, err = f.r.Current(context.Background(), "sf")
-		if re := asError(t, err); !re.Temporary || re.RetryAfter != backoff-backoff/2 {
-			t.Errorf("Current(%q) within backoff = {Temporary %v, RetryAfter %v}; want {true, %v}", "sf", re.Temporary, re.RetryAfter, backoff-backoff/2)
+		if re := asError(t, err); !re.Temporary || re.RetryAfter != urgentFailureBackoff/2 {
+			t.Errorf("Current(%q) within backoff = {Temporary %v, RetryAfter %v}; want {true, %v}", "sf", re.Temporary, re.RetryAfter, urgentFailureBackoff/2)
 		}
 		if got := f.sent.n.Load(); got != int64(i+1) {
 			t.Fatalf("token requests = %d within backoff %d; want %d", got, i+1, i+1)
 		}
-		f.clock.Advance(backoff - backoff/2)
+		f.clock.Advance(urgentFailureBackoff / 2)
 	}
 
 	down.Store(false)
@@ -612,6 +612,54 @@ func TestEngineTemporaryFailureBackoff(t *testing.T) {
 	_, err := f.r.Rejected(context.Background(), "sf", 2)
 	if re := asError(t, err); re.RetryAfter != time.Second {
 		t.Errorf("Rejected(%q, 2) after a success RetryAfter = %v; want 1s (backoff reset)", "sf", re.RetryAfter)
+	}
+}
+
+// TestEngineBackgroundBackoffDoubles: refreshes no request waits for (a
+// proactive refresh of a token still valid) back off from 1s doubling up to
+// 30s, while requests keep getting the valid token; once that token can no
+// longer serve, a request's grant waits only for the urgent backoff after
+// the last failure, not for the background one.
+func TestEngineBackgroundBackoffDoubles(t *testing.T) {
+	t.Parallel()
+	f := newEngineFixture(t, "rt-0")
+	f.r.skew = time.Hour // every token is due for a proactive refresh
+	expiry := f.clock.Now().Add(40 * time.Second)
+	storeKeySet(t, f.store, f.keySet("sf", 1, "at-0", "rt-0", expiry))
+	var down atomic.Bool
+	down.Store(true)
+	f.respond(answer503(&down))
+
+	for i, backoff := range []time.Duration{1, 2, 4, 8, 16} {
+		backoff *= time.Second
+		if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-0" {
+			t.Fatalf("Current(%q) during failing proactive refreshes = %s; want Bearer at-0", "sf", credString(cred))
+		}
+		f.r.flightsRun.Wait()
+		if got := f.sent.n.Load(); got != int64(i+1) {
+			t.Fatalf("token requests = %d after failure %d; want %d", got, i+1, i+1)
+		}
+		sched, _ := f.r.Schedule("sf")
+		if got := sched.BackgroundRetryAt.Sub(f.clock.Now()); got != backoff {
+			t.Fatalf("background backoff after failure %d = %v; want %v", i+1, got, backoff)
+		}
+		f.clock.Advance(backoff / 2)
+		f.mustCurrent(t, "sf") // within the backoff: no attempt
+		f.r.flightsRun.Wait()
+		if got := f.sent.n.Load(); got != int64(i+1) {
+			t.Fatalf("token requests = %d within background backoff %d; want %d", got, i+1, i+1)
+		}
+		f.clock.Advance(backoff - backoff/2)
+	}
+	// 31s have passed; the last failure's background backoff (32s) outlasts
+	// the token. At its expiry the request's grant is made at once: the
+	// urgent backoff ended long ago.
+	f.mustCurrent(t, "sf") // failure 6, background backoff 30s
+	f.r.flightsRun.Wait()
+	down.Store(false)
+	f.clock.Advance(expiry.Sub(f.clock.Now()))
+	if cred := f.mustCurrent(t, "sf"); cred.Header != "Bearer at-1" {
+		t.Errorf("Current(%q) at the expiry, the endpoint back = %s; want Bearer at-1 (no wait for the background backoff)", "sf", credString(cred))
 	}
 }
 
@@ -802,63 +850,6 @@ func TestEngineAlwaysModeFailures(t *testing.T) {
 				t.Errorf("token requests = %d for 5 requests; want 1", got)
 			}
 		})
-	}
-}
-
-// TestEngineStoreFailure: a granted key set the keystore refuses is not
-// used (its refresh token may be the only valid one, and it is not
-// durable); no grant is made while it is pending, and once the keystore
-// works again the pending key set is stored and used without a new grant
-// (DESIGN.md invariant 5).
-func TestEngineStoreFailure(t *testing.T) {
-	t.Parallel()
-	f := newEngineFixture(t, "rt-0")
-	storeKeySet(t, f.store, f.keySet("sf", 1, "", "rt-0", time.Time{}))
-	fs := f.instrument()
-	fs.failSave.Store(true)
-
-	_, err := f.r.Current(context.Background(), "sf")
-	re := asError(t, err)
-	if re.Code != CodeKeystoreUnavailable || !re.Temporary || re.RetryAfter <= 0 {
-		t.Fatalf("Current(%q) = {Code %q, Temporary %v, RetryAfter %v}; want {%q, true, >0}",
-			"sf", re.Code, re.Temporary, re.RetryAfter, CodeKeystoreUnavailable)
-	}
-	if got := f.te.Grants.Load(); got != 1 {
-		t.Fatalf("grants = %d; want 1", got)
-	}
-
-	// Past the backoff, the keystore still failing: the write is retried,
-	// the grant is not.
-	f.clock.Advance(time.Minute)
-	saves := fs.saves.Load()
-	if _, err := f.r.Current(context.Background(), "sf"); err == nil {
-		t.Fatalf("Current(%q) with the keystore failing = nil; want an error", "sf")
-	}
-	if got := f.sent.n.Load(); got != 1 {
-		t.Errorf("token requests = %d while the key set is unsaved; want 1", got)
-	}
-	if got := fs.saves.Load(); got <= saves {
-		t.Errorf("saves = %d; want the pending key set retried", got)
-	}
-	if stored := loadKeySet(t, f.other, "sf"); stored.Generation != 1 {
-		t.Errorf("stored generation = %d; want 1", stored.Generation)
-	}
-
-	fs.failSave.Store(false)
-	f.clock.Advance(time.Minute)
-	cred := f.mustCurrent(t, "sf")
-	if cred.Header != "Bearer at-1" || cred.KeySet.Generation != 2 {
-		t.Errorf("Current(%q) once the keystore works = %s; want Bearer at-1 generation 2", "sf", credString(cred))
-	}
-	if got := f.te.Grants.Load(); got != 1 {
-		t.Errorf("grants = %d; want 1 (the pending key set, not a new grant)", got)
-	}
-	if stored := loadKeySet(t, f.other, "sf"); stored.Generation != 2 || stored.Token.RefreshToken() != "rt-1" {
-		t.Errorf("stored = generation %d refresh %q; want 2 rt-1", stored.Generation, stored.Token.RefreshToken())
-	}
-	// The rotated refresh token works: the endpoint accepts only rt-1 now.
-	if cred, err := f.r.Rejected(context.Background(), "sf", 2); err != nil || cred.KeySet.Generation != 3 {
-		t.Errorf("Rejected(%q, 2) = %v, %v; want generation 3", "sf", credString(cred), err)
 	}
 }
 

@@ -10,9 +10,18 @@ import (
 
 // Backoff after a temporary refresh failure: no new grant is attempted
 // before it ends, so a dead token endpoint is not hammered by every request.
+// It has two lengths. Refreshes that no request waits for (proactive,
+// keepalive, a save retried by the background check) back off from
+// minFailureBackoff, doubling up to maxFailureBackoff. A request whose token
+// cannot serve it (expired, missing, or rejected by the upstream) waits only
+// urgentFailureBackoff, jittered, after the last failure: once the token
+// endpoint answers again the first grant comes within about a second, not
+// after a backoff that grew through an outage. A token endpoint's own
+// Retry-After holds both back (up to Config.MaxRetryAfter).
 const (
-	minFailureBackoff = time.Second
-	maxFailureBackoff = 30 * time.Second
+	minFailureBackoff    = time.Second
+	maxFailureBackoff    = 30 * time.Second
+	urgentFailureBackoff = time.Second
 )
 
 // storeTimeout bounds one refresh's keystore work: waiting for the lock,
@@ -55,11 +64,19 @@ func (f *flight) promoteLocked() {
 type keySetState struct {
 	mu sync.Mutex // guards every field below
 
-	cred    *Credential   // the key set in use; never nil
-	flight  *flight       // the refresh in progress, or nil
-	failure *Error        // the last refresh failure, nil after a success
-	retryAt time.Time     // after a temporary failure: no grant before this
-	backoff time.Duration // the current temporary-failure backoff
+	cred    *Credential // the key set in use; never nil
+	flight  *flight     // the refresh in progress, or nil
+	recheck *flight     // the keystore re-read after a rejection in progress (recheck.go), or nil
+	// unsaved: cred was granted but the keystore has not taken it yet (it
+	// waits in Unstored). It serves requests from memory; its refresh token
+	// is not spent until it is stored, and every request retries the save.
+	unsaved bool
+	failure *Error // the last refresh failure, nil after a success
+	// After a temporary failure: no background grant before retryAt, and
+	// none for a request that needs a token before urgentRetryAt.
+	retryAt       time.Time
+	urgentRetryAt time.Time
+	backoff       time.Duration // the current background backoff
 
 	lastRefresh time.Time // when the last refresh ended, zero before one
 	state       string    // the state last reported (Status.State), "" before
@@ -73,22 +90,33 @@ func (st *keySetState) adoptLocked(cred *Credential) {
 	}
 }
 
+// clearFailureLocked forgets the last failure and its backoff. st.mu must
+// be held.
+func (st *keySetState) clearFailureLocked() {
+	st.failure, st.backoff, st.retryAt, st.urgentRetryAt = nil, 0, time.Time{}, time.Time{}
+}
+
 // blockedLocked returns the error a request gets instead of a new grant:
 // the permanent failure of the current generation (unless the keystore now
 // holds a newer one, which it adopts), or a temporary failure whose backoff
-// has not ended. st.mu must be held. To check a permanent failure against
+// has not ended: the urgent one when urgent (a request needs a token that
+// the one in use cannot give), else the background one. st.mu must be held. To check a permanent failure against
 // the keystore it releases st.mu during the read, so that no keystore I/O
 // holds up the key set's other requests, and takes it again: the caller
 // must look at st afresh afterwards. What it returns holds for st as it is
 // on return.
-func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string) error {
+func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string, urgent bool) error {
 	for {
 		failure := st.failure
 		if failure == nil || st.flight != nil {
 			return nil
 		}
 		if failure.Temporary {
-			if wait := st.retryAt.Sub(e.now()); wait > 0 {
+			retryAt := st.retryAt
+			if urgent {
+				retryAt = st.urgentRetryAt
+			}
+			if wait := retryAt.Sub(e.now()); wait > 0 {
 				blocked := *failure
 				blocked.RetryAfter = wait
 				return &blocked
@@ -167,13 +195,21 @@ func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64, ca
 		st.mu.Lock()
 		now := e.now()
 		st.lastRefresh = now
-		if err == nil {
+		switch {
+		case err == nil:
 			// An operator's PUT may have stored a newer generation meanwhile.
 			st.adoptLocked(cred)
-			st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
-		} else {
+			st.clearFailureLocked()
+		case cred != nil:
+			// Granted, but the keystore refused it: it serves from memory
+			// (DESIGN.md invariant 10), and the failure is kept for status.
+			st.adoptLocked(cred)
+			e.recordFailureLocked(st, name, err, now)
+			err = nil
+		default:
 			err = e.recordFailureLocked(st, name, err, now)
 		}
+		st.unsaved = e.unstored.get(name) != nil
 		f.cred, f.err = cred, err
 		st.flight = nil
 		change := e.transitionLocked(st, name)
@@ -188,9 +224,11 @@ func (e *Engine) startFlightLocked(st *keySetState, name string, stale int64, ca
 
 // recordFailureLocked keeps a refresh failure so that further requests do
 // not repeat the grant: permanent ones until the keystore changes, temporary
-// ones for a doubling backoff, or the token endpoint's Retry-After when it
-// is longer, up to the engine's maximum: a year-long Retry-After must not
-// hold a key set's grants back for a year. st.mu must be held.
+// ones for a backoff (see urgentFailureBackoff), or the token endpoint's
+// Retry-After when it is longer, up to the engine's maximum: a year-long
+// Retry-After must not hold a key set's grants back for a year. The error
+// returned tells a request when it may try again: the urgent backoff's end.
+// st.mu must be held.
 func (e *Engine) recordFailureLocked(st *keySetState, name string, err error, now time.Time) error {
 	var re *Error
 	if !errors.As(err, &re) {
@@ -198,14 +236,20 @@ func (e *Engine) recordFailureLocked(st *keySetState, name string, err error, no
 	}
 	if re.Temporary {
 		st.backoff = min(max(2*st.backoff, minFailureBackoff), maxFailureBackoff)
-		wait := st.backoff
-		if e.jitter != nil {
-			wait = e.jitter(wait)
-		}
-		wait = max(wait, min(re.RetryAfter, e.maxRetryAfter))
-		st.retryAt = now.Add(wait)
-		re.RetryAfter = wait
+		asked := min(re.RetryAfter, e.maxRetryAfter)
+		background, urgent := e.jittered(st.backoff), e.jittered(urgentFailureBackoff)
+		st.retryAt = now.Add(max(background, asked))
+		st.urgentRetryAt = now.Add(max(urgent, asked))
+		re.RetryAfter = max(urgent, asked)
 	}
 	st.failure = re
 	return re
+}
+
+// jittered is d spread by the engine's jitter, or d itself without one.
+func (e *Engine) jittered(d time.Duration) time.Duration {
+	if e.jitter == nil {
+		return d
+	}
+	return e.jitter(d)
 }

@@ -97,7 +97,7 @@ func (e *Engine) Adopt(name string, ks *keystore.KeySet) {
 	e.unstored.dropUpTo(name, ks.Generation)
 	st.mu.Lock()
 	st.adoptLocked(cred)
-	st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
+	st.clearFailureLocked()
 	change := e.transitionLocked(st, name)
 	st.mu.Unlock()
 	e.report(change)
@@ -128,7 +128,7 @@ func (e *Engine) ForceRefresh(ctx context.Context, name string) (*keystore.KeySe
 	}
 	st.mu.Lock()
 	gen := st.cred.KeySet.Generation
-	st.failure, st.retryAt = nil, time.Time{}
+	st.failure, st.retryAt, st.urgentRetryAt = nil, time.Time{}, time.Time{}
 	f := e.flightLocked(st, name, gen, causeForced)
 	st.mu.Unlock()
 	cred, err := e.wait(ctx, f, name)

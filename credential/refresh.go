@@ -45,6 +45,11 @@ func (e *Engine) refresh(ctx context.Context, name string, stale int64, why reas
 	if cred, done, err := e.storeUnsaved(ctx, stored); done {
 		return cred, err
 	}
+	if why.cause == causeUnstored {
+		// Nothing of this engine's waits any more (the keystore moved past
+		// it): a save retry is no cause for a grant.
+		return e.credentialFor(stored), nil
+	}
 	return e.grant(ctx, stored, why)
 }
 
@@ -88,7 +93,11 @@ func (e *Engine) storeUnsaved(ctx context.Context, stored *keystore.KeySet) (*Cr
 }
 
 // grant spends stored's refresh token (or the client credentials) and stores
-// the whole response as the next generation before returning it.
+// the whole response as the next generation before returning it. When the
+// keystore refuses it, the new key set waits in Unstored and grant returns
+// it with the keystore's error: its access token serves from memory (the
+// provider may have revoked its predecessor's), its refresh token is spent
+// only once it is stored (DESIGN.md invariants 5 and 10).
 func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason) (*Credential, error) {
 	name := stored.Name
 	// The slot bounds the token requests in flight, not the keystore work
@@ -143,9 +152,9 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason)
 			}
 		}
 		e.unstored.put(next)
-		err = e.keystoreError(name, "save", "storing the new key set (kept in memory; no grant until it is stored)", err)
+		err = e.keystoreError(name, "save", "storing the new key set (its access token serves from memory; no grant until it is stored)", err)
 		e.logRefreshFailure(name, stored.Generation, start, err)
-		return nil, err
+		return e.credentialFor(next), err
 	}
 	e.observer.KeySetStored(next)
 	e.logger.Info("refreshed key set",

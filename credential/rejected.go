@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 )
 
 // Rejected is called when the upstream rejected a request that carried
@@ -42,8 +44,17 @@ func (e *Engine) Rejected(ctx context.Context, name string, gen int64) (*Credent
 // refreshRejectedLocked refreshes key set name after a rejection of
 // generation gen, unless a recorded failure stands in for the grant. st.mu
 // must be held; it is released on return.
+//
+// During a temporary failure's backoff the rejection waits for the holder
+// of the keystore's refresh lock and takes up what it stored (recheck.go).
+// With no holder and nothing newer it answers the recorded failure (503,
+// Retry-After within about a second: the urgent backoff) rather than make
+// the grant the lock would allow: a 401 does not prove the token dead (an
+// API answers it for a missing permission too), and a grant per rejection
+// would let every rejected request hammer a failing token endpoint, which
+// the backoff exists to spare.
 func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, name string, gen int64) (*Credential, error) {
-	blocked := e.blockedLocked(ctx, st, name)
+	blocked := e.blockedLocked(ctx, st, name, true)
 	// The check may have released st.mu: another key set may be in use.
 	if cred := st.cred; newer(cred.KeySet, gen) {
 		st.mu.Unlock()
@@ -53,10 +64,7 @@ func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, nam
 		st.mu.Unlock()
 		var re *Error
 		if errors.As(blocked, &re) && re.Temporary {
-			// Backing off after a failed grant of its own, this process may
-			// hold a token that another replica's grant has since replaced,
-			// and that the provider revoked on that rotation.
-			if cred := e.adoptStored(ctx, st, name, gen); cred != nil {
+			if cred, _ := e.adoptNewer(ctx, st, name, gen); cred != nil {
 				return cred, nil
 			}
 		}
@@ -69,17 +77,24 @@ func (e *Engine) refreshRejectedLocked(ctx context.Context, st *keySetState, nam
 
 // adoptStored takes up the key set the keystore holds for name when it is
 // newer than generation gen and its access token is usable, and returns it;
-// else nil. A temporary failure recorded before is forgotten: the token
-// endpoint answered another process since. st.mu must not be held.
+// else nil. st.mu must not be held.
 func (e *Engine) adoptStored(ctx context.Context, st *keySetState, name string, gen int64) *Credential {
 	stored, refused := e.storedNewer(ctx, name, gen)
 	if stored == nil || refused != nil || stored.Expiring(e.now(), minTokenLife) {
 		return nil
 	}
+	return e.takeUp(st, name, stored)
+}
+
+// takeUp makes stored, newer than the key set in use and read from the
+// keystore, the one in use, and returns the key set in use afterwards. A
+// temporary failure recorded before is forgotten: the token endpoint
+// answered another process since. st.mu must not be held.
+func (e *Engine) takeUp(st *keySetState, name string, stored *keystore.KeySet) *Credential {
 	st.mu.Lock()
 	st.adoptLocked(e.credentialFor(stored))
 	if st.failure != nil && st.failure.Temporary && st.flight == nil {
-		st.failure, st.backoff, st.retryAt = nil, 0, time.Time{}
+		st.clearFailureLocked()
 	}
 	cred := st.cred
 	change := e.transitionLocked(st, name)
@@ -90,23 +105,21 @@ func (e *Engine) adoptStored(ctx context.Context, st *keySetState, name string, 
 
 // rejectedTooRecent answers the rejection of generation gen, too recent
 // for a grant of its own. Another process may have stored a newer key set
-// meanwhile (a provider that revokes the previous access token on every
-// refresh rejects this one for that): it is read, without st.mu, and taken
-// as it is when its access token is usable, or refreshed when it is not
-// (an operator's seed, which this process never sent). Else, tooRecent.
+// meanwhile, or be about to (a provider that revokes the previous access
+// token on every refresh rejects this one for that): it is waited for and
+// read (adoptNewer), and taken as it is when its access token is usable,
+// or refreshed when it is not (an operator's seed, which this process
+// never sent). Else, tooRecent.
 func (e *Engine) rejectedTooRecent(ctx context.Context, st *keySetState, name string, gen int64, tooRecent error) (*Credential, error) {
-	stored, refused := e.storedNewer(ctx, name, gen)
-	if stored == nil || refused != nil {
-		return nil, tooRecent
-	}
-	st.mu.Lock()
-	if stored.Expiring(e.now(), minTokenLife) {
+	cred, seed := e.adoptNewer(ctx, st, name, gen)
+	switch {
+	case cred != nil:
+		return cred, nil
+	case seed:
+		st.mu.Lock()
 		return e.refreshRejectedLocked(ctx, st, name, gen)
 	}
-	st.adoptLocked(e.credentialFor(stored))
-	cred := st.cred
-	st.mu.Unlock()
-	return cred, nil
+	return nil, tooRecent
 }
 
 // tooRecent returns a *TooRecentError when cred's generation is younger

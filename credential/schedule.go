@@ -16,8 +16,11 @@ type Schedule struct {
 	// alive (within a check interval of it). Zero without a refresh token,
 	// or with the keepalive off.
 	Keepalive time.Time
-	// RetryAt is when grants may be made again after a temporary failure.
-	RetryAt time.Time
+	// RetryAt is when a request that needs a new token may make a grant
+	// again after a temporary failure; refreshes that no request waits for
+	// wait until BackgroundRetryAt (see urgentFailureBackoff).
+	RetryAt           time.Time
+	BackgroundRetryAt time.Time
 }
 
 // Schedule returns the schedule of key set name, which must be loaded
@@ -41,7 +44,7 @@ func (e *Engine) Schedule(name string) (s Schedule, ok bool) {
 		s.Keepalive = ks.UpdatedAt.Add(e.keepalive)
 	}
 	if st.failure != nil && st.failure.Temporary {
-		s.RetryAt = st.retryAt
+		s.RetryAt, s.BackgroundRetryAt = st.urgentRetryAt, st.retryAt
 	}
 	return s, true
 }

@@ -193,8 +193,8 @@ func (e *Engine) statusLocked(name string, st *keySetState) Status {
 		s.State = StateKeystoreFailing
 	case st.failure != nil && !st.failure.Temporary:
 		s.State = StateNeedsReauthorization
-	case st.failure != nil && !st.cred.usable(st.retryAt):
-		// No grant before retryAt, and the token in use does not last
+	case st.failure != nil && !st.cred.usable(st.urgentRetryAt):
+		// No grant before urgentRetryAt, and the token in use does not last
 		// until then: requests fail meanwhile.
 		s.State = StateFailing
 	case st.failure != nil || st.cred.expiring(now, st.cred.proactiveSkew(e.skew)):

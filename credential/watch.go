@@ -115,7 +115,7 @@ func (e *Engine) refreshNow(ctx context.Context, name, cause string, due func(*k
 	var f *flight
 	// blockedLocked may release st.mu: what it returns holds for st as it
 	// is afterwards, which the rest of the condition reads.
-	if e.blockedLocked(ctx, st, name) == nil && st.flight == nil && due(st.cred.KeySet) {
+	if e.blockedLocked(ctx, st, name, false) == nil && st.flight == nil && due(st.cred.KeySet) {
 		f = e.startFlightLocked(st, name, st.cred.KeySet.Generation, cause)
 	}
 	st.mu.Unlock()
