@@ -109,4 +109,3 @@ func (f *refresherFixture) mustStatus(t *testing.T, name string) Status {
 	}
 	return s
 }
-
