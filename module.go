@@ -238,6 +238,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := selfproxy.Refuse(ctx, h.logger); err != nil {
 		return err
 	}
+	h.warnExpectWithoutTimeout(ctx)
 	store, err := h.loadKeystore(ctx, repl)
 	if err != nil {
 		return err

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/proxyhops"
 )
 
 // A sidecar that serves the API's own host name (the connector's /etc/hosts points that name
@@ -45,22 +45,16 @@ const selfProxyLookupTimeout = 2 * time.Second
 // (known only per request), dynamic upstreams and upstreams reached through a forward proxy
 // (the proxy resolves the name) are not judged.
 func Refuse(ctx caddy.Context, logger *zap.Logger) error {
-	// The http app provisions each server with itself in the context (caddyhttp.App.Provision),
-	// so a handler knows the server whose routes hold it; outside one there is nothing to judge.
-	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	if srv == nil {
+	srv, hops := proxyhops.OfServer(ctx)
+	if len(hops) == 0 {
 		return nil
-	}
-	hops, _, err := proxiesAfterHandler(srv.Routes, false)
-	if err != nil || len(hops) == 0 {
-		return nil // a handler that does not decode fails its own provisioning, with Caddy's error
 	}
 	lookupCtx, cancel := context.WithTimeout(ctx, selfProxyLookupTimeout)
 	defer cancel()
 	listeners := parseListeners(lookupCtx, srv.Listen)
 	for _, hop := range hops {
 		for _, upstream := range hop.Upstreams {
-			if err := hop.refuseLoop(lookupCtx, upstream.Dial, listeners, logger); err != nil {
+			if err := (proxyHop{hop}).refuseLoop(lookupCtx, upstream.Dial, listeners, logger); err != nil {
 				return err
 			}
 		}
@@ -68,58 +62,8 @@ func Refuse(ctx caddy.Context, logger *zap.Logger) error {
 	return nil
 }
 
-// proxyHop is what the check reads of a reverse_proxy handler's JSON.
-type proxyHop struct {
-	Upstreams reverseproxy.UpstreamPool `json:"upstreams"`
-	Transport struct {
-		Protocol        string                         `json:"protocol"`
-		TLS             json.RawMessage                `json:"tls"`
-		Resolver        *reverseproxy.UpstreamResolver `json:"resolver"`
-		NetworkProxy    json.RawMessage                `json:"network_proxy"`
-		ForwardProxyURL string                         `json:"forward_proxy_url"`
-	} `json:"transport"`
-}
-
-// proxiesAfterHandler walks routes depth first, in the order their handlers run, and returns
-// every reverse_proxy that comes after an oauth2_upstream handler (after says whether one
-// came before routes). It reads the routes' raw JSON: routes already provisioned have none
-// left (caddy.Context.LoadModule clears it), and their oauth2_upstream handlers judged what
-// follows them when they were provisioned, as the caller does now; the route being
-// provisioned keeps its raw handlers until all of them are loaded.
-func proxiesAfterHandler(routes caddyhttp.RouteList, after bool) ([]proxyHop, bool, error) {
-	var hops []proxyHop
-	for _, route := range routes {
-		for _, raw := range route.HandlersRaw {
-			var handler struct {
-				Name   string              `json:"handler"`
-				Routes caddyhttp.RouteList `json:"routes"`
-			}
-			if err := json.Unmarshal(raw, &handler); err != nil {
-				return nil, after, err
-			}
-			switch handler.Name {
-			case "oauth2_upstream":
-				after = true
-			case "subroute":
-				nested, nestedAfter, err := proxiesAfterHandler(handler.Routes, after)
-				if err != nil {
-					return nil, after, err
-				}
-				hops, after = append(hops, nested...), nestedAfter
-			case "reverse_proxy":
-				if !after {
-					continue
-				}
-				var hop proxyHop
-				if err := json.Unmarshal(raw, &hop); err != nil {
-					return nil, after, err
-				}
-				hops = append(hops, hop)
-			}
-		}
-	}
-	return hops, after, nil
-}
+// proxyHop is a reverse_proxy the check judges.
+type proxyHop struct{ proxyhops.Hop }
 
 // ownListener is one listen address of the server, as reverse_proxy would meet it.
 type ownListener struct {
