@@ -25,6 +25,10 @@ const (
 	// FaultReset resets the connection (SO_LINGER 0, then close) once the
 	// request has arrived: the client gets no answer, only a reset.
 	FaultReset
+	// FaultHang holds the request unanswered, as a token endpoint behind a
+	// stalled proxy does; only an outage (SetOutage) arms it, and the
+	// request is answered with a 503 when the outage changes or ends.
+	FaultHang
 )
 
 // invalidRequestBody is Ory Hydra's answer to a refresh that lost a
@@ -39,6 +43,8 @@ func (f Fault) String() string {
 		return "503"
 	case FaultReset:
 		return "connection reset"
+	case FaultHang:
+		return "hang"
 	}
 	return fmt.Sprintf("Fault(%d)", int(f))
 }
@@ -52,9 +58,11 @@ type InjectedFault struct {
 
 // faultInjector makes token requests fail before they reach fosite.
 type faultInjector struct {
-	mu       sync.Mutex // guards armed and injected
-	armed    []Fault    // what the next token requests get, in order
-	injected []InjectedFault
+	mu            sync.Mutex // guards armed, injected, outage and outageAnswers
+	armed         []Fault    // what the next token requests get, in order
+	injected      []InjectedFault
+	outage        outage      // what every token request gets meanwhile (outage.go)
+	outageAnswers []time.Time // when token requests arrived during an outage
 }
 
 // InjectFaults makes the next n token requests, after those already armed,
@@ -82,24 +90,29 @@ func (s *Server) InjectedFaults() []InjectedFault {
 	return append([]InjectedFault(nil), s.faults.injected...)
 }
 
-// next takes the next armed fault, recording it as answered; 0 when none
-// is armed.
-func (fi *faultInjector) next() Fault {
+// next takes the fault of the outage in progress, with the channel closed
+// when it changes; else the next armed fault, recording it as answered; 0
+// when none is armed.
+func (fi *faultInjector) next() (Fault, <-chan struct{}) {
 	fi.mu.Lock()
 	defer fi.mu.Unlock()
+	if fi.outage.fault != 0 {
+		fi.outageAnswers = append(fi.outageAnswers, time.Now())
+		return fi.outage.fault, fi.outage.changed
+	}
 	if len(fi.armed) == 0 {
-		return 0
+		return 0, nil
 	}
 	fault := fi.armed[0]
 	fi.armed = fi.armed[1:]
 	fi.injected = append(fi.injected, InjectedFault{At: time.Now(), Fault: fault})
-	return fault
+	return fault, nil
 }
 
 // wrap answers the next armed fault instead of calling handler.
 func (fi *faultInjector) wrap(handler http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		fault := fi.next()
+		fault, changed := fi.next()
 		switch fault {
 		case 0:
 			handler(w, r)
@@ -115,6 +128,13 @@ func (fi *faultInjector) wrap(handler http.HandlerFunc) http.HandlerFunc {
 			_, _ = io.WriteString(w, "upstream unavailable\n")
 		case FaultReset:
 			resetConnection(w)
+		case FaultHang:
+			select {
+			case <-changed:
+			case <-r.Context().Done():
+				return
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	}
 }
