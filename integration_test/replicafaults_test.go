@@ -15,11 +15,15 @@ import (
 // Bounds of the token endpoint fault scenario.
 const (
 	// faultRate is the requests per second sent to the replicas in all.
-	faultRate = 600
+	faultRate = 550
 	// faultMaxInFlight caps the requests outstanding at once.
 	faultMaxInFlight = 300
-	// faultRun spans six to eight refreshes.
-	faultRun = 24 * time.Second
+	// faultRun spans ten token lifespans: 33,000 requests at faultRate,
+	// some eighteen refreshes.
+	faultRun = 10 * faultTokenLifespan
+	// faultMinRequests and faultMinLifetimes are what the run must reach.
+	faultMinRequests  = 30000
+	faultMinLifetimes = 10
 	// faultTokenLifespan is announced as expires_in 5 or 6 (fosite rounds
 	// down), and faultSkew is half of 5s, the most a proactive skew can
 	// be: each token is refreshed 2.5s to 3.5s after its grant and is
@@ -43,18 +47,22 @@ type plannedFault struct {
 // faultPlan first fails three refresh attempts in a row, one of each kind:
 // the replicas, all due, make them within milliseconds, one each, so that
 // the grant comes from a retry after a backoff. Then it fails one attempt
-// of each kind alone: another replica makes the grant while the one that
-// failed backs off.
-var faultPlan = []plannedFault{
-	{afterGrants: 2, faults: []authserver.Fault{authserver.FaultInvalidRequest, authserver.FaultUnavailable, authserver.FaultReset}},
-	{afterGrants: 4, faults: []authserver.Fault{authserver.FaultInvalidRequest}},
-	{afterGrants: 5, faults: []authserver.Fault{authserver.FaultUnavailable}},
-	{afterGrants: 6, faults: []authserver.Fault{authserver.FaultReset}},
-}
+// alone every other grant, the kinds in turn, about one token request in
+// four: another replica makes the grant while the one that failed backs
+// off, and the grant revokes the access token the failed replica is still
+// sending (fosite revokes the previous access token on every refresh).
+var faultPlan = func() []plannedFault {
+	plan := []plannedFault{{afterGrants: 2, faults: []authserver.Fault{authserver.FaultInvalidRequest, authserver.FaultUnavailable, authserver.FaultReset}}}
+	kinds := []authserver.Fault{authserver.FaultInvalidRequest, authserver.FaultUnavailable, authserver.FaultReset}
+	for i, grants := 0, 4; grants <= 16; i, grants = i+1, grants+2 {
+		plan = append(plan, plannedFault{afterGrants: grants, faults: []authserver.Fault{kinds[i%len(kinds)]}})
+	}
+	return plan
+}()
 
 // Invariant 10: a request that the current token can serve is never failed
 // because a refresh failed. Three proactive replicas share one Redis
-// keystore under an open-loop load of 600 requests/s while the token
+// keystore under an open-loop load of 550 requests/s while the token
 // endpoint answers proactive refreshes, each made while the token in use is
 // still valid, with Hydra's 400 invalid_request (a storage conflict), a 503
 // and a reset connection. Every request is answered 200, and the cluster
@@ -66,6 +74,7 @@ func TestReplicasRideOutTokenEndpointFaults(t *testing.T) {
 	api := newResourceServer(t, auth)
 	replicas, targets := startFaultReplicas(t, auth, api.URL(), rd, seedToken(t, auth))
 
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), faultRun)
 	defer cancel()
 	var armer sync.WaitGroup
@@ -81,6 +90,9 @@ func TestReplicasRideOutTokenEndpointFaults(t *testing.T) {
 	for i := range load.perTarget {
 		t.Logf("replica %d: %d requests", i+1, load.perTarget[i].count())
 	}
+	if load.sent < faultMinRequests {
+		t.Errorf("%d requests sent; want at least %d", load.sent, faultMinRequests)
+	}
 	if ok, summary := load.results.allOK(); !ok {
 		t.Errorf("traffic over %d replicas with token endpoint faults: %s; want every request 200", replicaCount, summary)
 		for _, line := range load.failureSummary() {
@@ -92,6 +104,9 @@ func TestReplicasRideOutTokenEndpointFaults(t *testing.T) {
 	lifetimes := clusterLifetimes(t, replicas)
 	checkFaultsHitValidTokens(t, lifetimes, injected)
 	grants := checkOneGrantPerLifetime(t, lifetimes, end, replicaGrantLag)
+	if crossed := end.Sub(start); crossed < faultMinLifetimes*faultTokenLifespan {
+		t.Errorf("traffic ran %s; want at least %d token lifespans (%s)", crossed.Round(time.Millisecond), faultMinLifetimes, faultMinLifetimes*faultTokenLifespan)
+	}
 	checkGrantFigures(t, rd, auth, lifetimes, grants, len(injected))
 	t.Logf("401s from the resource server (old token revoked by another replica's grant, replayed): %d", api.Unauthorized())
 }
