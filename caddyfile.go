@@ -30,6 +30,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	oauth2_upstream [<matcher>] {
 //		token_url       <url>
+//		issuer          <url>
+//		discovery_timeout <duration>
 //		insecure_http
 //		allow_trace
 //		allow_admin_tcp
@@ -100,7 +102,7 @@ func (h *Handler) stringOptions() map[string]*string {
 		"token_url": &h.TokenURL, "client_id": &h.ClientID, "client_secret": &h.ClientSecret,
 		"auth_style": &h.AuthStyle, "grant": &h.Grant, "key_set": &h.KeySet, "key_set_allow": &h.KeySetAllow,
 		"refresh_token": &h.RefreshToken, "refresh": &h.Refresh, "upstream_expect": &h.UpstreamExpect, "notify": &h.Notify,
-		"notify_secret": &h.NotifySecret,
+		"notify_secret": &h.NotifySecret, "issuer": &h.Issuer,
 	}
 }
 
@@ -108,7 +110,7 @@ func (h *Handler) stringOptions() map[string]*string {
 func (h *Handler) durationOptions() map[string]*caddy.Duration {
 	return map[string]*caddy.Duration{
 		"expiry_skew": &h.ExpirySkew, "token_timeout": &h.TokenTimeout, "max_wait": &h.MaxWait,
-		"max_retry_after": &h.MaxRetryAfter,
+		"max_retry_after": &h.MaxRetryAfter, "discovery_timeout": &h.DiscoveryTimeout,
 	}
 }
 

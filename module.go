@@ -34,7 +34,8 @@ type Handler struct {
 	// TokenURL is the provider's token endpoint. It must be https unless
 	// its host is a loopback address or InsecureHTTP is set. Placeholders
 	// such as {env.TOKEN_URL} are replaced when the handler starts.
-	TokenURL string `json:"token_url"`
+	// Required, unless Issuer's metadata names it.
+	TokenURL string `json:"token_url,omitempty"`
 
 	// InsecureHTTP allows an http token_url on a host other than loopback.
 	// The client secret and refresh tokens then cross the network in clear.
@@ -188,6 +189,10 @@ type Handler struct {
 	// NotifyOptions configure change notifications (notify.go).
 	NotifyOptions
 
+	// DiscoveryOptions read the authorization server's metadata
+	// (discoveryoptions.go).
+	DiscoveryOptions
+
 	engine       *credential.Engine
 	keySets      live.KeySetRule      // KeySet and KeySetAllow
 	extras       keystore.ExtraFields // ExtraFields
@@ -219,6 +224,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.NotifyOptions.replacePlaceholders(repl)
 	err := h.provisionKeys(repl)
 	if err != nil {
+		return err
+	}
+	if err := h.discover(ctx, repl); err != nil {
 		return err
 	}
 	h.setDefaults()
@@ -254,7 +262,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Validate rejects a configuration that cannot work, naming the option.
 func (h *Handler) Validate() error {
 	if h.TokenURL == "" {
-		return fmt.Errorf("token_url is required")
+		return fmt.Errorf("token_url is required (or issuer, whose metadata names it)")
 	}
 	if err := credential.CheckSecretsURL("token_url", h.TokenURL, h.InsecureHTTP,
 		"the client secret and refresh token cross it", "insecure_http is set"); err != nil {

@@ -17,12 +17,13 @@ import (
 // API, the health route, the metrics and the connect page find it.
 func (h *Handler) register(config live.Config) {
 	h.live = &live.Handler{
-		Engine:  h.engine,
-		Client:  keystore.Binding{TokenURL: h.TokenURL, ClientID: h.ClientID},
-		Grant:   h.Grant,
-		Scopes:  h.Scopes,
-		KeySets: h.keySets,
-		Config:  config,
+		Engine:   h.engine,
+		Client:   keystore.Binding{TokenURL: h.TokenURL, ClientID: h.ClientID},
+		Grant:    h.Grant,
+		Scopes:   h.Scopes,
+		KeySets:  h.keySets,
+		Config:   config,
+		Provider: h.providerName(),
 	}
 	h.registry.Handlers.Add(h.live)
 }

@@ -220,7 +220,7 @@ func answerStatus(ctx context.Context, w http.ResponseWriter, h *live.Handler, n
 	if err != nil {
 		s = credential.FailedStatus(name, err)
 	}
-	answer.JSON(w, http.StatusOK, s)
+	answer.JSON(w, http.StatusOK, h.Report(s))
 }
 
 // writeFailure answers a refresh or keystore failure as the handler does:

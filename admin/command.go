@@ -235,13 +235,38 @@ func printStatuses(fl caddycmd.Flags, statuses []credential.Status) (int, error)
 		}
 		return caddy.ExitCodeSuccess, nil
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY SET\tSTATE\tGENERATION\tEXPIRY\tLAST REFRESH\tERROR")
+	if err := writeStatusTable(os.Stdout, statuses); err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+// writeStatusTable writes statuses as a table, then, for each key set that
+// is not ok, its state in words and what to do (credential.DescribeState).
+func writeStatusTable(w io.Writer, statuses []credential.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY SET\tSTATE\tPROVIDER\tGENERATION\tEXPIRY\tLAST REFRESH\tERROR")
 	for _, s := range statuses {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, s.State, s.Generation,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, s.State, dash(s.Provider), s.Generation,
 			cliTime(s.Expiry), cliTime(s.LastRefresh), dash(s.ErrorCode))
 	}
-	return caddy.ExitCodeSuccess, tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	first := true
+	for _, s := range statuses {
+		if s.State == credential.StateOK {
+			continue
+		}
+		if first {
+			fmt.Fprintln(w)
+			first = false
+		}
+		if _, err := fmt.Fprintf(w, "%s (%s): %s\n", s.Name, s.State, credential.DescribeState(s.State, s.ErrorCode)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func cliTime(t *time.Time) string {

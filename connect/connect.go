@@ -61,8 +61,8 @@ type Connect struct {
 	// AuthorizeURL is the provider's authorization endpoint (RFC 6749
 	// section 3.1). It must be https unless its host is loopback or
 	// InsecureHTTP is set. Placeholders are replaced when the handler
-	// starts. Required.
-	AuthorizeURL string `json:"authorize_url"`
+	// starts. Required, unless Issuer's metadata names it.
+	AuthorizeURL string `json:"authorize_url,omitempty"`
 
 	// InsecureHTTP allows an http AuthorizeURL on a host other than
 	// loopback.
@@ -96,8 +96,14 @@ type Connect struct {
 	// says authorization_response_iss_parameter_supported). Set, every
 	// redirect back, error responses included, must carry iss and it must
 	// be exactly this: one without iss is refused (RFC 9207 section 2.4).
-	// Default: iss is checked only when sent, and must then have the
-	// scheme, host and port of AuthorizeURL.
+	// Without AuthorizeURL, the page reads it from the issuer's metadata
+	// when it starts (authorization_endpoint; OpenID Connect Discovery's
+	// or RFC 8414's document, as the oauth2_upstream handler's issuer
+	// reads it, and shares), and a redirect back without iss is refused
+	// only when the metadata says the server sends it
+	// (authorization_response_iss_parameter_supported); one that cannot be
+	// read stops the page. Default: iss is checked only when sent, and
+	// must then have the scheme, host and port of AuthorizeURL.
 	Issuer string `json:"issuer,omitempty"`
 
 	// ClientID narrows the page to the oauth2_upstream handlers of this
@@ -126,6 +132,7 @@ type Connect struct {
 	now             func() time.Time
 	mux             *http.ServeMux
 	authorizeOrigin string // scheme://host[:port] of AuthorizeURL, for the CSP and iss
+	issOptional     bool   // Issuer's metadata does not say it sends iss (discover)
 	redirectOrigin  string // RedirectURL's, when set: the site whose cookies the page's are
 }
 
@@ -154,6 +161,9 @@ func (c *Connect) Provision(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	for _, field := range []*string{&c.AuthorizeURL, &c.RedirectURL, &c.Issuer, &c.ClientID} {
 		*field = repl.ReplaceKnown(*field, "")
+	}
+	if err := c.discover(ctx); err != nil {
+		return err
 	}
 	if u, err := url.Parse(c.RedirectURL); err == nil && c.RedirectURL != "" {
 		c.redirectOrigin = origin(u)
@@ -185,7 +195,7 @@ func (c *Connect) Provision(ctx caddy.Context) error {
 // Validate rejects a configuration that cannot work, naming the option.
 func (c *Connect) Validate() error {
 	if c.AuthorizeURL == "" {
-		return errors.New("authorize_url is required")
+		return errors.New("authorize_url is required (or issuer, whose metadata names it)")
 	}
 	if err := credential.CheckSecretsURL("authorize_url", c.AuthorizeURL, c.InsecureHTTP,
 		"the authorization request and its state cross it", "insecure_http is set"); err != nil {

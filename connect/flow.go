@@ -205,18 +205,20 @@ func (c *Connect) takeFlow(w http.ResponseWriter, r *http.Request, state string)
 // server must not be sent to this one's token endpoint. A configured Issuer
 // says the provider sends iss, so a redirect back without it is refused
 // (section 2.4: a client that knows the server supports iss must reject a
-// response without it); otherwise iss is checked when sent.
+// response without it), unless the issuer's metadata, read for the
+// authorization endpoint, does not say so; otherwise iss is checked when
+// sent.
 func (c *Connect) checkIssuer(q url.Values) error {
 	_, sent := q["iss"]
 	iss := q.Get("iss")
 	switch {
-	case c.Issuer != "" && !sent:
-		return fmt.Errorf("the redirect back carries no iss, and issuer %q is configured, which sends one (RFC 9207 section 2.4): not connected", c.Issuer)
-	case c.Issuer != "":
+	case c.Issuer != "" && sent:
 		if iss != c.Issuer {
 			return fmt.Errorf("the redirect back comes from issuer %q, not %q (RFC 9207): not connected", iss, c.Issuer)
 		}
 		return nil
+	case c.Issuer != "" && !c.issOptional:
+		return fmt.Errorf("the redirect back carries no iss, and issuer %q is configured, which sends one (RFC 9207 section 2.4): not connected", c.Issuer)
 	case !sent:
 		return nil
 	}

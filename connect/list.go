@@ -18,6 +18,8 @@ import (
 type keySetRow struct {
 	Name            string
 	State           string
+	Meaning         string // the state in words, and what to do (credential.DescribeState)
+	Provider        string // "" when the handlers name none
 	Generation      int64
 	Stored          bool // a generation is stored (the button says Reconnect)
 	HasRefreshToken bool
@@ -102,6 +104,7 @@ func (c *Connect) row(ctx context.Context, name string, handlers []*live.Handler
 	}
 	s := credential.MergeStatuses(statuses)[0]
 	row.Name, row.State, row.Generation, row.Stored = s.Name, s.State, s.Generation, s.Generation > 0
+	row.Meaning, row.Provider = credential.DescribeState(s.State, s.ErrorCode), s.Provider
 	row.HasRefreshToken, row.ErrorCode, row.LastResult = s.HasRefreshToken, s.ErrorCode, s.LastResult
 	row.LastRefresh, row.Expiry = timeOrZero(s.LastRefresh), timeOrZero(s.Expiry)
 	row.UpdatedAt, row.ProactiveRefresh = schedule.UpdatedAt, schedule.ProactiveRefresh

@@ -39,6 +39,10 @@ type Status struct {
 	// reseed it); or keystore_failing (a granted key set waits for the
 	// keystore to accept it). Only ok and expiring are healthy.
 	State string `json:"state"`
+	// Provider names the provider of the handler that reports the status
+	// (its provider option); "" when it names none. The engine leaves it
+	// empty: the handler's registry entry fills it (live.Handler).
+	Provider string `json:"provider,omitempty"`
 }
 
 // Healthy reports whether the key set can serve requests.

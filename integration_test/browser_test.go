@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
+	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/integration_test/authserver"
 )
 
@@ -91,7 +92,7 @@ func TestConnectInBrowser(t *testing.T) {
 	}
 	connect := chromedp.CSS(`#key-set-default button[name="connect"]`)
 	do("opening the status page", chromedp.Navigate(o.connectURL+"/"), chromedp.WaitVisible(connect))
-	stateBefore, button := text(`#key-set-default .state`), text(string(connect))
+	stateBefore, button, meaning := text(`#key-set-default .state`), text(string(connect)), text(`#key-set-default .meaning`)
 	do("pressing Connect", chromedp.Click(connect), chromedp.WaitVisible(chromedp.CSS(`#username`)))
 	do("signing in", chromedp.SendKeys(chromedp.CSS(`#username`), authserver.LoginUser),
 		chromedp.SendKeys(chromedp.CSS(`#password`), authserver.LoginPassword),
@@ -118,8 +119,9 @@ func TestConnectInBrowser(t *testing.T) {
 		}
 	}
 
-	if stateBefore != "needs_reauthorization" || button != "Connect" {
-		t.Errorf("before connecting: state %q, button %q; want needs_reauthorization (no_key_set) and Connect", stateBefore, button)
+	if stateBefore != "needs_reauthorization" || button != "Connect" || meaning != credential.DescribeState(stateBefore, "no_key_set") {
+		t.Errorf("before connecting: state %q, button %q, words %q; want needs_reauthorization (no_key_set), Connect, and words that say to connect",
+			stateBefore, button, meaning)
 	}
 	if notice != "Connected default." || stateAfter != "ok" || strings.TrimSpace(generation) != "1" || location != o.connectURL+"/?connected=default" {
 		t.Errorf("after consenting: at %s, notice %q, state %q, generation %q; want the status page saying Connected default., ok, 1",

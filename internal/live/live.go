@@ -33,6 +33,9 @@ type Handler struct {
 	KeySets KeySetRule
 	// Config is the Caddy config the handler was provisioned in.
 	Config Config
+	// Provider names the provider the handler's options come from, shown
+	// beside its key sets; "" when it names none.
+	Provider string
 }
 
 // KeySetRule is which key sets a handler uses: the one its key_set names,
@@ -95,11 +98,18 @@ func (h *Handler) Status(ctx context.Context, name string) (credential.Status, b
 	s, err := h.Engine.Status(ctx, name)
 	switch {
 	case err == nil:
-		return s, true
+		return h.Report(s), true
 	case h.KeySets.PerRequest() && errors.Is(err, keystore.ErrNotFound):
 		return credential.Status{}, false
 	}
-	return credential.FailedStatus(name, err), true
+	return h.Report(credential.FailedStatus(name, err)), true
+}
+
+// Report is s, the status of one of the handler's key sets, as the handler
+// reports it: with its provider.
+func (h *Handler) Report(s credential.Status) credential.Status {
+	s.Provider = h.Provider
+	return s
 }
 
 // StatusesAfter returns the status of the key sets the handler knows whose
@@ -113,11 +123,11 @@ func (h *Handler) StatusesAfter(ctx context.Context, after string, limit int) []
 		if err != nil {
 			s = credential.FailedStatus(h.KeySets.Name, err)
 		}
-		out = append(out, s)
+		out = append(out, h.Report(s))
 	}
 	for _, s := range h.Engine.StatusesAfter(after, limit) {
 		if h.KeySets.PerRequest() || s.Name != h.KeySets.Name {
-			out = append(out, s)
+			out = append(out, h.Report(s))
 		}
 	}
 	return out

@@ -4,11 +4,13 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/discovery"
 )
 
 // Config identifies a loaded Caddy config. Caddy provisions a new config
@@ -47,8 +49,9 @@ type Registry struct {
 	Handlers Set[*Handler]
 	Pages    Set[*Page]
 
-	mu       sync.Mutex // guards unstored
+	mu       sync.Mutex // guards unstored and metadata
 	unstored map[string]*credential.Unstored
+	metadata *discovery.Cache
 }
 
 // process is the registry of every module provisioned in a context that
@@ -106,6 +109,19 @@ func (r *Registry) Unstored(keystore []byte) *credential.Unstored {
 		r.unstored[string(keystore)] = u
 	}
 	return u
+}
+
+// Metadata returns the authorization server metadata that the handlers and
+// connect pages read from their issuer: kept for discovery.TTL, so the
+// modules of one config that name an issuer read it once, and so does a
+// reload soon after.
+func (r *Registry) Metadata() *discovery.Cache {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.metadata == nil {
+		r.metadata = discovery.NewCache(time.Now)
+	}
+	return r.metadata
 }
 
 // Set is the modules of one kind that are live, between their Provision
