@@ -29,6 +29,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	oauth2_upstream [<matcher>] {
+//		provider        <name> [<key>=<value>...]
 //		token_url       <url>
 //		issuer          <url>
 //		discovery_timeout <duration>
@@ -174,6 +175,8 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		return caddyfileopt.Size(d, &h.MaxReplayBody, "off", -1)
 	case "keystore":
 		return h.parseKeystore(d)
+	case "provider":
+		return h.unmarshalProvider(d)
 	case "notify_include_tokens":
 		if d.NextArg() {
 			return d.ArgErr()

@@ -34,7 +34,7 @@ type Handler struct {
 	// TokenURL is the provider's token endpoint. It must be https unless
 	// its host is a loopback address or InsecureHTTP is set. Placeholders
 	// such as {env.TOKEN_URL} are replaced when the handler starts.
-	// Required, unless Issuer's metadata names it.
+	// Required, unless Provider gives it or Issuer's metadata names it.
 	TokenURL string `json:"token_url,omitempty"`
 
 	// InsecureHTTP allows an http token_url on a host other than loopback.
@@ -193,6 +193,10 @@ type Handler struct {
 	// (discoveryoptions.go).
 	DiscoveryOptions
 
+	// ProviderOptions name a provider catalog entry whose settings fill
+	// the options left unset (provideroptions.go).
+	ProviderOptions
+
 	engine       *credential.Engine
 	keySets      live.KeySetRule      // KeySet and KeySetAllow
 	extras       keystore.ExtraFields // ExtraFields
@@ -212,12 +216,16 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, resolves {env.*} placeholders in the
-// credentials, loads the keystore and starts the credential engine.
+// Provision fills unset options from the provider catalog, sets defaults,
+// resolves {env.*} placeholders in the credentials, loads the keystore and
+// starts the credential engine.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.registry = live.From(ctx)
 	repl := caddy.NewReplacer()
+	if err := h.applyProvider(repl); err != nil {
+		return err
+	}
 	for _, field := range []*string{&h.TokenURL, &h.ClientID, &h.ClientSecret, &h.RefreshToken} {
 		*field = repl.ReplaceKnown(*field, "")
 	}

@@ -25,6 +25,7 @@ func parseConnectCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 // Syntax:
 //
 //	oauth2_upstream_connect [<matcher>] {
+//		provider        <name> [<key>=<value>...]
 //		authorize_url   <url>
 //		insecure_http
 //		callback_path   <path>
@@ -81,6 +82,10 @@ func (c *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("authorize_param %q given twice", name)
 			}
 			c.AuthorizeParams[name] = value
+		case "provider":
+			if err := c.unmarshalProvider(d); err != nil {
+				return err
+			}
 		case "flow_timeout":
 			if err := caddyfileopt.Duration(d, &c.FlowTimeout, true); err != nil {
 				return err

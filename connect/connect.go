@@ -61,7 +61,8 @@ type Connect struct {
 	// AuthorizeURL is the provider's authorization endpoint (RFC 6749
 	// section 3.1). It must be https unless its host is loopback or
 	// InsecureHTTP is set. Placeholders are replaced when the handler
-	// starts. Required, unless Issuer's metadata names it.
+	// starts. Required, unless Provider gives it or Issuer's metadata
+	// names it.
 	AuthorizeURL string `json:"authorize_url,omitempty"`
 
 	// InsecureHTTP allows an http AuthorizeURL on a host other than
@@ -81,7 +82,8 @@ type Connect struct {
 	RedirectURL string `json:"redirect_url,omitempty"`
 
 	// Scopes are requested in the authorization request. Default: the
-	// scopes of the oauth2_upstream handler that serves the key set.
+	// scopes of the oauth2_upstream handler that serves the key set, else
+	// Provider's.
 	Scopes []string `json:"scopes,omitempty"`
 
 	// AuthorizeParams are extra parameters of the authorization request,
@@ -125,6 +127,20 @@ type Connect struct {
 	// check does not know.
 	AllowUnauthenticated bool `json:"allow_unauthenticated,omitempty"`
 
+	// Provider names an entry of the provider catalog (README,
+	// "Providers"): when the page starts, its authorization URL, authorize
+	// parameters and issuer fill the options that are not set (an
+	// authorize_param given replaces the entry's of the same name), and
+	// its scopes are requested when neither Scopes nor the handler's
+	// scopes name any. Default: none.
+	Provider string `json:"provider,omitempty"`
+
+	// ProviderParams are the entry's parameters by name (tenant, domain,
+	// region, ...), as the handler's provider_params: checked against an
+	// allow-list of characters, placeholders replaced when the page
+	// starts, a default for those left out. Default: none.
+	ProviderParams map[string]string `json:"provider_params,omitempty"`
+
 	registry        *live.Registry
 	page            *live.Page // the page as the registry shows it
 	state           *familyState
@@ -134,6 +150,8 @@ type Connect struct {
 	authorizeOrigin string // scheme://host[:port] of AuthorizeURL, for the CSP and iss
 	issOptional     bool   // Issuer's metadata does not say it sends iss (discover)
 	redirectOrigin  string // RedirectURL's, when set: the site whose cookies the page's are
+
+	providerScopes []string // Provider's, requested when neither Scopes nor the handler's name any
 }
 
 // CaddyModule returns the Caddy module information.
@@ -159,6 +177,9 @@ func (c *Connect) Provision(ctx caddy.Context) error {
 	c.logger = ctx.Logger()
 	c.now = time.Now
 	repl := caddy.NewReplacer()
+	if err := c.applyProvider(repl); err != nil {
+		return err
+	}
 	for _, field := range []*string{&c.AuthorizeURL, &c.RedirectURL, &c.Issuer, &c.ClientID} {
 		*field = repl.ReplaceKnown(*field, "")
 	}

@@ -121,6 +121,9 @@ func (c *Connect) startConnect(w http.ResponseWriter, r *http.Request, name stri
 	if len(scopes) == 0 {
 		scopes = h.Scopes
 	}
+	if len(scopes) == 0 {
+		scopes = c.providerScopes
+	}
 	cfg := oauth2.Config{ClientID: h.Client.ClientID, Endpoint: oauth2.Endpoint{AuthURL: c.AuthorizeURL},
 		RedirectURL: flow.redirectURI, Scopes: scopes}
 	options := []oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier)}
