@@ -38,10 +38,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		allow_admin_tcp
 //		client_id       <id>
 //		client_secret   <secret>
-//		client_auth     secret_basic|secret_post|private_key_jwt|tls_client_auth|none
+//		client_auth     secret_basic|secret_post|client_secret_jwt|private_key_jwt|tls_client_auth|none
 //		auth_style      basic|post
 //		signing_key     <file|pem>   # more keys and claims: unmarshalKeyOption
-//		grant           refresh_token|client_credentials|jwt_bearer
+//		grant           refresh_token|client_credentials|jwt_bearer|password
+//		username        <resource owner>     # grant password only
+//		password        <{env.PASSWORD}>
 //		scopes          <scope...>
 //		param           <name> <value...>
 //		key_set         <name>
@@ -103,7 +105,7 @@ func (h *Handler) stringOptions() map[string]*string {
 		"token_url": &h.TokenURL, "client_id": &h.ClientID, "client_secret": &h.ClientSecret,
 		"auth_style": &h.AuthStyle, "grant": &h.Grant, "key_set": &h.KeySet, "key_set_allow": &h.KeySetAllow,
 		"refresh_token": &h.RefreshToken, "refresh": &h.Refresh, "upstream_expect": &h.UpstreamExpect, "notify": &h.Notify,
-		"notify_secret": &h.NotifySecret, "issuer": &h.Issuer,
+		"notify_secret": &h.NotifySecret, "issuer": &h.Issuer, "username": &h.Username, "password": &h.Password,
 	}
 }
 

@@ -185,7 +185,7 @@ func TestValidateErrors(t *testing.T) {
 		{name: "credentials in token_url", modify: func(h *Handler) { h.TokenURL = "https://u:p@login.example.com/token" }, want: "must not carry credentials"},
 		{name: "missing client_id", modify: func(h *Handler) { h.ClientID = "" }, want: "client_id is required"},
 		{name: "auth_style", modify: func(h *Handler) { h.AuthStyle = "auto" }, want: `auth_style "auto"`},
-		{name: "grant", modify: func(h *Handler) { h.Grant = "password" }, want: `grant "password"`},
+		{name: "grant", modify: func(h *Handler) { h.Grant = "implicit" }, want: `grant "implicit": must be "refresh_token", "client_credentials", "jwt_bearer" or "password"`},
 		{name: "refresh", modify: func(h *Handler) { h.Refresh = "sometimes" }, want: `refresh "sometimes"`},
 		{name: "key_set", modify: func(h *Handler) { h.KeySet = "../x" }, want: "key_set: invalid key set name"},
 		{name: "seed with placeholder key_set", modify: func(h *Handler) { h.KeySet = "{http.request.header.X}"; h.RefreshToken = "rt" }, want: "refresh_token seeds one key set"},

@@ -15,7 +15,7 @@ import (
 
 // clientAuthMethods are the values of client_auth.
 var clientAuthMethods = []string{
-	credential.ClientAuthSecretBasic, credential.ClientAuthSecretPost,
+	credential.ClientAuthSecretBasic, credential.ClientAuthSecretPost, credential.ClientAuthSecretJWT,
 	credential.ClientAuthPrivateKeyJWT, credential.ClientAuthTLS, credential.ClientAuthNone,
 }
 
@@ -28,9 +28,12 @@ var signingAlgs = []string{credential.AlgRS256, credential.AlgPS256, credential.
 type ClientAuthOptions struct {
 	// ClientAuth is how the client authenticates at the token endpoint:
 	// "secret_basic" (client_id and client_secret with HTTP Basic, RFC 6749
-	// section 2.3.1), "secret_post" (as form fields), "private_key_jwt" (a
-	// client assertion signed with SigningKey, new for every token request:
-	// RFC 7523 section 2.2), "tls_client_auth" (ClientCertificate in the TLS
+	// section 2.3.1), "secret_post" (as form fields), "client_secret_jwt"
+	// (a client assertion signed HS256 with client_secret, which must have
+	// 32 bytes at least and never travels itself: OpenID Connect Core
+	// section 9), "private_key_jwt" (a client assertion signed with
+	// SigningKey; both new for every token request: RFC 7523 section 2.2),
+	// "tls_client_auth" (ClientCertificate in the TLS
 	// handshake, RFC 8705 section 2) or "none" (client_id alone: a public
 	// client; with the jwt_bearer grant, not even that). AuthStyle "basic"
 	// and "post" are aliases of the first two. Never auto-detected: a grant
@@ -53,9 +56,24 @@ type ClientAuthOptions struct {
 	// client's registered keys. Default: no kid.
 	SigningKeyID string `json:"signing_key_id,omitempty"`
 
-	// ClientAssertionAudience is the aud claim of private_key_jwt client
-	// assertions, for providers that want their issuer there instead of
-	// the token endpoint. Default: token_url.
+	// SigningCertificate is SigningKey's PEM certificate (the leaf first,
+	// if a chain), a file's path or the PEM itself, for a provider that
+	// knows the key by its certificate: every assertion then names it by
+	// its thumbprint in the header SigningCertificateThumbprint says, as
+	// Microsoft Entra's certificate credentials require. A certificate of
+	// another key is refused when the handler starts. Default: none.
+	SigningCertificate string `json:"signing_certificate,omitempty"`
+
+	// SigningCertificateThumbprint is the assertion header that names
+	// SigningCertificate: "x5t#S256" (its SHA-256 thumbprint, RFC 7515
+	// section 4.1.8; Entra's guidance, with signing_alg PS256), "x5t"
+	// (SHA-1, section 4.1.7; Entra's earlier guidance, with RS256, for a
+	// provider that reads no other) or "both". Default: x5t#S256.
+	SigningCertificateThumbprint string `json:"signing_certificate_thumbprint,omitempty"`
+
+	// ClientAssertionAudience is the aud claim of private_key_jwt and
+	// client_secret_jwt client assertions, for providers that want their
+	// issuer there instead of the token endpoint. Default: token_url.
 	ClientAssertionAudience string `json:"client_assertion_audience,omitempty"`
 
 	// AssertionIssuer is the iss claim of the jwt_bearer grant's assertion:
@@ -100,17 +118,14 @@ func (h *Handler) provisionKeys(repl *caddy.Replacer) error {
 // options and loads their keys and certificate. Errors name the option.
 func (o *ClientAuthOptions) provisionClientAuth(repl *caddy.Replacer) error {
 	rawKey, rawCert, rawCertKey := o.SigningKey, o.ClientCertificate, o.ClientCertificateKey
-	for _, field := range []*string{&o.SigningKey, &o.SigningKeyID, &o.ClientAssertionAudience,
+	rawSigningCert := o.SigningCertificate
+	for _, field := range []*string{&o.SigningKey, &o.SigningKeyID, &o.ClientAssertionAudience, &o.SigningCertificate,
 		&o.AssertionIssuer, &o.AssertionSubject, &o.AssertionAudience, &o.ClientCertificate, &o.ClientCertificateKey} {
 		*field = repl.ReplaceKnown(*field, "")
 	}
 	if o.SigningKey != "" {
-		key, err := loadPrivateKey("signing_key", rawKey, o.SigningKey)
-		if err != nil {
+		if err := o.provisionSigner(rawKey, rawSigningCert); err != nil {
 			return err
-		}
-		if o.signer, err = credential.NewSigner(key, o.SigningAlg, o.SigningKeyID); err != nil {
-			return fmt.Errorf("signing_key: %w (signing_alg %q)", err, o.SigningAlg)
 		}
 	}
 	if o.ClientCertificate == "" {
@@ -122,6 +137,31 @@ func (o *ClientAuthOptions) provisionClientAuth(repl *caddy.Replacer) error {
 	}
 	o.tokenTransport = http.DefaultTransport.(*http.Transport).Clone()
 	o.tokenTransport.TLSClientConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	return nil
+}
+
+// provisionSigner loads signing_key, and signing_certificate when it is
+// set; raw are the two options as configured, for errors.
+func (o *ClientAuthOptions) provisionSigner(rawKey, rawCert string) error {
+	key, err := loadPrivateKey("signing_key", rawKey, o.SigningKey)
+	if err != nil {
+		return err
+	}
+	// The key is checked alone first, so that its errors name signing_key.
+	if o.signer, err = credential.NewSigner(key, o.SigningAlg, o.SigningKeyID); err != nil {
+		return fmt.Errorf("signing_key: %w (signing_alg %q)", err, o.SigningAlg)
+	}
+	if o.SigningCertificate == "" {
+		return nil
+	}
+	_, leaf, err := loadCertificates("signing_certificate", rawCert, o.SigningCertificate)
+	if err != nil {
+		return err
+	}
+	o.signer, err = credential.NewCertificateSigner(key, o.SigningAlg, o.SigningKeyID, leaf, o.SigningCertificateThumbprint)
+	if err != nil {
+		return fmt.Errorf("signing_certificate: %w", err)
+	}
 	return nil
 }
 
@@ -172,7 +212,7 @@ func (h *Handler) validateKeyOptions() error {
 		return fmt.Errorf("client_auth %q: must be one of %s", method, strings.Join(clientAuthMethods, ", "))
 	case h.AuthStyle != "" && h.ClientAuth != "" && h.ClientAuth != "secret_"+h.AuthStyle:
 		return fmt.Errorf("auth_style %s and client_auth %s disagree; auth_style is an alias of client_auth secret_basic|secret_post: keep client_auth", h.AuthStyle, h.ClientAuth)
-	case h.ClientSecret != "" && method != credential.ClientAuthSecretBasic && method != credential.ClientAuthSecretPost:
+	case h.ClientSecret != "" && !usesSecret(method):
 		return fmt.Errorf("client_secret is never sent with client_auth %s; remove it", method)
 	case o.SigningAlg != "" && !slices.Contains(signingAlgs, o.SigningAlg):
 		return fmt.Errorf("signing_alg %q: must be one of %s", o.SigningAlg, strings.Join(signingAlgs, ", "))
@@ -181,27 +221,62 @@ func (h *Handler) validateKeyOptions() error {
 	case method == credential.ClientAuthTLS && o.ClientCertificate == "":
 		return fmt.Errorf("client_auth tls_client_auth needs client_certificate <cert> <key>")
 	}
+	if err := o.validateSecretJWT(method, h.ClientSecret); err != nil {
+		return err
+	}
 	signs := method == credential.ClientAuthPrivateKeyJWT || h.Grant == credential.GrantJWTBearer
 	switch {
 	case signs && o.SigningKey == "":
 		return fmt.Errorf("signing_key is required with client_auth private_key_jwt and grant jwt_bearer: it signs their assertions")
 	case !signs && (o.SigningKey != "" || o.SigningAlg != "" || o.SigningKeyID != ""):
 		return fmt.Errorf("signing_key, signing_alg and signing_key_id sign the assertions of client_auth private_key_jwt and grant jwt_bearer; neither is configured")
-	case o.ClientAssertionAudience != "" && method != credential.ClientAuthPrivateKeyJWT:
-		return fmt.Errorf("client_assertion_audience is for client_auth private_key_jwt")
+	case o.ClientAssertionAudience != "" && method != credential.ClientAuthPrivateKeyJWT && method != credential.ClientAuthSecretJWT:
+		return fmt.Errorf("client_assertion_audience is for client_auth private_key_jwt and client_secret_jwt")
+	case o.SigningCertificate != "" && o.SigningKey == "":
+		return fmt.Errorf("signing_certificate is signing_key's certificate; set signing_key too")
+	case o.SigningCertificateThumbprint != "" && o.SigningCertificate == "":
+		return fmt.Errorf("signing_certificate_thumbprint names signing_certificate in the assertions; set signing_certificate too")
+	case o.SigningCertificateThumbprint != "" && !slices.Contains(credential.Thumbprints, o.SigningCertificateThumbprint):
+		return fmt.Errorf("signing_certificate_thumbprint %q: must be one of %s", o.SigningCertificateThumbprint, strings.Join(credential.Thumbprints, ", "))
 	case h.Grant != credential.GrantJWTBearer && (o.AssertionIssuer != "" || o.AssertionSubject != "" || o.AssertionAudience != ""):
 		return fmt.Errorf("assertion_issuer, assertion_subject and assertion_audience are claims of grant jwt_bearer's assertion")
 	}
 	return h.validateDPoP(h.HeaderName, h.HeaderScheme, len(h.EncryptionKeys) > 0)
 }
 
+// usesSecret reports whether client authentication method uses the
+// client_secret: sends it, or signs with it.
+func usesSecret(method string) bool {
+	return method == credential.ClientAuthSecretBasic || method == credential.ClientAuthSecretPost ||
+		method == credential.ClientAuthSecretJWT
+}
+
+// validateSecretJWT checks that client_auth client_secret_jwt has a
+// client_secret that HS256 may be keyed with: a shorter one is refused,
+// not warned about, since RFC 7518 section 3.2 says MUST
+// (credential.MinSecretJWTBytes).
+func (o *ClientAuthOptions) validateSecretJWT(method, secret string) error {
+	if method != credential.ClientAuthSecretJWT {
+		return nil
+	}
+	if secret == "" {
+		return fmt.Errorf("client_auth client_secret_jwt signs its assertions with client_secret; set it")
+	}
+	if _, err := credential.NewSecretSigner(secret); err != nil {
+		return fmt.Errorf("client_secret: %w; client_auth client_secret_jwt cannot sign with it (ask the provider for a longer secret, or use secret_basic)", err)
+	}
+	return nil
+}
+
 // unmarshalKeyOption reads the Caddyfile options of keys, assertions and
 // certificates; any other option is unrecognized. Syntax:
 //
-//	client_auth     secret_basic|secret_post|private_key_jwt|tls_client_auth|none
+//	client_auth     secret_basic|secret_post|client_secret_jwt|private_key_jwt|tls_client_auth|none
 //	signing_key     <file|pem>
 //	signing_alg     RS256|PS256|ES256
 //	signing_key_id  <kid>
+//	signing_certificate <file|pem>
+//	signing_certificate_thumbprint x5t#S256|x5t|both
 //	client_assertion_audience <aud>
 //	client_certificate <file|pem> <key file|pem>
 //	assertion_issuer   <iss>
@@ -227,6 +302,7 @@ func (o *ClientAuthOptions) unmarshalClientAuthOption(d *caddyfile.Dispenser, op
 	words := map[string]*string{
 		"client_auth": &o.ClientAuth, "signing_key": &o.SigningKey, "signing_alg": &o.SigningAlg,
 		"signing_key_id": &o.SigningKeyID, "client_assertion_audience": &o.ClientAssertionAudience,
+		"signing_certificate": &o.SigningCertificate, "signing_certificate_thumbprint": &o.SigningCertificateThumbprint,
 		"assertion_issuer": &o.AssertionIssuer, "assertion_subject": &o.AssertionSubject,
 		"assertion_audience": &o.AssertionAudience,
 	}

@@ -76,7 +76,7 @@ func TestValidateClientAuthErrors(t *testing.T) {
 		modify func(h *Handler)
 		want   string
 	}{
-		{"unknown client_auth", func(h *Handler) { h.ClientAuth = "client_secret_jwt" }, `client_auth "client_secret_jwt": must be one of secret_basic, secret_post, private_key_jwt, tls_client_auth, none`},
+		{"unknown client_auth", func(h *Handler) { h.ClientAuth = "client_secret_jws" }, `client_auth "client_secret_jws": must be one of secret_basic, secret_post, client_secret_jwt, private_key_jwt, tls_client_auth, none`},
 		{"auth_style disagrees", func(h *Handler) { h.AuthStyle, h.ClientAuth = "post", "secret_basic" }, "auth_style post and client_auth secret_basic disagree"},
 		{"secret with private_key_jwt", func(h *Handler) {
 			h.ClientAuth, h.ClientSecret, h.SigningKey = "private_key_jwt", "s", "k.pem"

@@ -54,16 +54,13 @@ func loadPrivateKey(option, raw, value string) (crypto.Signer, error) {
 	return key, nil
 }
 
-// loadClientCertificate reads client_certificate (a PEM chain, leaf first)
-// and client_certificate_key, and checks that the key is the leaf's.
-func loadClientCertificate(rawCert, cert, rawKey, key string) (tls.Certificate, error) {
-	certPEM, err := readPEM("client_certificate", rawCert, cert)
+// loadCertificates reads the PEM certificate chain (leaf first) that an
+// option gives as a file's path or as the PEM itself (see readPEM): the
+// DER of each certificate, and the leaf parsed.
+func loadCertificates(option, raw, value string) ([][]byte, *x509.Certificate, error) {
+	certPEM, err := readPEM(option, raw, value)
 	if err != nil {
-		return tls.Certificate{}, err
-	}
-	keyPEM, err := readPEM("client_certificate_key", rawKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
+		return nil, nil, err
 	}
 	var chain [][]byte
 	for rest := certPEM; ; {
@@ -76,11 +73,25 @@ func loadClientCertificate(rawCert, cert, rawKey, key string) (tls.Certificate, 
 		}
 	}
 	if len(chain) == 0 {
-		return tls.Certificate{}, errors.New("client_certificate: no CERTIFICATE block in the PEM")
+		return nil, nil, fmt.Errorf("%s: no CERTIFICATE block in the PEM", option)
 	}
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("client_certificate: the first certificate does not parse: %v", err)
+		return nil, nil, fmt.Errorf("%s: the first certificate does not parse: %v", option, err)
+	}
+	return chain, leaf, nil
+}
+
+// loadClientCertificate reads client_certificate (a PEM chain, leaf first)
+// and client_certificate_key, and checks that the key is the leaf's.
+func loadClientCertificate(rawCert, cert, rawKey, key string) (tls.Certificate, error) {
+	chain, leaf, err := loadCertificates("client_certificate", rawCert, cert)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	keyPEM, err := readPEM("client_certificate_key", rawKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
 	}
 	signer, err := credential.ParsePrivateKey(keyPEM)
 	if err != nil {

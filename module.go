@@ -54,9 +54,12 @@ type Handler struct {
 	AuthStyle string `json:"auth_style,omitempty"`
 
 	// Grant is the grant that obtains new tokens: "refresh_token", which
-	// spends the key set's refresh token, or "client_credentials" or
+	// spends the key set's refresh token, or "client_credentials",
 	// "jwt_bearer" (an assertion signed with SigningKey, RFC 7523 section
-	// 2.1), which need no seed. Default: refresh_token.
+	// 2.1) or "password" (the resource owner's Username and Password, RFC
+	// 6749 section 4.3, for legacy APIs: a refresh token it issues is kept
+	// and spent by later grants), which need no seed. Default:
+	// refresh_token.
 	Grant string `json:"grant,omitempty"`
 
 	// Scopes are sent with every grant (space-separated as `scope`).
@@ -186,6 +189,10 @@ type Handler struct {
 	// GrantOptions bound when grants are made (grantoptions.go).
 	GrantOptions
 
+	// ResourceOwnerOptions are the password grant's credentials
+	// (ownerpassword.go).
+	ResourceOwnerOptions
+
 	// NotifyOptions configure change notifications (notify.go).
 	NotifyOptions
 
@@ -230,6 +237,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		*field = repl.ReplaceKnown(*field, "")
 	}
 	h.NotifyOptions.replacePlaceholders(repl)
+	if err := h.provisionResourceOwner(repl); err != nil {
+		return err
+	}
 	err := h.provisionKeys(repl)
 	if err != nil {
 		return err

@@ -87,12 +87,17 @@ var reservedParams = map[string]bool{
 	"grant_type": true, "refresh_token": true, "scope": true,
 	"client_id": true, "client_secret": true, "code": true,
 	"assertion": true, "client_assertion": true, "client_assertion_type": true,
+	"username": true, "password": true,
 }
 
 // validateOptions checks the options that Validate does not check itself.
 func (h *Handler) validateOptions() error {
 	if h.Grant != credential.GrantRefreshToken && !credential.SeedlessGrant(h.Grant) {
-		return fmt.Errorf("grant %q: must be %q, %q or %q", h.Grant, credential.GrantRefreshToken, credential.GrantClientCredentials, credential.GrantJWTBearer)
+		return fmt.Errorf("grant %q: must be %q, %q, %q or %q", h.Grant, credential.GrantRefreshToken,
+			credential.GrantClientCredentials, credential.GrantJWTBearer, credential.GrantPassword)
+	}
+	if err := h.validateResourceOwner(h.Grant); err != nil {
+		return err
 	}
 	if err := h.validateKeyOptions(); err != nil {
 		return err
@@ -219,6 +224,7 @@ func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credent
 	endpoint := credential.TokenEndpoint{
 		URL: h.TokenURL, ClientID: h.ClientID, ClientSecret: h.ClientSecret,
 		Grant: h.Grant, Scopes: h.Scopes, Params: h.Params,
+		Username: h.Username, Password: h.Password,
 		Timeout: time.Duration(h.TokenTimeout),
 	}
 	h.configureClientAuth(&endpoint)

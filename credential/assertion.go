@@ -91,6 +91,11 @@ func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 // P-256 key) and names keyID in the kid header when it is not empty. A key
 // that does not fit the algorithm is an error.
 func NewSigner(key crypto.Signer, alg, keyID string) (*Signer, error) {
+	return newKeySigner(key, alg, keyID, nil)
+}
+
+// newKeySigner is NewSigner with further protected headers.
+func newKeySigner(key crypto.Signer, alg, keyID string, headers map[jose.HeaderKey]string) (*Signer, error) {
 	if alg == "" {
 		alg = defaultAlg(key)
 	}
@@ -98,6 +103,9 @@ func NewSigner(key crypto.Signer, alg, keyID string) (*Signer, error) {
 		return nil, err
 	}
 	opts := (&jose.SignerOptions{}).WithType("JWT")
+	for name, value := range headers {
+		opts.WithHeader(name, value)
+	}
 	signer, err := jose.NewSigner(jose.SigningKey{
 		Algorithm: jose.SignatureAlgorithm(alg),
 		Key:       jose.JSONWebKey{Key: key, KeyID: keyID},
@@ -106,6 +114,31 @@ func NewSigner(key crypto.Signer, alg, keyID string) (*Signer, error) {
 		return nil, fmt.Errorf("signing with %s: %v", alg, err)
 	}
 	return &Signer{alg: jose.SignatureAlgorithm(alg), signer: signer}, nil
+}
+
+// MinSecretJWTBytes is the shortest client secret that signs
+// client_secret_jwt assertions. OpenID Connect Core section 9
+// (https://openid.net/specs/openid-connect-core-1_0.html#ClientAuthentication)
+// keys the HMAC with the octets of the secret's UTF-8 form, and RFC 7518
+// section 3.2 (https://www.rfc-editor.org/rfc/rfc7518#section-3.2) says a
+// key of at least the hash's size (256 bits for HS256) MUST be used: a
+// shorter secret is refused, not warned about (go-jose would refuse to
+// sign with it at every grant anyway).
+const MinSecretJWTBytes = 32
+
+// NewSecretSigner returns a Signer of client_secret_jwt assertions: HS256
+// keyed with secret, which must have at least MinSecretJWTBytes bytes.
+// Errors never quote the secret.
+func NewSecretSigner(secret string) (*Signer, error) {
+	if len(secret) < MinSecretJWTBytes {
+		return nil, fmt.Errorf("the client secret is shorter than %d bytes, the least that HS256 may be keyed with (RFC 7518 section 3.2)", MinSecretJWTBytes)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte(secret)},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return nil, fmt.Errorf("signing with HS256: %v", err)
+	}
+	return &Signer{alg: jose.HS256, signer: signer}, nil
 }
 
 // Algorithm returns the signer's JWS algorithm.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -24,6 +25,10 @@ const (
 	// client's private key, made anew for each token request (RFC 7523
 	// section 2.2, OpenID Connect Core section 9).
 	ClientAuthPrivateKeyJWT = "private_key_jwt"
+	// ClientAuthSecretJWT sends a client assertion like
+	// ClientAuthPrivateKeyJWT's, signed HS256 with the client secret
+	// (OpenID Connect Core section 9); the secret itself never travels.
+	ClientAuthSecretJWT = "client_secret_jwt"
 	// ClientAuthTLS is mutual TLS (RFC 8705 section 2): client_id in the
 	// form, and the client certificate in the TLS handshake, which is the
 	// business of TokenEndpoint.Transport.
@@ -97,7 +102,8 @@ func (c *tokenClient) endpointParams() url.Values {
 
 // signedFields are the form fields a token request needs made anew each
 // time it is sent: the jwt_bearer grant's assertion and the
-// private_key_jwt client assertion, each with a jti of its own.
+// private_key_jwt or client_secret_jwt client assertion, each with a jti
+// of its own.
 func (c *tokenClient) signedFields() (url.Values, error) {
 	fields := url.Values{}
 	if (c.Grant == GrantJWTBearer || c.clientAuth() == ClientAuthPrivateKeyJWT) && c.Signer == nil {
@@ -122,19 +128,39 @@ func (c *tokenClient) signedFields() (url.Values, error) {
 		}
 		fields.Set("assertion", assertion)
 	}
-	if c.clientAuth() == ClientAuthPrivateKeyJWT {
-		claims, err := assertionClaims(c.ClientID, c.ClientID, cmp.Or(c.ClientAssertionAudience, c.URL), now)
+	if method := c.clientAuth(); method == ClientAuthPrivateKeyJWT || method == ClientAuthSecretJWT {
+		assertion, err := c.clientAssertion(now)
 		if err != nil {
 			return nil, err
-		}
-		assertion, err := c.Signer.sign(claims, nil)
-		if err != nil {
-			return nil, fmt.Errorf("signing the client assertion: %w", err)
 		}
 		fields.Set("client_assertion_type", clientAssertionType)
 		fields.Set("client_assertion", assertion)
 	}
 	return fields, nil
+}
+
+// clientAssertion is a new client assertion made at now (RFC 7523 section
+// 3, OpenID Connect Core section 9): iss and sub the client id, aud the
+// token endpoint (or ClientAssertionAudience), a jti of its own and a
+// short exp; signed with Signer for private_key_jwt, and for
+// client_secret_jwt HS256 with the client secret.
+func (c *tokenClient) clientAssertion(now time.Time) (string, error) {
+	signer := c.Signer
+	if c.clientAuth() == ClientAuthSecretJWT {
+		var err error
+		if signer, err = NewSecretSigner(c.ClientSecret); err != nil {
+			return "", err
+		}
+	}
+	claims, err := assertionClaims(c.ClientID, c.ClientID, cmp.Or(c.ClientAssertionAudience, c.URL), now)
+	if err != nil {
+		return "", err
+	}
+	assertion, err := signer.sign(claims, nil)
+	if err != nil {
+		return "", fmt.Errorf("signing the client assertion: %w", err)
+	}
+	return assertion, nil
 }
 
 // signingTransport adds to each token request what must be new every time

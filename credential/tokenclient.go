@@ -47,9 +47,12 @@ type TokenEndpoint struct {
 	ClientAssertionAudience string
 	// Assertion holds the claims of the jwt_bearer grant's assertion.
 	Assertion AssertionClaims
-	// Grant is GrantRefreshToken (the default), GrantClientCredentials
-	// or GrantJWTBearer.
+	// Grant is GrantRefreshToken (the default), GrantClientCredentials,
+	// GrantJWTBearer or GrantPassword.
 	Grant string
+	// Username and Password are the resource owner's, sent by the
+	// password grant (password.go); the password is redacted from errors.
+	Username, Password string
 	// Scopes are sent with every grant.
 	Scopes []string
 	// Params are extra form fields of every token request; they must not
@@ -83,6 +86,9 @@ type grantResult struct {
 // the refresh_token grant. Errors are *Error, classified temporary or
 // permanent, with no token value in their message.
 func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (grantResult, error) {
+	if c.Grant == GrantPassword {
+		return c.passwordGrant(ctx, keySet, refreshToken)
+	}
 	style, clientID, clientSecret := c.oauth2Client()
 	if SeedlessGrant(c.Grant) {
 		cc := clientcredentials.Config{
@@ -98,6 +104,12 @@ func (c *tokenClient) grant(ctx context.Context, keySet, refreshToken string) (g
 		return grantResult{}, &Error{KeySet: keySet, Code: CodeNoKeySet,
 			Description: "the key set has no refresh_token; seed one with the refresh_token option or the keystore"}
 	}
+	return c.refreshGrant(ctx, keySet, refreshToken)
+}
+
+// refreshGrant spends refreshToken (RFC 6749 section 6).
+func (c *tokenClient) refreshGrant(ctx context.Context, keySet, refreshToken string) (grantResult, error) {
+	style, clientID, clientSecret := c.oauth2Client()
 	cfg := oauth2.Config{
 		ClientID: clientID, ClientSecret: clientSecret, Scopes: c.Scopes,
 		Endpoint: oauth2.Endpoint{TokenURL: c.URL, AuthStyle: style},
@@ -208,8 +220,9 @@ func salvage(capture *capturingTransport, requested time.Time) (grantResult, boo
 // extraParams are form fields added to every token request: the configured
 // params, and the scopes for a refresh (x/oauth2 sends none then, but
 // RFC 6749 section 6 allows them and Microsoft's v2 endpoint needs them).
+// The password grant refreshes with them too (password.go).
 func (c *tokenClient) extraParams() url.Values {
-	if c.Grant != GrantRefreshToken || len(c.Scopes) == 0 {
+	if (c.Grant != GrantRefreshToken && c.Grant != GrantPassword) || len(c.Scopes) == 0 {
 		return c.Params // clientcredentials sends both itself
 	}
 	p := url.Values{"scope": {strings.Join(c.Scopes, " ")}}

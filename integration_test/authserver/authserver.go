@@ -9,9 +9,10 @@
 //
 // Grants are refresh_token (rotating on every grant, with fosite's reuse
 // detection revoking the whole token family), client_credentials, RFC 7523
-// jwt-bearer, and authorization_code, the last used only in-process by
-// Seed. Clients authenticate with a secret (Basic or form) or a
-// private_key_jwt client assertion (jwtclient.go).
+// jwt-bearer, password (for Config.Users), and authorization_code, the
+// last used only in-process by Seed. Clients authenticate with a secret
+// (Basic or form), a private_key_jwt client assertion (jwtclient.go) or a
+// client_secret_jwt one (legacyauth.go).
 package authserver
 
 import (
@@ -83,6 +84,10 @@ type Config struct {
 	// JWTIssuers are trusted to sign jwt-bearer grant assertions
 	// (GrantJWTBearer, jwtclient.go). Default: none.
 	JWTIssuers []JWTIssuer
+
+	// Users are the resource owners of the password grant (GrantPassword),
+	// username to password. Default: none.
+	Users map[string]string
 }
 
 // Client is one registered OAuth2 client.
@@ -92,8 +97,8 @@ type Client struct {
 	// Secret is the client_secret in clear; the server stores a bcrypt hash.
 	Secret string
 	// AuthMethod is the only client authentication method the token
-	// endpoint accepts from this client: AuthMethodBasic, AuthMethodPost or
-	// AuthMethodPrivateKeyJWT. fosite enforces it, as a strict provider
+	// endpoint accepts from this client: AuthMethodBasic, AuthMethodPost,
+	// AuthMethodSecretJWT or AuthMethodPrivateKeyJWT. fosite enforces it, as a strict provider
 	// would. Default: AuthMethodBasic.
 	AuthMethod string
 	// Key is a private_key_jwt client's key, instead of a Secret: the
@@ -159,12 +164,15 @@ func New(cfg Config) (*Server, error) {
 			compose.OAuth2PKCEFactory,
 			compose.OAuth2TokenIntrospectionFactory,
 			compose.RFC7523AssertionGrantFactory,
+			compose.OAuth2ResourceOwnerPasswordCredentialsFactory,
 		),
 		strategy: strategy,
 		store:    store,
 		clients:  clients,
 		profile:  cfg.Profile.clone(),
 	}
+	fositeConfig.ClientAuthenticationStrategy = s.authenticateClient // read per request, once serving
+	registerUsers(store, cfg.Users)
 
 	if err := s.startAPI(); err != nil {
 		return nil, err
@@ -236,7 +244,7 @@ func registerClients(store *tokenStore, cfg *fosite.Config, configured []Client)
 		switch c.AuthMethod {
 		case "":
 			c.AuthMethod = AuthMethodBasic
-		case AuthMethodBasic, AuthMethodPost, AuthMethodPrivateKeyJWT:
+		case AuthMethodBasic, AuthMethodPost, AuthMethodPrivateKeyJWT, AuthMethodSecretJWT:
 		default:
 			return nil, fmt.Errorf("authserver: client %q: unsupported auth method %q", c.ID, c.AuthMethod)
 		}
@@ -255,7 +263,7 @@ func registerClients(store *tokenStore, cfg *fosite.Config, configured []Client)
 				ID:            c.ID,
 				Secret:        hash,
 				RedirectURIs:  append([]string{seedRedirectURI}, c.RedirectURIs...),
-				GrantTypes:    []string{"authorization_code", "refresh_token", "client_credentials", GrantJWTBearer},
+				GrantTypes:    []string{"authorization_code", "refresh_token", "client_credentials", GrantJWTBearer, GrantPassword},
 				ResponseTypes: []string{"code"},
 				Scopes:        c.Scopes,
 			},

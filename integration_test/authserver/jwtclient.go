@@ -97,10 +97,14 @@ func keyAlg(pub crypto.PublicKey) string {
 }
 
 // clientAssertion signs a private_key_jwt client assertion for c at
-// tokenURL, as the client does: Seed's code exchange authenticates so.
+// tokenURL (for a client_secret_jwt client, HS256 with its secret), as the
+// client does: Seed's code exchange authenticates so.
 func clientAssertion(c Client, tokenURL string) (url.Values, error) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(keyAlg(c.Key.Public())), Key: c.Key},
-		(&jose.SignerOptions{}).WithType("JWT"))
+	key := jose.SigningKey{Algorithm: jose.HS256, Key: []byte(c.Secret)}
+	if c.AuthMethod != AuthMethodSecretJWT {
+		key = jose.SigningKey{Algorithm: jose.SignatureAlgorithm(keyAlg(c.Key.Public())), Key: c.Key}
+	}
+	signer, err := jose.NewSigner(key, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		return nil, err
 	}

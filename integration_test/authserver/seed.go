@@ -89,7 +89,7 @@ func (s *Server) exchangeCode(ctx context.Context, client Client, code string) (
 	case AuthMethodPost:
 		form.Set("client_id", client.ID)
 		form.Set("client_secret", client.Secret)
-	case AuthMethodPrivateKeyJWT:
+	case AuthMethodPrivateKeyJWT, AuthMethodSecretJWT:
 		auth, err := clientAssertion(client, s.TokenURL())
 		if err != nil {
 			return nil, fmt.Errorf("client assertion: %w", err)
