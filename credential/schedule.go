@@ -13,8 +13,10 @@ type Schedule struct {
 	// proactive mode, or when the token's expiry is unknown.
 	ProactiveRefresh time.Time
 	// Keepalive is when an unused refresh token is refreshed to keep it
-	// alive (within a check interval of it). Zero without a refresh token,
-	// or with the keepalive off.
+	// alive (within a check interval of it): once the keepalive period
+	// has passed, or halfway through the refresh token's announced life
+	// if that comes first. Zero without a refresh token, or with the
+	// keepalive off.
 	Keepalive time.Time
 	// RetryAt is when grants may be made again after a temporary failure.
 	RetryAt time.Time
@@ -39,6 +41,9 @@ func (e *Engine) Schedule(name string) (s Schedule, ok bool) {
 	}
 	if e.keepalive > 0 && ks.Token.RefreshToken() != "" && !ks.UpdatedAt.IsZero() {
 		s.Keepalive = ks.UpdatedAt.Add(e.keepalive)
+		if aim := refreshAim(ks); !aim.IsZero() && aim.Before(s.Keepalive) {
+			s.Keepalive = aim
+		}
 	}
 	if st.failure != nil && st.failure.Temporary {
 		s.RetryAt = st.retryAt
