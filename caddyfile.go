@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		min_refresh_interval <duration>|off
 //		max_retry_after <duration>
 //		keepalive <duration>|off
+//		reauthorize_warning <duration>|off
 //		max_concurrent_grants <n>|off
 //		expiry_skew     <duration>
 //		token_timeout   <duration>
@@ -204,6 +205,8 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		return caddyfileopt.DurationOrOff(d, &h.MinRefreshInterval)
 	case "keepalive":
 		return caddyfileopt.DurationOrOff(d, &h.Keepalive)
+	case "reauthorize_warning":
+		return caddyfileopt.DurationOrOff(d, &h.ReauthorizeWarning)
 	case "max_concurrent_grants":
 		return caddyfileopt.CountOrOff(d, &h.MaxConcurrentGrants)
 	default:

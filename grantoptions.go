@@ -52,6 +52,19 @@ type GrantOptions struct {
 	// default, 7d; -1 disables (the Caddyfile takes "off" and refuses 0).
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
+	// ReauthorizeWarning is how long before a refresh token expires, when
+	// the provider announces when that is (refresh_token_expires_in,
+	// x_refresh_token_expires_in or refresh_expires_in) and no refresh
+	// will put it off, that the key set is flagged (refresh_expiring in
+	// its status, the caddy_oauth2_upstream_refresh_token_expiring gauge)
+	// and, with notify, announced by a key_set.expiring notification, once
+	// per generation: time for a person to connect the account again. The
+	// keepalive renews such a key set halfway through its refresh token's
+	// life, so a lifetime that each refresh extends is never flagged
+	// unless those refreshes fail. Zero or absent: the default, 7d; -1
+	// disables (the Caddyfile takes "off" and refuses 0).
+	ReauthorizeWarning caddy.Duration `json:"reauthorize_warning,omitempty"`
+
 	// MaxConcurrentGrants bounds the grants (token requests) the handler
 	// has in flight at once:
 	// when many tokens expire together (accounts connected in one batch,
@@ -74,6 +87,9 @@ func (g *GrantOptions) setDefaults() {
 	if g.Keepalive == 0 {
 		g.Keepalive = caddy.Duration(credential.DefaultKeepalive)
 	}
+	if g.ReauthorizeWarning == 0 {
+		g.ReauthorizeWarning = caddy.Duration(credential.DefaultReauthorizeWarning)
+	}
 }
 
 // validate checks the options, and that refreshOn (the handler's trigger
@@ -90,6 +106,9 @@ func (g *GrantOptions) validate(refreshOn []int) error {
 	}
 	if g.Keepalive < -1 {
 		return fmt.Errorf("keepalive %s: must be positive, or -1 to disable", time.Duration(g.Keepalive))
+	}
+	if g.ReauthorizeWarning < -1 {
+		return fmt.Errorf("reauthorize_warning %s: must be positive, or -1 to disable", time.Duration(g.ReauthorizeWarning))
 	}
 	if g.MaxRetryAfter < 0 {
 		return fmt.Errorf("max_retry_after %s: must be positive", time.Duration(g.MaxRetryAfter))

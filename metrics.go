@@ -126,6 +126,11 @@ func (m *upstreamMetrics) KeystoreFailed(operation string) {
 // the state gauge reads the key sets' states when it is scraped.
 func (m *upstreamMetrics) KeySetStateChanged(credential.StateChange) {}
 
+// KeySetRefreshExpiring implements credential.Observer. It needs no
+// counting: the refresh_token_expiring gauge reads the key sets' statuses
+// when it is scraped.
+func (m *upstreamMetrics) KeySetRefreshExpiring(credential.RefreshWarning) {}
+
 // keySetStates are the values of the key_set_state gauge's state label.
 var keySetStates = []string{
 	credential.StateOK, credential.StateExpiring, credential.StateFailing,
@@ -133,8 +138,11 @@ var keySetStates = []string{
 }
 
 // keySetCollector is the gauges that describe the key sets in use:
-// caddy_oauth2_upstream_token_expiry_timestamp_seconds and
-// caddy_oauth2_upstream_key_set_state. It reads, when scraped, the key set
+// caddy_oauth2_upstream_token_expiry_timestamp_seconds,
+// caddy_oauth2_upstream_key_set_state and, for the key sets whose provider
+// announced when their refresh token expires,
+// caddy_oauth2_upstream_refresh_token_expiry_timestamp_seconds and
+// caddy_oauth2_upstream_refresh_token_expiring. It reads, when scraped, the key set
 // each handler of its config has in use, so the values follow every change
 // however it came (a grant, an admin PUT, a key set adopted from another
 // replica, the first load, time passing). Key sets whose expiry is unknown
@@ -144,6 +152,9 @@ type keySetCollector struct {
 	config   live.Config
 	expiry   *prometheus.Desc
 	state    *prometheus.Desc
+
+	refreshExpiry   *prometheus.Desc
+	refreshExpiring *prometheus.Desc
 }
 
 func newKeySetCollector(handlers *live.Registry, config live.Config) *keySetCollector {
@@ -158,6 +169,14 @@ func newKeySetCollector(handlers *live.Registry, config live.Config) *keySetColl
 			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "key_set_state"),
 			"1 for the state each key set is in, 0 for the others (ok, expiring, failing, needs_reauthorization, keystore_failing).",
 			[]string{"key_set", "state"}, nil),
+		refreshExpiry: prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "refresh_token_expiry_timestamp_seconds"),
+			"When the refresh token in use expires, in seconds since the Unix epoch, by key set; only where the provider announced it.",
+			[]string{"key_set"}, nil),
+		refreshExpiring: prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "refresh_token_expiring"),
+			"1 when the key set's refresh token expires within reauthorize_warning and no refresh will save it (the account needs reauthorization), else 0; only where the provider announced the expiry.",
+			[]string{"key_set"}, nil),
 	}
 }
 
@@ -165,6 +184,8 @@ func newKeySetCollector(handlers *live.Registry, config live.Config) *keySetColl
 func (c *keySetCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.expiry
 	ch <- c.state
+	ch <- c.refreshExpiry
+	ch <- c.refreshExpiring
 }
 
 // Collect implements prometheus.Collector. A key set several handlers use
@@ -183,13 +204,22 @@ func (c *keySetCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, value, s.Name, state)
 		}
-		if s.Expiry == nil {
-			continue
+		if s.Expiry != nil {
+			ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, unixSeconds(*s.Expiry), s.Name)
 		}
-		seconds := float64(s.Expiry.UnixNano()) / float64(time.Second)
-		ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, seconds, s.Name)
+		if s.RefreshExpiry != nil {
+			ch <- prometheus.MustNewConstMetric(c.refreshExpiry, prometheus.GaugeValue, unixSeconds(*s.RefreshExpiry), s.Name)
+			expiring := 0.0
+			if s.RefreshExpiring {
+				expiring = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.refreshExpiring, prometheus.GaugeValue, expiring, s.Name)
+		}
 	}
 }
+
+// unixSeconds is t in seconds since the Unix epoch.
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / float64(time.Second) }
 
 // Interface guard
 var _ credential.Observer = (*upstreamMetrics)(nil)

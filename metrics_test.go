@@ -161,3 +161,47 @@ func TestMetricsSharedRegistry(t *testing.T) {
 		t.Errorf("grants_total = %v; want 2", v)
 	}
 }
+
+// The refresh token gauges follow the key set in use, when its provider
+// announced the refresh token's lifetime: when it expires, and 1 once it
+// expires within reauthorize_warning and no refresh will save it (here: an
+// extendable lifetime whose renewal halfway through is overdue). A key set
+// whose provider announced none has no sample.
+func TestMetricsRefreshTokenExpiry(t *testing.T) {
+	t.Parallel()
+	te := credentialtest.NewTokenEndpoint(t, "rt-0")
+	api := newAPIServer(t, "Bearer at-1")
+	s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", KeySet: "metrics-rt", RefreshToken: "rt-0"}, hostPort(t, api.server.URL))
+	clock := credentialtest.NewClock()
+	s.useClock(clock)
+	const (
+		expirySeries   = `caddy_oauth2_upstream_refresh_token_expiry_timestamp_seconds{key_set="metrics-rt"}`
+		expiringSeries = `caddy_oauth2_upstream_refresh_token_expiring{key_set="metrics-rt"}`
+	)
+	a, _ := adminFor(t)
+	if rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/metrics-rt", `{"access_token":"x","expires_in":120}`); rec.Code != http.StatusOK {
+		t.Fatalf("PUT = %d (%s)", rec.Code, rec.Body)
+	}
+	text := scrape(t, s.ctx.GetMetricsRegistry())
+	for _, series := range []string{expirySeries, expiringSeries} {
+		if v, ok := sample(text, series); ok {
+			t.Errorf("no refresh lifetime announced: %s = %v; want no sample", series, v)
+		}
+	}
+	body := `{"access_token":"x","refresh_token":"rt-x","expires_in":120,"refresh_expires_in":86400}`
+	if rec := adminCall(t, a, http.MethodPut, "/oauth2_upstream/key_sets/metrics-rt", body); rec.Code != http.StatusOK {
+		t.Fatalf("PUT = %d (%s)", rec.Code, rec.Body)
+	}
+	want := float64(clock.Now().Add(24 * time.Hour).Unix())
+	text = scrape(t, s.ctx.GetMetricsRegistry())
+	if v, ok := sample(text, expirySeries); !ok || v != want {
+		t.Errorf("%s = %v (present %v); want %v", expirySeries, v, ok, want)
+	}
+	if v, ok := sample(text, expiringSeries); !ok || v != 0 {
+		t.Errorf("a day left: %s = %v (present %v); want 0", expiringSeries, v, ok)
+	}
+	clock.Advance(19 * time.Hour) // past three quarters of its life
+	if v, ok := sample(scrape(t, s.ctx.GetMetricsRegistry()), expiringSeries); !ok || v != 1 {
+		t.Errorf("five hours left: %s = %v (present %v); want 1", expiringSeries, v, ok)
+	}
+}

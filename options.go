@@ -244,6 +244,7 @@ func (h *Handler) newEngine(store keystore.Store, now func() time.Time) *credent
 		Now:                 now,
 		Unstored:            h.unstored,
 		Keepalive:           time.Duration(h.Keepalive),
+		ReauthorizeWarning:  time.Duration(h.ReauthorizeWarning),
 		MaxConcurrentGrants: h.MaxConcurrentGrants,
 		Serves:              h.keySets.Serves,
 	})

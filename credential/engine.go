@@ -116,6 +116,12 @@ type Config struct {
 	// nearing its expiry), to store what waits in Unstored, and for the
 	// keepalive. Zero: 30 seconds.
 	CheckInterval time.Duration
+	// ReauthorizeWarning is how long before its refresh token's announced
+	// expiry a key set that no refresh will save is flagged
+	// (Status.RefreshExpiring) and announced to the observer, once per
+	// generation (refreshexpiry.go). Zero: DefaultReauthorizeWarning;
+	// negative: never.
+	ReauthorizeWarning time.Duration
 }
 
 // Credential is a key set ready for requests: the document, and what every
@@ -210,6 +216,9 @@ type Engine struct {
 	stopWatch     context.CancelFunc // ends watch; Close calls it
 	watching      sync.WaitGroup     // the watch goroutine, waited for by Close
 
+	reauthorizeWarning time.Duration // negative: no warning
+	refreshWarned      refreshWarnings
+
 	mu     sync.Mutex // guards states
 	states map[string]*keySetState
 }
@@ -249,6 +258,7 @@ func New(store keystore.Store, cfg Config) *Engine {
 		unstored:           cfg.Unstored,
 		keepalive:          cmp.Or(cfg.Keepalive, DefaultKeepalive),
 		serves:             cfg.Serves,
+		reauthorizeWarning: cmp.Or(cfg.ReauthorizeWarning, DefaultReauthorizeWarning),
 		checkInterval:      cmp.Or(cfg.CheckInterval, defaultCheckInterval),
 		closeSaveTime:      closeSaveTime,
 		states:             make(map[string]*keySetState),

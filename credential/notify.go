@@ -57,6 +57,10 @@ const (
 	// eventRecovered announces that a key set that needed attention is
 	// healthy again.
 	eventRecovered = "key_set.recovered"
+	// eventExpiring announces, once per generation as this process sees
+	// it, that a key set's refresh token expires soon and no refresh will
+	// put that off (RefreshWarning).
+	eventExpiring = "key_set.expiring"
 )
 
 // notification is the body POSTed to the notify URL for each event. By
@@ -66,13 +70,16 @@ const (
 // there only in key_set.updated and only when the receiver asked for it
 // (NotifyConfig.IncludeTokens); the body is never logged.
 type notification struct {
-	Type       string            `json:"type"`
-	Name       string            `json:"name"`
-	Generation int64             `json:"generation"`
-	UpdatedAt  time.Time         `json:"updated_at,omitzero"`
-	Expiry     time.Time         `json:"expiry,omitzero"`
-	Extra      map[string]string `json:"extra,omitzero"`
-	Token      keystore.Token    `json:"token,omitempty"`
+	Type       string    `json:"type"`
+	Name       string    `json:"name"`
+	Generation int64     `json:"generation"`
+	UpdatedAt  time.Time `json:"updated_at,omitzero"`
+	Expiry     time.Time `json:"expiry,omitzero"`
+	// RefreshExpiry is when the refresh token expires, when the provider
+	// announced it: in key_set.updated and key_set.expiring.
+	RefreshExpiry time.Time         `json:"refresh_expiry,omitzero"`
+	Extra         map[string]string `json:"extra,omitzero"`
+	Token         keystore.Token    `json:"token,omitempty"`
 	// State and ErrorCode are those of key_set.failed and
 	// key_set.recovered: the state entered, and the failure's code.
 	State     string    `json:"state,omitempty"`
@@ -80,17 +87,18 @@ type notification struct {
 	At        time.Time `json:"at,omitzero"`
 }
 
-// event is one notification waiting for delivery: a stored key set, or a
-// change of state.
+// event is one notification waiting for delivery: a stored key set, a
+// refresh token expiring soon, or a change of state.
 type event struct {
 	// id is the event's webhook-id: drawn when the event happens, sent
 	// unchanged on every attempt to deliver it, so that a receiver can use
 	// it as the idempotency key the Standard Webhooks specification
 	// describes ("Webhook metadata": it "remains the same no matter how
 	// many times a webhook that has failed is retried").
-	id     string
-	stored *keystore.KeySet // key_set.updated; nil for a change of state
-	change StateChange
+	id       string
+	stored   *keystore.KeySet // key_set.updated; nil for a change of state
+	expiring *RefreshWarning  // key_set.expiring; nil for the others
+	change   StateChange
 }
 
 // newEventID returns a webhook-id that no other event has: "msg_" (the
@@ -100,15 +108,18 @@ type event struct {
 func newEventID() string { return "msg_" + rand.Text() }
 
 func (ev event) generation() int64 {
-	if ev.stored != nil {
+	switch {
+	case ev.stored != nil:
 		return ev.stored.Generation
+	case ev.expiring != nil:
+		return ev.expiring.Generation
 	}
 	return ev.change.Generation
 }
 
-// Notifier POSTs every key set this process stores (key_set.updated) and
+// Notifier POSTs every key set this process stores (key_set.updated),
 // every failure and recovery it sees (key_set.failed, key_set.recovered)
-// to a URL, in order per key set, without holding up the refresher: its
+// and every refresh token it sees expire soon (key_set.expiring) to a URL, in order per key set, without holding up the refresher: its
 // Observer methods only queue. Each key set with changes to deliver has one worker goroutine,
 // which exits when its queue is empty, so a later generation never
 // overtakes an earlier one.
@@ -289,11 +300,15 @@ func (n *Notifier) deliver(name string, ev event) {
 func (n *Notifier) notificationOf(ev event) notification {
 	if ks := ev.stored; ks != nil {
 		body := notification{Type: eventUpdated, Name: ks.Name, Generation: ks.Generation,
-			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, Extra: n.extras.Extras(ks.Token)}
+			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, RefreshExpiry: ks.RefreshExpiry, Extra: n.extras.Extras(ks.Token)}
 		if n.includeTokens {
 			body.Token = ks.Token
 		}
 		return body
+	}
+	if w := ev.expiring; w != nil {
+		return notification{Type: eventExpiring, Name: w.KeySet, Generation: w.Generation,
+			RefreshExpiry: w.RefreshExpiry, At: w.At}
 	}
 	c := ev.change
 	body := notification{Type: eventFailed, Name: c.KeySet, Generation: c.Generation,

@@ -18,6 +18,10 @@ type Observer interface {
 	// KeySetStateChanged follows every change of a key set's state (see
 	// Status.State), the first look at a key set included.
 	KeySetStateChanged(change StateChange)
+	// KeySetRefreshExpiring follows, once per generation, a key set whose
+	// refresh token expires soon with no refresh to put that off
+	// (Status.RefreshExpiring).
+	KeySetRefreshExpiring(warning RefreshWarning)
 }
 
 // StateChange is a key set's move from one state (Status.State) to
@@ -70,6 +74,13 @@ func (o Observers) KeystoreFailed(operation string) {
 func (o Observers) KeySetStateChanged(change StateChange) {
 	for _, x := range o {
 		x.KeySetStateChanged(change)
+	}
+}
+
+// KeySetRefreshExpiring implements Observer.
+func (o Observers) KeySetRefreshExpiring(warning RefreshWarning) {
+	for _, x := range o {
+		x.KeySetRefreshExpiring(warning)
 	}
 }
 

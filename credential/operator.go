@@ -26,7 +26,7 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 		return nil, errors.New("the token holds neither an access_token nor a refresh_token")
 	}
 	return e.storeNext(ctx, name, func(*keystore.KeySet) (grantResult, error) {
-		return grantResult{token: token, expiry: expiryOf(token, e.now())}, nil
+		return resultOf(token, e.now()), nil
 	})
 }
 
@@ -66,6 +66,7 @@ func (e *Engine) storeNext(ctx context.Context, name string, produce func(curren
 	// Next keeps the old refresh token when the new token has none; an
 	// operator who sends only an access token wants exactly that.
 	next := e.bind(current.Next(res.token, res.expiry, e.now()))
+	noteRefreshExpiry(current, next, res.refreshExpiry, false)
 	res.keepProofKey(next)
 	e.noteSendingFloor(next)
 	if err := e.store.Save(ctx, next); err != nil {

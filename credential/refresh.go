@@ -133,6 +133,7 @@ func (e *Engine) grant(ctx context.Context, stored *keystore.KeySet, why reason)
 		return nil, err
 	}
 	next := e.bind(stored.Next(res.token, res.expiry, e.now()))
+	noteRefreshExpiry(stored, next, res.refreshExpiry, true)
 	res.keepProofKey(next)
 	e.noteSendingFloor(next)
 	if err := e.store.Save(ctx, next); err != nil {

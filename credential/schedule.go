@@ -13,8 +13,10 @@ type Schedule struct {
 	// proactive mode, or when the token's expiry is unknown.
 	ProactiveRefresh time.Time
 	// Keepalive is when an unused refresh token is refreshed to keep it
-	// alive (within a check interval of it). Zero without a refresh token,
-	// or with the keepalive off.
+	// alive (within a check interval of it): once the keepalive period
+	// has passed, or halfway through the refresh token's announced life
+	// if that comes first. Zero without a refresh token, or with the
+	// keepalive off.
 	Keepalive time.Time
 	// RetryAt is when a request that needs a new token may make a grant
 	// again after a temporary failure; refreshes that no request waits for
@@ -42,6 +44,9 @@ func (e *Engine) Schedule(name string) (s Schedule, ok bool) {
 	}
 	if e.keepalive > 0 && ks.Token.RefreshToken() != "" && !ks.UpdatedAt.IsZero() {
 		s.Keepalive = ks.UpdatedAt.Add(e.keepalive)
+		if aim := refreshAim(ks); !aim.IsZero() && aim.Before(s.Keepalive) {
+			s.Keepalive = aim
+		}
 	}
 	if st.failure != nil && st.failure.Temporary {
 		s.RetryAt, s.BackgroundRetryAt = st.urgentRetryAt, st.retryAt

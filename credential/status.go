@@ -31,6 +31,16 @@ type Status struct {
 	LastResult string `json:"last_result,omitempty"`
 	// ErrorCode is the OAuth (or our) error code of the last failure.
 	ErrorCode string `json:"error_code,omitempty"`
+	// RefreshExpiry is when the refresh token expires, when the provider
+	// announced it (keystore.KeySet.RefreshExpiry).
+	RefreshExpiry *time.Time `json:"refresh_expiry,omitempty"`
+	// RefreshExpiring flags a key set whose refresh token expires within
+	// Config.ReauthorizeWarning and that no refresh will save: the
+	// provider caps the refresh token's life, or the refreshes that would
+	// extend it are overdue (refreshexpiry.go). It is a flag beside State,
+	// not a state: the key set serves as State says until RefreshExpiry,
+	// and a person should reauthorize the account before then.
+	RefreshExpiring bool `json:"refresh_expiring,omitempty"`
 	// State is ok; expiring (within the expiry skew, expired, or failing
 	// temporarily while the token in use outlasts the backoff: a refresh
 	// is due or under way); failing (a temporary failure whose backoff,
@@ -124,6 +134,7 @@ func (e *Engine) statusOf(name string, st *keySetState) Status {
 	change := e.noteLocked(st, s)
 	st.mu.Unlock()
 	e.report(change)
+	e.warnRefreshExpiring(s)
 	return s
 }
 
@@ -185,13 +196,14 @@ func (e *Engine) statusLocked(name string, st *keySetState) Status {
 		LastRefresh:     optionalTime(st.lastRefresh),
 		State:           StateOK,
 	}
+	now := e.now()
+	s.RefreshExpiry, s.RefreshExpiring = optionalTime(ks.RefreshExpiry), e.refreshExpiring(ks, now)
 	if !st.lastRefresh.IsZero() {
 		s.LastResult = "ok"
 	}
 	if st.failure != nil {
 		s.LastResult, s.ErrorCode = "error", st.failure.Code
 	}
-	now := e.now()
 	switch {
 	case e.unstored.get(name) != nil:
 		s.State = StateKeystoreFailing

@@ -75,11 +75,19 @@ type tokenClient struct {
 }
 
 // grantResult is a successful token response: verbatim, and its expiry by
-// our clock (zero when the response has no expires_in).
+// our clock (zero when the response has no expires_in), and its refresh
+// token's (zero when the response announces none: refreshExpiryOf).
 type grantResult struct {
-	token    keystore.Token
-	expiry   time.Time
-	proofKey json.RawMessage // a DPoP key made for this grant, to store (dpop.go)
+	token         keystore.Token
+	expiry        time.Time
+	refreshExpiry time.Time
+	proofKey      json.RawMessage // a DPoP key made for this grant, to store (dpop.go)
+}
+
+// resultOf is the grant result of token, a response to a request sent at
+// requested.
+func resultOf(token keystore.Token, requested time.Time) grantResult {
+	return grantResult{token: token, expiry: expiryOf(token, requested), refreshExpiry: refreshExpiryOf(token, requested)}
 }
 
 // grant asks the token endpoint for a new token, spending refreshToken for
@@ -202,19 +210,23 @@ func captured(ctx context.Context, keySet string, capture *capturingTransport, r
 		return grantResult{}, &Error{KeySet: keySet, Code: CodeInvalidTokenResponse,
 			Description: "token response has no access_token", Temporary: true}
 	}
-	return grantResult{token: token, expiry: expiryOf(token, requested), proofKey: freshProofKey(ctx)}, nil
+	res := resultOf(token, requested)
+	res.proofKey = freshProofKey(ctx)
+	return res, nil
 }
 
-// salvage keeps a successful token response that x/oauth2 rejected.
+// salvage keeps a successful token response that x/oauth2 rejected. A
+// 200 that names an error is no success, whatever else it holds: it is
+// classified as the error it names.
 func salvage(capture *capturingTransport, requested time.Time) (grantResult, bool) {
 	if capture.status < 200 || capture.status > 299 {
 		return grantResult{}, false
 	}
 	token, err := parseTokenResponse(capture.header, capture.body)
-	if err != nil || token.AccessToken() == "" {
+	if err != nil || token.AccessToken() == "" || token.String(fieldError) != "" {
 		return grantResult{}, false
 	}
-	return grantResult{token: token, expiry: expiryOf(token, requested)}, true
+	return resultOf(token, requested), true
 }
 
 // extraParams are form fields added to every token request: the configured
@@ -238,7 +250,31 @@ func (c *tokenClient) extraParams() url.Values {
 // Any other answer may pass: Hydra answers a storage conflict with 400
 // invalid_request "Please retry the request", and its refresh token was
 // not spent.
-var permanentCodes = map[string]bool{"invalid_grant": true, "invalid_client": true, "unauthorized_client": true}
+//
+// Some providers name a dead grant in words of their own, and send it in
+// an HTTP 200 body (x/oauth2 turns any body with an "error" into a
+// *oauth2.RetrieveError, whatever the status, and classify reads it the
+// same way); only the codes their documentation gives for a grant that is
+// dead are here:
+//   - GitHub: bad_refresh_token, "the refresh token that you specified is
+//     invalid or expired ... you must restart the web application flow or
+//     device flow", and bad_verification_code, a code (or device_code)
+//     that "is incorrect, expired, or doesn't match"
+//     (https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/generating-a-user-access-token-for-a-github-app#bad-refresh-token);
+//   - Slack, whose Web API answers {"ok": false, "error": ...} ("callers
+//     should always check the value of the ok params in the response",
+//     and its typical answer to a wrong refresh token is {"ok": false,
+//     "error": "invalid_refresh_token"},
+//     https://api.slack.com/methods/tooling.tokens.rotate):
+//     invalid_refresh_token, "the given refresh token is invalid", and
+//     token_revoked, a token "for a deleted user or workspace or the app
+//     has been removed" (https://docs.slack.dev/reference/methods/oauth.v2.access,
+//     "Errors").
+var permanentCodes = map[string]bool{
+	"invalid_grant": true, "invalid_client": true, "unauthorized_client": true,
+	"bad_refresh_token": true, "bad_verification_code": true,
+	"invalid_refresh_token": true, "token_revoked": true,
+}
 
 // classify turns a failed grant into an *Error. It is permanent only when
 // the error code is in permanentCodes and the answer is neither a 5xx nor
@@ -258,6 +294,9 @@ func (c *tokenClient) classify(keySet string, err error, secrets ...string) *Err
 		}
 		re.Code = errorCode(rerr.ErrorCode, secrets...)
 		re.Description = fmt.Sprintf("token endpoint answered %d", status)
+		if status >= 200 && status <= 299 {
+			re.Description += " with an error in the body"
+		}
 		if re.Code == CodeInvalidResponse {
 			re.Description += " with an error code that is not passed on (not of RFC 6749's form, too long, or holding a secret)"
 		}

@@ -447,7 +447,9 @@ func TestTokenClientExpiryOf(t *testing.T) {
 }
 
 // TestTokenClientClassify: only invalid_grant, invalid_client and
-// unauthorized_client on a 4xx are permanent; other 4xx answers (Hydra's
+// unauthorized_client on a 4xx are permanent (with the providers' own
+// words for a dead grant: TestTokenClientClassifiesErrorsInOKBodies);
+// other 4xx answers (Hydra's
 // 400 invalid_request "Please retry the request" after a storage conflict,
 // which did not spend the refresh token), 5xx and 429 are temporary (with
 // Retry-After), and a 200 that holds no usable token is a temporary

@@ -51,7 +51,13 @@ const maxExpiresIn = 10 * 365 * 24 * 60 * 60
 // or, as some providers send it, a string); zero when it has none, or one
 // that is not a positive number of seconds up to maxExpiresIn.
 func lifetimeOf(token keystore.Token) time.Duration {
-	secs, err := strconv.ParseFloat(token.String(keystore.FieldExpiresIn), 64)
+	return secondsOf(token, keystore.FieldExpiresIn)
+}
+
+// secondsOf is the lifetime that token's field announces, read as
+// lifetimeOf reads expires_in.
+func secondsOf(token keystore.Token, field string) time.Duration {
+	secs, err := strconv.ParseFloat(token.String(field), 64)
 	if err != nil || !(secs > 0 && secs <= maxExpiresIn) {
 		return 0
 	}
@@ -67,6 +73,41 @@ func expiryOf(token keystore.Token, requested time.Time) time.Time {
 		return time.Time{}
 	}
 	return requested.Add(lifetime)
+}
+
+// fieldError is the token response field that names an error (RFC 6749
+// section 5.2); some providers send it with HTTP 200 (tokenclient.go,
+// permanentCodes).
+const fieldError = "error"
+
+// refreshLifetimeFields are the token response fields in which providers
+// announce the refresh token's own lifetime, in seconds from the response,
+// in the order they are read (the first with a lifetime wins):
+//   - refresh_token_expires_in: GitHub Apps, "the number of seconds until
+//     refresh_token expires"
+//     (https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/refreshing-user-access-tokens);
+//   - x_refresh_token_expires_in: Intuit (QuickBooks), in its token
+//     responses from oauth.platform.intuit.com
+//     (https://github.com/intuit/oauth-jsclient#auth-response, and
+//     https://developer.intuit.com/app/developer/qbo/docs/develop/authentication-and-authorization/oauth-2.0),
+//     a rolling expiry that every refresh extends;
+//   - refresh_expires_in: Keycloak, its AccessTokenResponse
+//     (https://github.com/keycloak/keycloak/blob/main/core/src/main/java/org/keycloak/representations/AccessTokenResponse.java),
+//     the time left of the session's idle and maximum lifespans.
+var refreshLifetimeFields = []string{"refresh_token_expires_in", "x_refresh_token_expires_in", "refresh_expires_in"}
+
+// refreshExpiryOf is when token's refresh token expires, as the response
+// announces it (refreshLifetimeFields) counted from when the request was
+// sent; zero when it announces none, or only lifetimes that are not a
+// positive number of seconds up to maxExpiresIn (a 0 says nothing of an
+// expiry).
+func refreshExpiryOf(token keystore.Token, requested time.Time) time.Time {
+	for _, field := range refreshLifetimeFields {
+		if lifetime := secondsOf(token, field); lifetime > 0 {
+			return requested.Add(lifetime)
+		}
+	}
+	return time.Time{}
 }
 
 // belowSendingFloor reports whether token announces a lifetime, but one no

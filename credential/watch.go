@@ -50,11 +50,17 @@ func (e *Engine) check(ctx context.Context) {
 	}
 }
 
-// keepaliveDue reports whether ks has gone unrefreshed for the keepalive
-// period and has a refresh token to keep alive. A key set whose age is
-// unknown is due.
+// keepaliveDue reports whether ks has a refresh token to keep alive and
+// has gone unrefreshed for the keepalive period, or is halfway through the
+// life its provider announced for that refresh token (refreshAim). A key
+// set whose age is unknown is due.
 func (e *Engine) keepaliveDue(ks *keystore.KeySet) bool {
-	return ks.Token.RefreshToken() != "" && e.now().Sub(ks.UpdatedAt) >= e.keepalive
+	if ks.Token.RefreshToken() == "" {
+		return false
+	}
+	now := e.now()
+	aim := refreshAim(ks)
+	return now.Sub(ks.UpdatedAt) >= e.keepalive || (!aim.IsZero() && !now.Before(aim))
 }
 
 // keepaliveNames returns the key sets to keep alive: every stored one that

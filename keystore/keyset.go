@@ -36,6 +36,21 @@ type KeySet struct {
 	// only a trigger status (401) then tells that the token is dead.
 	Expiry time.Time `json:"expiry,omitzero"`
 
+	// RefreshExpiry is when the refresh token expires, computed from the
+	// lifetime the token response announced for it
+	// (refresh_token_expires_in, x_refresh_token_expires_in or
+	// refresh_expires_in) when it was received; kept from the previous
+	// generation when a response announces none and leaves the refresh
+	// token as it was. Zero means unknown: most providers never say.
+	RefreshExpiry time.Time `json:"refresh_expiry,omitzero"`
+
+	// RefreshExpiryFixed says that the refresh that made this generation
+	// did not move RefreshExpiry later: the provider caps the refresh
+	// token's life (a session maximum, or a lifetime counted from the
+	// authorization), so refreshing does not extend it, and the account
+	// needs a person by RefreshExpiry.
+	RefreshExpiryFixed bool `json:"refresh_expiry_fixed,omitempty"`
+
 	// Token is exactly what the provider sent, merged with the previous
 	// refresh token when the response carried none.
 	Token Token `json:"token"`
@@ -135,7 +150,10 @@ func (ks *KeySet) ExpiresWithin(now time.Time, skew time.Duration) bool {
 // Next returns the key set that follows ks after a grant answered with
 // response: the next generation, the response verbatim, ks's refresh token
 // kept when the response has none (as Salesforce and Google do), ks's
-// client binding and its proof key.
+// client binding and its proof key. When the refresh token stays what it
+// was, so do its RefreshExpiry and RefreshExpiryFixed; the caller sets
+// them anew when the response announces a lifetime, and judges whether a
+// refresh extended it.
 func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 	token := response.Clone()
 	if token.RefreshToken() == "" {
@@ -148,7 +166,7 @@ func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 		b := *ks.Client
 		client = &b
 	}
-	return &KeySet{
+	next := &KeySet{
 		Name:       ks.Name,
 		Generation: ks.Generation + 1,
 		UpdatedAt:  now.UTC(),
@@ -157,6 +175,10 @@ func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 		Client:     client,
 		ProofKey:   slices.Clone(ks.ProofKey),
 	}
+	if !ks.RefreshExpiry.IsZero() && token.RefreshToken() == ks.Token.RefreshToken() {
+		next.RefreshExpiry, next.RefreshExpiryFixed = ks.RefreshExpiry, ks.RefreshExpiryFixed
+	}
+	return next
 }
 
 // namePattern is what a key set name may look like: it becomes a file name

@@ -20,18 +20,19 @@ import (
 )
 
 // Notification is the body a notify receiver gets, as the receiver decodes
-// it. Expiry is zero when the body has none; Token is nil unless the
-// notifier includes tokens.
+// it. Expiry and RefreshExpiry are zero when the body has none; Token is
+// nil unless the notifier includes tokens.
 type Notification struct {
-	Type       string            `json:"type"`
-	Name       string            `json:"name"`
-	Generation int64             `json:"generation"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	Expiry     time.Time         `json:"expiry"`
-	Extra      map[string]string `json:"extra"`
-	Token      keystore.Token    `json:"token"`
-	State      string            `json:"state"`
-	ErrorCode  string            `json:"error_code"`
+	Type          string            `json:"type"`
+	Name          string            `json:"name"`
+	Generation    int64             `json:"generation"`
+	UpdatedAt     time.Time         `json:"updated_at"`
+	Expiry        time.Time         `json:"expiry"`
+	RefreshExpiry time.Time         `json:"refresh_expiry"`
+	Extra         map[string]string `json:"extra"`
+	Token         keystore.Token    `json:"token"`
+	State         string            `json:"state"`
+	ErrorCode     string            `json:"error_code"`
 }
 
 // Delivery is one POST as the receiver saw it, whatever it answered.

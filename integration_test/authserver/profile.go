@@ -2,6 +2,7 @@ package authserver
 
 import (
 	"maps"
+	"time"
 
 	"github.com/ory/fosite"
 )
@@ -20,6 +21,29 @@ type Profile struct {
 	// ExtraFields are added to every token response, such as Salesforce's
 	// instance_url, the API's base URL.
 	ExtraFields map[string]string
+	// ErrorsWithStatusOK answers a refused token request with HTTP 200 and
+	// {"ok": false, "error": ..., "error_description": ...} rather than
+	// fosite's 4xx, as Slack's Web API does (and GitHub, without "ok").
+	ErrorsWithStatusOK bool
+	// ErrorCodes rename fosite's error codes in error answers, such as
+	// invalid_grant to Slack's invalid_refresh_token or GitHub's
+	// bad_refresh_token.
+	ErrorCodes map[string]string
+	// RefreshLifetimeField, with RefreshExpiresAt, names the field that
+	// announces the refresh token's lifetime in seconds: GitHub's
+	// refresh_token_expires_in, Intuit's x_refresh_token_expires_in,
+	// Keycloak's refresh_expires_in.
+	RefreshLifetimeField string
+	// RefreshExpiresAt is what that lifetime counts down to: every grant
+	// announces the whole seconds left until it, as a session maximum
+	// does (a lifetime that slides moves it with SetProfile).
+	RefreshExpiresAt time.Time
+}
+
+// Slack answers errors with HTTP 200, {"ok": false, "error": ...}, and
+// calls a dead refresh token invalid_refresh_token.
+func Slack() Profile {
+	return Profile{ErrorsWithStatusOK: true, ErrorCodes: map[string]string{"invalid_grant": "invalid_refresh_token"}}
 }
 
 // Microsoft is a rotating provider: a new refresh token on every grant.
@@ -40,6 +64,7 @@ func Salesforce(instanceURL string) Profile {
 
 func (p Profile) clone() Profile {
 	p.ExtraFields = maps.Clone(p.ExtraFields)
+	p.ErrorCodes = maps.Clone(p.ErrorCodes)
 	return p
 }
 
@@ -60,6 +85,9 @@ func (r profiledResponse) ToMap() map[string]any {
 	}
 	for name, value := range r.profile.ExtraFields {
 		m[name] = value
+	}
+	if field := r.profile.RefreshLifetimeField; field != "" && !r.profile.RefreshExpiresAt.IsZero() {
+		m[field] = max(int64(time.Until(r.profile.RefreshExpiresAt)/time.Second), 0)
 	}
 	return m
 }

@@ -36,7 +36,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	s.grants.attempt(grantType)
 	requester, response, err := s.grant(ctx, r)
 	if err != nil {
-		s.provider.WriteAccessError(ctx, w, requester, err)
+		s.writeAccessError(ctx, w, requester, err, profile)
 		return
 	}
 	s.grants.succeed(grantType)

@@ -130,6 +130,15 @@ func testRoundTrip(t *testing.T, st keystore.Store) {
 			Token:      token(`{"access_token":"at","refresh_token":"rt"}`),
 			Client:     &keystore.Binding{TokenURL: "https://login.example/oauth2/token?tenant=a&x=<1>", ClientID: "client \"a\""},
 		}},
+		{"refresh token lifetime", &keystore.KeySet{
+			Name:               "github",
+			Generation:         1,
+			UpdatedAt:          time.Date(2026, 11, 27, 7, 0, 0, 0, time.UTC),
+			Expiry:             time.Date(2026, 11, 27, 15, 0, 0, 0, time.UTC),
+			RefreshExpiry:      time.Date(2027, 5, 28, 7, 0, 0, 0, time.UTC),
+			RefreshExpiryFixed: true,
+			Token:              token(`{"access_token":"ghu_x","refresh_token":"ghr_x","refresh_token_expires_in":15811200}`),
+		}},
 		{"structured fields", &keystore.KeySet{
 			Name:       "graph",
 			Generation: 1,
@@ -365,7 +374,8 @@ func token(response string) keystore.Token {
 }
 
 // Diff describes how got differs from want, or returns "" when they hold the
-// same key set: same name, generation and client binding, equal instants,
+// same key set: same name, generation and client binding, equal instants
+// (the refresh token's expiry and whether it is fixed included),
 // and the same token fields with the same JSON values. Numbers must keep the
 // text the provider wrote (3.60e3 is not 3600); whitespace and the escaping
 // of a string's characters may differ, as they do not change what the
@@ -383,6 +393,10 @@ func Diff(got, want *keystore.KeySet) string {
 	}
 	if !got.Expiry.Equal(want.Expiry) {
 		diffs = append(diffs, fmt.Sprintf("Expiry = %v; want %v", got.Expiry, want.Expiry))
+	}
+	if !got.RefreshExpiry.Equal(want.RefreshExpiry) || got.RefreshExpiryFixed != want.RefreshExpiryFixed {
+		diffs = append(diffs, fmt.Sprintf("RefreshExpiry = %v (fixed %v); want %v (fixed %v)",
+			got.RefreshExpiry, got.RefreshExpiryFixed, want.RefreshExpiry, want.RefreshExpiryFixed))
 	}
 	if !reflect.DeepEqual(got.Client, want.Client) {
 		diffs = append(diffs, fmt.Sprintf("Client = %+v; want %+v", got.Client, want.Client))
