@@ -55,17 +55,16 @@ func (p *requestPlaceholders) lookup(key string) (any, bool) {
 	if !ok {
 		return nil, false
 	}
-	token := p.cred.KeySet.Token
-	if _, present := token[field]; present {
-		v, ok := p.extras.Extra(token, field)
-		return v, ok
+	ks := p.cred.KeySet
+	if v, ok := p.extras.ExtraOf(ks, field); ok {
+		return v, true
 	}
 	for _, part := range [...]string{"scheme", "hostport", "host"} {
 		base, ok := strings.CutSuffix(field, "."+part)
 		if !ok {
 			continue
 		}
-		v, ok := p.extras.Extra(token, base)
+		v, ok := p.extras.ExtraOf(ks, base)
 		if !ok {
 			return nil, false
 		}

@@ -37,6 +37,7 @@ type connectExpansion struct {
 	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
 	Issuer          string            `json:"issuer,omitempty"`
 	Scopes          []string          `json:"scopes,omitempty"`
+	CallbackFields  []string          `json:"callback_fields,omitempty"`
 }
 
 // Each catalog entry has a golden file in testdata/provider: a Caddyfile
@@ -126,7 +127,7 @@ func adaptAndExpand(t *testing.T, input string) (adapted, expanded string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connect := connectExpansion{AuthorizeURL: s.AuthorizeURL, AuthorizeParams: s.AuthorizeParams, Issuer: s.Issuer, Scopes: s.Scopes}
+	connect := connectExpansion{AuthorizeURL: s.AuthorizeURL, AuthorizeParams: s.AuthorizeParams, Issuer: s.Issuer, Scopes: s.Scopes, CallbackFields: s.CallbackFields}
 	expandedJSON, err := json.Marshal(providerExpansion{Handler: handlerJSON, Connect: connect})
 	if err != nil {
 		t.Fatal(err)

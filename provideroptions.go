@@ -109,9 +109,12 @@ func (h *Handler) fillFromProvider(s provider.Settings) []string {
 			set = append(set, "param "+name)
 		}
 	}
-	if len(h.ExtraFields) == 0 && len(s.ExtraFields) > 0 {
+	if len(h.ExtraFields) == 0 && len(s.ExtraFields)+len(s.CallbackFields) > 0 {
 		// The entry adds to the default list: a list replaces the default.
+		// The values its connect page keeps from the redirect back (Intuit's
+		// realmId) are exposed too: they are what the API's paths need.
 		fields := append(keystore.DefaultExtraFields(), s.ExtraFields...)
+		fields = append(fields, s.CallbackFields...)
 		slices.Sort(fields)
 		h.ExtraFields = slices.Compact(fields)
 		set = append(set, "extra_fields")

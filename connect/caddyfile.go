@@ -31,6 +31,7 @@ func parseConnectCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //		callback_path   <path>
 //		redirect_url    <url>
 //		scopes          <scope...>
+//		callback_fields <name...>
 //		authorize_param <name> <value>
 //		issuer          <url>
 //		client_id       <id>
@@ -68,6 +69,11 @@ func (c *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "scopes":
 			c.Scopes = append(c.Scopes, d.RemainingArgs()...)
 			if len(c.Scopes) == 0 {
+				return d.ArgErr()
+			}
+		case "callback_fields":
+			c.CallbackFields = append(c.CallbackFields, d.RemainingArgs()...)
+			if len(c.CallbackFields) == 0 {
 				return d.ArgErr()
 			}
 		case "authorize_param":

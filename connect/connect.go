@@ -86,6 +86,16 @@ type Connect struct {
 	// Provider's.
 	Scopes []string `json:"scopes,omitempty"`
 
+	// CallbackFields name parameters of the provider's redirect back,
+	// besides the code, to keep with the key set it connects (Intuit's
+	// realmId, the company every API path names, comes only there): they
+	// read as extra fields ({http.oauth2_upstream.extra.realmId}, when
+	// the handler's extra_fields lists the name) and survive refreshes.
+	// Each value is at most 256 bytes of printable ASCII, else dropped.
+	// The redirect back's own parameters and names shaped like a
+	// credential are refused. Default: the Provider's, else none.
+	CallbackFields []string `json:"callback_fields,omitempty"`
+
 	// AuthorizeParams are extra parameters of the authorization request,
 	// such as prompt=consent, or access_type=offline, which Google needs
 	// to issue a refresh token. They cannot replace the parameters the
@@ -249,7 +259,7 @@ func (c *Connect) Validate() error {
 	if c.FlowTimeout <= 0 {
 		return fmt.Errorf("flow_timeout must be positive")
 	}
-	return nil
+	return c.validateCallbackFields()
 }
 
 // Cleanup takes the handler out of the connect-url lookup. Flows it

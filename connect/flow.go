@@ -173,7 +173,7 @@ func (c *Connect) callback(w http.ResponseWriter, r *http.Request) {
 		c.message(w, r, http.StatusBadRequest, "Not connected", "The redirect back carries no code.", flow.keySet)
 		return
 	}
-	ks, err := c.redeem(r.Context(), flow, code)
+	ks, err := c.redeem(r.Context(), flow, code, c.callbackValues(q))
 	if err != nil {
 		c.logger.Error("connecting key set failed", zap.String("key_set", flow.keySet), zap.Error(err))
 		c.failure(w, r, "Not connected", err, flow.keySet)
@@ -235,7 +235,7 @@ func (c *Connect) checkIssuer(q url.Values) error {
 // redeem redeems code with the engine of a handler serving the flow's
 // key set for the flow's client, and stores the tokens through every other
 // keystore such a handler uses: a code is good for one exchange.
-func (c *Connect) redeem(ctx context.Context, flow pendingFlow, code string) (*keystore.KeySet, error) {
+func (c *Connect) redeem(ctx context.Context, flow pendingFlow, code string, callback map[string]string) (*keystore.KeySet, error) {
 	var handlers []*live.Handler
 	for _, h := range c.serving(flow.keySet) {
 		if h.Client == flow.client {
@@ -249,9 +249,9 @@ func (c *Connect) redeem(ctx context.Context, flow pendingFlow, code string) (*k
 	var redeemed *keystore.KeySet
 	ks, err := live.OncePerKeystore(ctx, flow.keySet, handlers, func(e *credential.Engine) (*keystore.KeySet, error) {
 		if redeemed != nil {
-			return live.SkipForeign(e.Put(ctx, flow.keySet, redeemed.Token))
+			return live.SkipForeign(e.PutConnected(ctx, flow.keySet, redeemed.Token, redeemed.Callback))
 		}
-		ks, err := live.SkipForeign(e.RedeemCode(ctx, flow.keySet, code, flow.verifier, flow.redirectURI))
+		ks, err := live.SkipForeign(e.RedeemCode(ctx, flow.keySet, code, flow.verifier, flow.redirectURI, callback))
 		redeemed = ks
 		return ks, err
 	})

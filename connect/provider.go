@@ -60,6 +60,10 @@ func (c *Connect) applyProvider(repl *caddy.Replacer) error {
 		c.Issuer = s.Issuer
 		set = append(set, "issuer")
 	}
+	if len(c.CallbackFields) == 0 && len(s.CallbackFields) > 0 {
+		c.CallbackFields = slices.Clone(s.CallbackFields)
+		set = append(set, "callback_fields")
+	}
 	for _, name := range slices.Sorted(maps.Keys(s.AuthorizeParams)) {
 		if _, given := c.AuthorizeParams[name]; !given {
 			if c.AuthorizeParams == nil {

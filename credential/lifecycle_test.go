@@ -271,8 +271,9 @@ func TestUnstoredKeySetOutlivesItsEngine(t *testing.T) {
 
 	rec := &changeRecorder{}
 	successor := newWatchedEngine(t, newFileStore(t, dir), te, clock, Config{Unstored: unstored, Observer: rec})
+	// Stored, and then forgotten by Unstored (the save comes first).
 	credentialtest.Eventually(t, "the successor to store the waiting key set", func() bool {
-		return mustLoad(t, disk.Store, "acct").Generation == 2
+		return mustLoad(t, disk.Store, "acct").Generation == 2 && len(unstored.names()) == 0
 	})
 	if ks := mustLoad(t, disk.Store, "acct"); ks.Token.RefreshToken() != "rt-1" {
 		t.Errorf("stored refresh token = %q; want rt-1, the one granted before the reload", ks.Token.RefreshToken())

@@ -300,7 +300,7 @@ func (n *Notifier) deliver(name string, ev event) {
 func (n *Notifier) notificationOf(ev event) notification {
 	if ks := ev.stored; ks != nil {
 		body := notification{Type: eventUpdated, Name: ks.Name, Generation: ks.Generation,
-			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, RefreshExpiry: ks.RefreshExpiry, Extra: n.extras.Extras(ks.Token)}
+			UpdatedAt: ks.UpdatedAt, Expiry: ks.Expiry, RefreshExpiry: ks.RefreshExpiry, Extra: n.extras.ExtrasOf(ks)}
 		if n.includeTokens {
 			body.Token = ks.Token
 		}

@@ -19,6 +19,15 @@ import (
 // the key set afresh: nothing of that document is kept but its
 // generation, so this is how an operator seeds an unbound key set anew.
 func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*keystore.KeySet, error) {
+	return e.PutConnected(ctx, name, token, nil)
+}
+
+// PutConnected is Put for a key set a person connected in a browser:
+// callback holds the values the redirect back carried (see
+// keystore.KeySet.Callback), which replace the stored ones; nil keeps
+// them. It stores a code's key set through a keystore other than the one
+// RedeemCode stored it in.
+func (e *Engine) PutConnected(ctx context.Context, name string, token keystore.Token, callback map[string]string) (*keystore.KeySet, error) {
 	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -26,7 +35,9 @@ func (e *Engine) Put(ctx context.Context, name string, token keystore.Token) (*k
 		return nil, errors.New("the token holds neither an access_token nor a refresh_token")
 	}
 	return e.storeNext(ctx, name, func(*keystore.KeySet) (grantResult, error) {
-		return resultOf(token, e.now()), nil
+		res := resultOf(token, e.now())
+		res.callback = callback
+		return res, nil
 	})
 }
 
@@ -67,6 +78,9 @@ func (e *Engine) storeNext(ctx context.Context, name string, produce func(curren
 	// operator who sends only an access token wants exactly that.
 	next := e.bind(current.Next(res.token, res.expiry, e.now()))
 	noteRefreshExpiry(current, next, res.refreshExpiry, false)
+	if res.callback != nil {
+		next.Callback = res.callback
+	}
 	res.keepProofKey(next)
 	e.noteSendingFloor(next)
 	if err := e.store.Save(ctx, next); err != nil {

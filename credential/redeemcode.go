@@ -21,8 +21,10 @@ import (
 // code is spent. Only engines of the refresh_token grant redeem codes:
 // the others make their tokens from the client's own credentials. Errors
 // are *Error, as a refresh's are, and hold neither the code nor the
-// verifier.
-func (e *Engine) RedeemCode(ctx context.Context, name, code, verifier, redirectURI string) (*keystore.KeySet, error) {
+// verifier. callback holds the values of the redirect back to keep with
+// the key set (keystore.KeySet.Callback): they replace the old
+// connection's.
+func (e *Engine) RedeemCode(ctx context.Context, name, code, verifier, redirectURI string, callback map[string]string) (*keystore.KeySet, error) {
 	if err := keystore.ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -43,6 +45,10 @@ func (e *Engine) RedeemCode(ctx context.Context, name, code, verifier, redirectU
 		e.observer.GrantDone(name, err, e.now().Sub(start))
 		if err != nil {
 			e.logRefreshFailure(name, current.Generation, start, err)
+		}
+		res.callback = callback
+		if res.callback == nil {
+			res.callback = map[string]string{} // a new connection keeps none of the old one's
 		}
 		return res, err
 	})

@@ -82,6 +82,9 @@ type grantResult struct {
 	expiry        time.Time
 	refreshExpiry time.Time
 	proofKey      json.RawMessage // a DPoP key made for this grant, to store (dpop.go)
+	// callback: the values a code's redirect back carried, which replace
+	// the key set's (keystore.KeySet.Callback); nil keeps them.
+	callback map[string]string
 }
 
 // resultOf is the grant result of token, a response to a request sent at

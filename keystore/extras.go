@@ -73,6 +73,30 @@ func (f ExtraFields) Extra(t Token, field string) (string, bool) {
 	}
 }
 
+// ExtraOf returns field of key set ks as Extra does: from its token, or
+// else from the values its redirect back carried (KeySet.Callback).
+func (f ExtraFields) ExtraOf(ks *KeySet, field string) (string, bool) {
+	if _, present := ks.Token[field]; present {
+		return f.Extra(ks.Token, field)
+	}
+	v, ok := ks.Callback[field]
+	if !ok || !f.allows(field) {
+		return "", false
+	}
+	return v, true
+}
+
+// ExtrasOf returns every field of key set ks that ExtraOf would return.
+func (f ExtraFields) ExtrasOf(ks *KeySet) map[string]string {
+	out := f.Extras(ks.Token)
+	for field, v := range ks.Callback {
+		if _, present := ks.Token[field]; !present && f.allows(field) {
+			out[field] = v
+		}
+	}
+	return out
+}
+
 // Extras returns every field of t that Extra would return.
 func (f ExtraFields) Extras(t Token) map[string]string {
 	out := make(map[string]string)

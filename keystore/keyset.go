@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"time"
@@ -70,6 +71,15 @@ type KeySet struct {
 	// from generation to generation. Absent without DPoP. A secret like
 	// the tokens, encrypted with the rest of the document.
 	ProofKey json.RawMessage `json:"proof_key,omitempty"`
+
+	// Callback holds values the authorization server's redirect back
+	// carried besides the code, when a person connected the key set in a
+	// browser (Intuit's realmId names the company every API path holds;
+	// the token response does not). The connect page keeps the fields its
+	// callback_fields names; every next generation carries them, so a
+	// refresh does not lose them. They read as extra fields of the token
+	// (ExtraFields), which wins when it holds the same name.
+	Callback map[string]string `json:"callback,omitempty"`
 }
 
 // Binding names the OAuth2 client a key set belongs to.
@@ -174,6 +184,7 @@ func (ks *KeySet) Next(response Token, expiry, now time.Time) *KeySet {
 		Token:      token,
 		Client:     client,
 		ProofKey:   slices.Clone(ks.ProofKey),
+		Callback:   maps.Clone(ks.Callback),
 	}
 	if !ks.RefreshExpiry.IsZero() && token.RefreshToken() == ks.Token.RefreshToken() {
 		next.RefreshExpiry, next.RefreshExpiryFixed = ks.RefreshExpiry, ks.RefreshExpiryFixed

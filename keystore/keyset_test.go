@@ -23,7 +23,7 @@ func TestKeySetNext(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ks := &KeySet{Name: "sf", Generation: 3, Token: Token{}, Client: tt.client}
+			ks := &KeySet{Name: "sf", Generation: 3, Token: Token{}, Client: tt.client, Callback: map[string]string{"realmId": "42"}}
 			ks.Token.SetString(FieldRefreshToken, "rt-3")
 			response := Token{}
 			response.SetString(FieldAccessToken, "at-4")
@@ -33,6 +33,9 @@ func TestKeySetNext(t *testing.T) {
 			}
 			if !reflect.DeepEqual(next.Client, tt.client) {
 				t.Errorf("Next().Client = %+v; want %+v", next.Client, tt.client)
+			}
+			if next.Callback["realmId"] != "42" {
+				t.Errorf("Next().Callback = %v; want realmId kept", next.Callback)
 			}
 			if tt.client != nil && next.Client == tt.client {
 				t.Errorf("Next().Client shares the previous document's Binding; want a copy")

@@ -46,7 +46,8 @@ type Entry struct {
 	// handler's default extra_fields).
 	ExtraFields []string `json:"extra_fields,omitempty"`
 	// CallbackFields are values the redirect back carries besides the
-	// code (Intuit's realmId): information, not applied.
+	// code (Intuit's realmId): the connect page keeps them with the key
+	// set, and the handler exposes them as extra fields.
 	CallbackFields []string `json:"callback_fields,omitempty"`
 	// Issuer is the issuer identifier the redirect back carries as iss
 	// (RFC 9207), when the provider documents that it sends one.
