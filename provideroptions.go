@@ -1,7 +1,6 @@
 package oauth2upstream
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 
@@ -42,11 +41,8 @@ func (o *ProviderOptions) unmarshalProvider(d *caddyfile.Dispenser) error {
 	if o.Provider != "" {
 		return d.Errf("provider given twice")
 	}
-	name, params, err := provider.ParseArgs(d.RemainingArgs())
+	name, params, err := provider.ParseOption(d.RemainingArgs())
 	if err != nil {
-		return d.Err(err.Error())
-	}
-	if _, err := provider.Lookup(name); err != nil {
 		return d.Err(err.Error())
 	}
 	o.Provider, o.ProviderParams = name, params
@@ -57,22 +53,8 @@ func (o *ProviderOptions) unmarshalProvider(d *caddyfile.Dispenser) error {
 // its parameters' placeholders replaced first, and logs what it set. It
 // runs before defaults are set, so that an unset option is still empty.
 func (h *Handler) applyProvider(repl *caddy.Replacer) error {
-	if h.Provider == "" {
-		if len(h.ProviderParams) > 0 {
-			return fmt.Errorf("provider_params without provider")
-		}
-		return nil
-	}
-	entry, err := provider.Lookup(h.Provider)
-	if err != nil {
-		return err
-	}
-	params := make(map[string]string, len(h.ProviderParams))
-	for k, v := range h.ProviderParams {
-		params[k] = repl.ReplaceKnown(v, "")
-	}
-	s, err := entry.Expand(params)
-	if err != nil {
+	s, ok, err := provider.Resolve(h.Provider, h.ProviderParams, func(v string) string { return repl.ReplaceKnown(v, "") })
+	if !ok {
 		return err
 	}
 	set := h.fillFromProvider(s)

@@ -1,7 +1,6 @@
 package connect
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 
@@ -17,11 +16,8 @@ func (c *Connect) unmarshalProvider(d *caddyfile.Dispenser) error {
 	if c.Provider != "" {
 		return d.Errf("provider given twice")
 	}
-	name, params, err := provider.ParseArgs(d.RemainingArgs())
+	name, params, err := provider.ParseOption(d.RemainingArgs())
 	if err != nil {
-		return d.Err(err.Error())
-	}
-	if _, err := provider.Lookup(name); err != nil {
 		return d.Err(err.Error())
 	}
 	c.Provider, c.ProviderParams = name, params
@@ -33,22 +29,8 @@ func (c *Connect) unmarshalProvider(d *caddyfile.Dispenser) error {
 // URL, each authorize parameter not given, the issuer, and the scopes a
 // flow requests when neither the page nor the handler names any.
 func (c *Connect) applyProvider(repl *caddy.Replacer) error {
-	if c.Provider == "" {
-		if len(c.ProviderParams) > 0 {
-			return fmt.Errorf("provider_params without provider")
-		}
-		return nil
-	}
-	entry, err := provider.Lookup(c.Provider)
-	if err != nil {
-		return err
-	}
-	params := make(map[string]string, len(c.ProviderParams))
-	for k, v := range c.ProviderParams {
-		params[k] = repl.ReplaceKnown(v, "")
-	}
-	s, err := entry.Expand(params)
-	if err != nil {
+	s, ok, err := provider.Resolve(c.Provider, c.ProviderParams, func(v string) string { return repl.ReplaceKnown(v, "") })
+	if !ok {
 		return err
 	}
 	var set []string

@@ -157,14 +157,21 @@ func (e *Engine) flightLocked(st *keySetState, name string, stale int64, cause s
 	return e.startFlightLocked(st, name, stale, cause)
 }
 
+// maxWaitTimer returns a channel that delivers once the engine's max_wait
+// has passed (nil, which never delivers, without one), and the function
+// that stops it.
+func (e *Engine) maxWaitTimer() (<-chan time.Time, func()) {
+	if e.maxWait <= 0 {
+		return nil, func() {}
+	}
+	timer := time.NewTimer(e.maxWait)
+	return timer.C, func() { timer.Stop() }
+}
+
 // wait waits for the result of refresh f, or for ctx to end.
 func (e *Engine) wait(ctx context.Context, f *flight, name string) (*Credential, error) {
-	var timeout <-chan time.Time
-	if e.maxWait > 0 {
-		timer := time.NewTimer(e.maxWait)
-		defer timer.Stop()
-		timeout = timer.C
-	}
+	timeout, stop := e.maxWaitTimer()
+	defer stop()
 	select {
 	case <-f.done:
 		return f.cred, f.err

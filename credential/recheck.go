@@ -2,7 +2,6 @@ package credential
 
 import (
 	"context"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -38,12 +37,8 @@ func (e *Engine) adoptNewer(ctx context.Context, st *keySetState, name string, g
 	st.mu.Lock()
 	r := e.recheckLocked(st, name, gen)
 	st.mu.Unlock()
-	var timeout <-chan time.Time
-	if e.maxWait > 0 {
-		timer := time.NewTimer(e.maxWait)
-		defer timer.Stop()
-		timeout = timer.C
-	}
+	timeout, stop := e.maxWaitTimer()
+	defer stop()
 	select {
 	case <-r.done:
 	case <-ctx.Done():

@@ -88,3 +88,38 @@ func ParseArgs(args []string) (name string, params map[string]string, err error)
 	}
 	return name, params, nil
 }
+
+// ParseOption reads the arguments of a `provider <name> [<key>=<value>...]`
+// option as ParseArgs does, and refuses a name the catalog lacks.
+func ParseOption(args []string) (name string, params map[string]string, err error) {
+	if name, params, err = ParseArgs(args); err != nil {
+		return "", nil, err
+	}
+	if _, err := Lookup(name); err != nil {
+		return "", nil, err
+	}
+	return name, params, nil
+}
+
+// Resolve returns the settings of entry name expanded with params, each
+// value passed through replace first (which replaces placeholders such as
+// {env.TENANT}). ok is false when name is empty: no provider is named,
+// and then params must be empty too.
+func Resolve(name string, params map[string]string, replace func(string) string) (s Settings, ok bool, err error) {
+	if name == "" {
+		if len(params) > 0 {
+			return Settings{}, false, fmt.Errorf("provider_params without provider")
+		}
+		return Settings{}, false, nil
+	}
+	entry, err := Lookup(name)
+	if err != nil {
+		return Settings{}, false, err
+	}
+	replaced := make(map[string]string, len(params))
+	for k, v := range params {
+		replaced[k] = replace(v)
+	}
+	s, err = entry.Expand(replaced)
+	return s, err == nil, err
+}
