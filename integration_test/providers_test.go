@@ -57,15 +57,16 @@ type catalogCase struct {
 	seedScopes []string
 }
 
-// Issue 25, "Tests": every entry of the provider catalog, named by
-// `provider <name>` with token_url pointed at the local fosite server
-// (an explicit option wins over the entry), drives the real binary
-// through a grant, a refresh when its token expires and a replay after a
-// 401, against a server shaped by the entry's quirks: its client
-// authentication, scopes (required on refresh unless the entry says they
-// are optional), token URL path (tenant included), rotation (with the
-// grace period an entry documents), expires_in, extra fields and header
-// scheme. A new entry is covered as soon as it is in the catalog.
+// Every entry of the provider catalog, named by `provider <name>` with
+// token_url pointed at the local fosite server (an explicit option wins
+// over the entry), drives the real binary through a grant, a refresh when
+// its token expires and a replay after a 401, against a server shaped by
+// the entry's quirks: its client authentication, scopes, token URL path
+// (tenant included), rotation (with the grace period an entry documents),
+// expires_in, extra fields and header scheme. The handler sends the
+// entry's scopes with every refresh, so the server requires them there
+// unless the entry says they are optional (Microsoft). A new entry is
+// covered as soon as it is in the catalog.
 func TestProviderCatalog(t *testing.T) {
 	catalog, err := provider.Builtin()
 	if err != nil {
