@@ -12,7 +12,10 @@
 // jwt-bearer, password (for Config.Users), and authorization_code, the
 // last used only in-process by Seed. Clients authenticate with a secret
 // (Basic or form), a private_key_jwt client assertion (jwtclient.go) or a
-// client_secret_jwt one (legacyauth.go).
+// client_secret_jwt one (legacyauth.go). A Profile shapes the token
+// endpoint like a given provider's: no rotation, no expires_in, extra
+// fields, and the Quirks of quirks.go (rotation with a grace period, the
+// scope required on refresh, a tenant in the token URL's path).
 package authserver
 
 import (
@@ -280,8 +283,10 @@ func registerClients(store *tokenStore, cfg *fosite.Config, configured []Client)
 	return clients, nil
 }
 
-// TokenURL is the token endpoint's URL. It does not change across Stop and Start.
-func (s *Server) TokenURL() string { return "http://" + s.tokenAddr + "/token" }
+// TokenURL is the token endpoint's URL: /token, or the profile's
+// TokenPath. It does not change across Stop and Start (SetProfile with
+// another TokenPath moves it).
+func (s *Server) TokenURL() string { return "http://" + s.tokenAddr + s.currentProfile().tokenPath() }
 
 // IntrospectURL is the RFC 7662 introspection endpoint's URL. Introspection
 // stays reachable while the token endpoint is stopped.
@@ -386,7 +391,7 @@ func (s *Server) startToken(addr string, ln net.Listener) (string, error) {
 		return addr, nil
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /token", s.faults.wrap(s.serveToken))
+	mux.HandleFunc("POST /", s.atTokenPath(s.faults.wrap(s.serveToken))) // quirks.go
 	s.routeAuthorize(mux)
 	srv, done, ln, err := serve(addr, ln, mux)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 // a rotating provider that returns refresh_token and expires_in on every
 // grant, as Microsoft, Okta, Auth0 and Hydra do.
 type Profile struct {
+	// Quirks are the provider's departures from RFC 6749 (quirks.go).
+	Quirks
 	// OmitRefreshToken drops refresh_token from refresh_token grant responses
 	// and turns rotation off: the presented refresh token stays valid and is
 	// the only one, as with Salesforce (rotation disabled) and Google.

@@ -17,6 +17,10 @@ import (
 // issued or has already deleted.
 var ErrUnknownRefreshToken = errors.New("authserver: unknown refresh token")
 
+// ErrUnknownAccessToken is returned by RevokeAccessToken for a token the
+// server never issued or no longer holds (revoked, or retired by a grant).
+var ErrUnknownAccessToken = errors.New("authserver: unknown access token")
+
 // seedSubject is the resource owner on whose behalf Seed "consents".
 const seedSubject = "seeded-user"
 
@@ -127,7 +131,7 @@ func (s *Server) Revoke(ctx context.Context, refreshToken string) error {
 		return fmt.Errorf("authserver: revoke: look up refresh token: %w", err)
 	}
 	family := requester.GetID()
-	if err := s.store.MemoryStore.RevokeRefreshToken(ctx, family); err != nil && !errors.Is(err, fosite.ErrNotFound) {
+	if err := s.store.RevokeRefreshToken(ctx, family); err != nil && !errors.Is(err, fosite.ErrNotFound) {
 		return fmt.Errorf("authserver: revoke: refresh tokens: %w", err)
 	}
 	if err := s.store.MemoryStore.RevokeAccessToken(ctx, family); err != nil && !errors.Is(err, fosite.ErrNotFound) {
@@ -137,6 +141,25 @@ func (s *Server) Revoke(ctx context.Context, refreshToken string) error {
 	// not taken for a reuse detection) makes it unknown from now on.
 	if err := s.store.MemoryStore.DeleteRefreshTokenSession(ctx, signature); err != nil {
 		return fmt.Errorf("authserver: revoke: delete refresh token: %w", err)
+	}
+	return nil
+}
+
+// RevokeAccessToken revokes one access token, as a provider does when the
+// session behind it ends before its expiry (a timeout, an administrator):
+// introspection reports it inactive from now on, so the resource server
+// answers 401, while the refresh token it came with stays valid.
+func (s *Server) RevokeAccessToken(ctx context.Context, accessToken string) error {
+	s.grantMu.Lock()
+	defer s.grantMu.Unlock()
+	signature := s.strategy.AccessTokenSignature(ctx, accessToken)
+	if _, err := s.store.GetAccessTokenSession(ctx, signature, nil); errors.Is(err, fosite.ErrNotFound) {
+		return ErrUnknownAccessToken
+	} else if err != nil {
+		return fmt.Errorf("authserver: revoke access token: %w", err)
+	}
+	if err := s.store.DeleteAccessTokenSession(ctx, signature); err != nil {
+		return fmt.Errorf("authserver: revoke access token: %w", err)
 	}
 	return nil
 }

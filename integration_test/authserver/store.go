@@ -8,10 +8,12 @@ import (
 	"github.com/ory/fosite/storage"
 )
 
-// tokenStore is fosite's MemoryStore with two additions: it counts refresh
-// token reuse, and it can keep a refresh token instead of rotating it.
+// tokenStore is fosite's MemoryStore with three additions: it counts
+// refresh token reuse, it can keep a refresh token instead of rotating it,
+// and it can rotate with a grace period (grace.go).
 type tokenStore struct {
 	*storage.MemoryStore
+	grace graceLedger
 
 	mu sync.Mutex // guards spent and reuses
 	// spent holds the signatures of refresh tokens that rotation replaced.
@@ -45,6 +47,9 @@ func (s *tokenStore) RotateRefreshToken(ctx context.Context, requestID, signatur
 		// No rotation: the presented refresh token stays active; only the
 		// previous access token is retired, as on a rotating grant.
 		return s.MemoryStore.RevokeAccessToken(ctx, requestID)
+	}
+	if gracePeriod(ctx) > 0 {
+		return s.rotateWithGrace(ctx, requestID, signature)
 	}
 	if err := s.MemoryStore.RotateRefreshToken(ctx, requestID, signature); err != nil {
 		return err

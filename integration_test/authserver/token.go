@@ -32,8 +32,13 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	if profile.OmitRefreshToken && grantType == GrantRefreshToken {
 		ctx = withKeepRefreshToken(ctx)
 	}
+	ctx = withGracePeriod(ctx, profile.RefreshGracePeriod)
 
 	s.grants.attempt(grantType)
+	if err := profile.refuseRequest(grantType, r.PostForm); err != nil {
+		s.provider.WriteAccessError(ctx, w, nil, err)
+		return
+	}
 	requester, response, err := s.grant(ctx, r)
 	if err != nil {
 		s.writeAccessError(ctx, w, requester, err, profile)

@@ -52,6 +52,7 @@ type Server struct {
 	unauthorized       atomic.Int64
 	alwaysUnauthorized atomic.Bool
 	rejectBeforeBody   atomic.Bool
+	scheme             atomic.Value // string: the credential's scheme, "" for Bearer
 }
 
 // New starts a resource server on a kernel-chosen loopback port. It
@@ -110,6 +111,21 @@ func (s *Server) AlwaysUnauthorized(on bool) { s.alwaysUnauthorized.Store(on) }
 // after.
 func (s *Server) RejectBeforeBody(on bool) { s.rejectBeforeBody.Store(on) }
 
+// Scheme makes the server accept the access token only under scheme in the
+// Authorization header (compared case-insensitively, RFC 7235 section
+// 2.1) and name it in its challenges, as Zoho's APIs want it under
+// Zoho-oauthtoken
+// (https://www.zoho.com/accounts/protocol/oauth/use-access-token.html).
+// Default: Bearer (RFC 6750).
+func (s *Server) Scheme(scheme string) { s.scheme.Store(scheme) }
+
+func (s *Server) currentScheme() string {
+	if scheme, _ := s.scheme.Load().(string); scheme != "" {
+		return scheme
+	}
+	return "Bearer"
+}
+
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
 	if s.rejectBeforeBody.Load() {
@@ -163,7 +179,7 @@ func echo(w http.ResponseWriter, r *http.Request, digest bodyDigest) {
 // authorize checks the request's bearer token and, when it fails, writes the
 // answer and returns false.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
-	token, ok := bearerToken(r.Header.Get("Authorization"))
+	token, ok := credentialToken(r.Header.Get("Authorization"), s.currentScheme())
 	switch {
 	case !ok:
 		// RFC 6750 section 3.1: no error code when no credentials were sent.
@@ -187,11 +203,11 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// reject answers 401 with a Bearer challenge (RFC 6750 section 3) carrying
-// errorCode, if any.
+// reject answers 401 with a challenge of the server's scheme (RFC 6750
+// section 3) carrying errorCode, if any.
 func (s *Server) reject(w http.ResponseWriter, errorCode string) {
 	s.unauthorized.Add(1)
-	challenge := `Bearer realm="resourceserver"`
+	challenge := s.currentScheme() + ` realm="resourceserver"`
 	body := map[string]string{"error": "unauthorized"}
 	if errorCode != "" {
 		challenge += fmt.Sprintf(`, error=%q`, errorCode)
@@ -229,11 +245,11 @@ func (s *Server) introspect(ctx context.Context, token string) (bool, error) {
 	return answer.Active, nil
 }
 
-// bearerToken extracts the token of an "Authorization: Bearer <token>"
-// value; the scheme is case-insensitive (RFC 7235 section 2.1).
-func bearerToken(header string) (string, bool) {
+// credentialToken extracts the token of an "Authorization: <scheme>
+// <token>" value; the scheme is case-insensitive (RFC 7235 section 2.1).
+func credentialToken(header, want string) (string, bool) {
 	scheme, token, ok := strings.Cut(header, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+	if !ok || !strings.EqualFold(scheme, want) {
 		return "", false
 	}
 	token = strings.TrimSpace(token)

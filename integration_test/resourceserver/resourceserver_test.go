@@ -240,6 +240,36 @@ func TestAlwaysUnauthorized(t *testing.T) {
 	decodeEcho(t, f.do(t, http.MethodGet, "/", nil, bearer))
 }
 
+// Scenario: an API that wants another scheme than Bearer (Zoho's
+// Zoho-oauthtoken) takes the token under it, in any case, refuses it as
+// Bearer, and names its scheme in the challenge.
+func TestScheme(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, authserver.Config{})
+	token := f.token(t).AccessToken
+	f.api.Scheme("Zoho-oauthtoken")
+	tests := []struct {
+		name          string
+		authorization string
+		wantStatus    int
+	}{
+		{"the scheme", "Zoho-oauthtoken " + token, http.StatusOK},
+		{"the scheme, lower case", "zoho-oauthtoken " + token, http.StatusOK},
+		{"Bearer", "Bearer " + token, http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := f.do(t, http.MethodGet, "/", nil, tt.authorization)
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status = %d; want %d", resp.StatusCode, tt.wantStatus)
+			}
+			if got, want := resp.Header.Get("WWW-Authenticate"), `Zoho-oauthtoken realm="resourceserver"`; tt.wantStatus == http.StatusUnauthorized && got != want {
+				t.Errorf("WWW-Authenticate = %q; want %q", got, want)
+			}
+		})
+	}
+}
+
 // readSpy records whether anything read the body.
 type readSpy struct {
 	r    io.Reader
