@@ -100,11 +100,11 @@ func (st *keySetState) clearFailureLocked() {
 // the permanent failure of the current generation (unless the keystore now
 // holds a newer one, which it adopts), or a temporary failure whose backoff
 // has not ended: the urgent one when urgent (a request needs a token that
-// the one in use cannot give), else the background one. st.mu must be held. To check a permanent failure against
-// the keystore it releases st.mu during the read, so that no keystore I/O
-// holds up the key set's other requests, and takes it again: the caller
-// must look at st afresh afterwards. What it returns holds for st as it is
-// on return.
+// the one in use cannot give), else the background one. st.mu must be
+// held. To check a permanent failure against the keystore it releases st.mu
+// during the read, so that no keystore I/O holds up the key set's other
+// requests, and takes it again: the caller must look at st afresh
+// afterwards. What it returns holds for st as it is on return.
 func (e *Engine) blockedLocked(ctx context.Context, st *keySetState, name string, urgent bool) error {
 	for {
 		failure := st.failure
