@@ -72,6 +72,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_wait        <duration>
 //		body_timeout    <duration>|off
 //		upstream_expect auto|on|off
+//		zero_copy_min   <size>|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -176,6 +177,8 @@ func (h *Handler) unmarshalOption(d *caddyfile.Dispenser, option string) error {
 		return caddyfileopt.Size(d, &h.ReplayMemory, "", 0)
 	case "max_replay_body":
 		return caddyfileopt.Size(d, &h.MaxReplayBody, "off", -1)
+	case "zero_copy_min":
+		return caddyfileopt.Size(d, &h.ZeroCopyMin, "off", -1)
 	case "keystore":
 		return h.parseKeystore(d)
 	case "provider":

@@ -61,25 +61,31 @@ func TestOneContinuePerRequest(t *testing.T) {
 	}
 }
 
-// upstream_expect decides whether Expect goes upstream, whatever the
-// client sent: auto sends it when the client asked.
+// upstream_expect and zero_copy_min decide whether Expect goes upstream,
+// whatever the client sent: auto sends it when the client asked, or the
+// body is at least zero_copy_min (of unknown length counts as large).
 func TestUpstreamExpect(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		mode        string
+		zeroCopyMin int64 // 0: the default
 		chunked     bool
 		clientAsks  bool
 		wantUpExpct bool
 	}{
-		{mode: "auto", chunked: true},
+		{mode: "auto", chunked: true, wantUpExpct: true},
+		{mode: "auto", chunked: true, zeroCopyMin: -1},
 		{mode: "auto", clientAsks: true, wantUpExpct: true},
-		{mode: "auto"},
+		{mode: "auto", clientAsks: true, zeroCopyMin: -1, wantUpExpct: true},
+		{mode: "auto"},                                    // 7 bytes, below the default
+		{mode: "auto", zeroCopyMin: 7, wantUpExpct: true}, // at zero_copy_min
+		{mode: "auto", zeroCopyMin: 8},
 		{mode: "on", wantUpExpct: true},
 		{mode: "on", chunked: true, wantUpExpct: true},
 		{mode: "off", chunked: true, clientAsks: true},
 	}
 	for _, tt := range tests {
-		name := fmt.Sprintf("%s/chunked=%v/client_expect=%v", tt.mode, tt.chunked, tt.clientAsks)
+		name := fmt.Sprintf("%s/zero_copy_min=%d/chunked=%v/client_expect=%v", tt.mode, tt.zeroCopyMin, tt.chunked, tt.clientAsks)
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			te := credentialtest.NewTokenEndpoint(t, "rt-0")
@@ -89,7 +95,7 @@ func TestUpstreamExpect(t *testing.T) {
 				seen <- r.Header.Get("Expect")
 			}))
 			t.Cleanup(up.Close)
-			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{UpstreamExpect: tt.mode}}, hostPort(t, up.URL))
+			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{UpstreamExpect: tt.mode, ZeroCopyMin: tt.zeroCopyMin}}, hostPort(t, up.URL))
 			var reader io.Reader = strings.NewReader("payload")
 			if tt.chunked {
 				reader = io.MultiReader(reader) // no length known: chunked

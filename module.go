@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -213,6 +214,10 @@ type Handler struct {
 	unstored     *credential.Unstored // shared with handlers over the same keystore (live.Registry.Unstored)
 	registry     *live.Registry       // where the handler registers what it serves
 	live         *live.Handler        // what it registered
+	// lateRejection: the upstream rejected a token after its 100
+	// Continue once, so bodies are kept again (zerocopy.go). A pointer,
+	// set by Provision, so that a Handler value can still be copied.
+	lateRejection *atomic.Bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -229,6 +234,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.registry = live.From(ctx)
+	h.lateRejection = new(atomic.Bool)
 	repl := caddy.NewReplacer()
 	if err := h.applyProvider(repl); err != nil {
 		return err

@@ -76,6 +76,7 @@ func (h *Handler) setDefaults() {
 	if h.UpstreamExpect == "" {
 		h.UpstreamExpect = "auto"
 	}
+	h.setZeroCopyDefault()
 	if h.BodyTimeout == 0 {
 		h.BodyTimeout = caddy.Duration(defaultBodyTimeout)
 	}
@@ -122,6 +123,9 @@ func (h *Handler) validateOptions() error {
 	}
 	if h.UpstreamExpect != "auto" && h.UpstreamExpect != "on" && h.UpstreamExpect != "off" {
 		return fmt.Errorf("upstream_expect %q: must be auto, on or off", h.UpstreamExpect)
+	}
+	if err := h.validateZeroCopy(); err != nil {
+		return err
 	}
 	if !httpguts.ValidHeaderFieldName(h.HeaderName) {
 		return fmt.Errorf("header_name %q: not a valid header field name", h.HeaderName)

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +26,10 @@ var (
 	errBodyDetached = errors.New("request body was taken over for a replay")
 	errBodyReleased = errors.New("request body buffer was released")
 	errBodyTooLarge = errors.New("request body is larger than max_replay_body")
+	// errBodyStreamed: the upstream asked for the body with its 100
+	// Continue and read part of it before rejecting the token, and what
+	// was sent was not kept (zerocopy.go).
+	errBodyStreamed = errors.New("request body went upstream after its 100 Continue and was not kept")
 )
 
 // replayBody streams the client's request body to the first attempt while
@@ -31,6 +37,11 @@ var (
 // and the rest of the body is read only when a replay needs it. The copy
 // lives in pooled memory chunks up to memLimit, then in a temporary file
 // that is unlinked as soon as it is created, so no crash leaves it behind.
+//
+// A body of which the client has sent nothing yet needs no copy: the
+// replay reads it from the client's connection (rewind). On the zero-copy
+// path (zerocopy.go) an attempt whose upstream asked for the body with
+// "100 Continue" streams it without keeping anything.
 type replayBody struct {
 	src      io.Reader
 	memLimit int64
@@ -50,18 +61,37 @@ type replayBody struct {
 	trailer http.Header
 	owned   []string
 
+	// zeroCopy: the request goes upstream with Expect, and an attempt
+	// whose upstream sends 100 Continue before its first read keeps no
+	// copy. Set once, before the first attempt.
+	zeroCopy bool
+	// continued is set by the transport's Got100Continue hook, on its own
+	// goroutine, before it lets the body be read; reset for each attempt.
+	continued atomic.Bool
+	trace     httptrace.ClientTrace
+
 	// mu guards every field below. The proxy's transport reads the body
 	// on its own goroutine, and may still be reading when the handler
 	// takes the body over for a replay or releases it.
-	mu         sync.Mutex
-	chunks     []*[]byte
-	size       int64
-	file       *os.File
-	cannot     error // why no replay is possible, or nil
-	eof        bool
-	readErr    error
-	detached   bool // the first attempt may read no more
-	released   bool // chunks and file are gone
+	mu     sync.Mutex
+	chunks []*[]byte
+	size   int64 // bytes kept
+	file   *os.File
+	cannot error // why no replay is possible, or nil
+	// consumed is the number of bytes read from the client, kept or not.
+	consumed int64
+	eof      bool
+	readErr  error
+	// attempt numbers the attempt whose reader may read the client's
+	// body (0 the first, which reads through the replayBody itself);
+	// rewind moves it on, and release ends it, so that a transport still
+	// running an earlier attempt reads nothing more.
+	attempt  int
+	released bool // chunks and file are gone
+	// decided: this attempt's first read has chosen whether it keeps what
+	// it reads; streamed: it chose not to (its upstream sent a 100).
+	decided    bool
+	streamed   bool
 	replaySize int64
 }
 
@@ -133,13 +163,22 @@ func (b *replayBody) readSrc(p []byte) (int, error) {
 }
 
 // Read passes the client's body to the first attempt, recording it.
-func (b *replayBody) Read(p []byte) (int, error) {
+func (b *replayBody) Read(p []byte) (int, error) { return b.readFor(0, p) }
+
+// readFor passes the client's body to an attempt, recording it unless the
+// attempt streams it (decideLocked).
+func (b *replayBody) readFor(attempt int, p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.detached {
+	switch {
+	case b.attempt < 0:
+		return 0, errBodyReleased
+	case attempt != b.attempt:
 		return 0, errBodyDetached
 	}
+	b.decideLocked()
 	n, err := b.readSrc(p)
+	b.consumed += int64(n)
 	b.recordLocked(p[:n])
 	switch {
 	case err == io.EOF:
@@ -167,7 +206,7 @@ func (b *replayBody) Close() error { return nil }
 
 // recordLocked appends p to the copy: memory first, then the file.
 func (b *replayBody) recordLocked(p []byte) {
-	if b.cannot != nil || len(p) == 0 {
+	if b.cannot != nil || b.streamed || len(p) == 0 {
 		return
 	}
 	if b.size+int64(len(p)) > b.maxSize {
@@ -220,18 +259,30 @@ func createUnlinkedTemp() (*os.File, error) {
 	return f, nil
 }
 
-// rewind takes the body over from the first attempt and returns a reader
-// of the whole body for the replay. When the upstream answered before it
-// read everything, the rest is read from the client here. It fails when the
-// body is too large, could not be kept, or the client's upload broke.
+// rewind takes the body over from the attempt that read it and returns a
+// reader of the whole body for the next one. When that attempt read
+// nothing of it, the next reads it from the client (whatever its size:
+// nothing is kept). Otherwise it reads the copy; when the upstream answered
+// before it read everything, the rest is read from the client into the
+// copy here. It fails when the body is too large, could not be kept, went
+// upstream unkept, or the client's upload broke.
 func (b *replayBody) rewind() (io.ReadCloser, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.detached = true
+	b.attempt++
+	if b.consumed == 0 && !b.eof && b.readErr == nil && b.maxSize >= 0 {
+		b.decided, b.streamed = false, false
+		b.continued.Store(false)
+		return &clientReader{body: b, attempt: b.attempt}, nil
+	}
+	if b.streamed {
+		return nil, errBodyStreamed
+	}
 	if !b.eof && b.readErr == nil && b.cannot == nil {
 		buf := chunkPool.Get().(*[]byte)
 		for b.cannot == nil {
 			n, err := b.readSrc(*buf)
+			b.consumed += int64(n)
 			b.recordLocked((*buf)[:n])
 			if err == io.EOF {
 				b.endLocked()
@@ -259,7 +310,7 @@ func (b *replayBody) rewind() (io.ReadCloser, error) {
 func (b *replayBody) release() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.detached = true
+	b.attempt = -1
 	b.freeLocked()
 }
 

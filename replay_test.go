@@ -3,6 +3,7 @@ package oauth2upstream
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -99,14 +100,28 @@ func TestReplayBodyTooLarge(t *testing.T) {
 	}
 }
 
-// A client whose upload breaks cannot be replayed.
+// A client whose upload breaks cannot be replayed: from the copy, rewind
+// reports the error; a replay that reads the body from the client gets it.
 func TestReplayBodyClientError(t *testing.T) {
 	t.Parallel()
-	broken := io.MultiReader(strings.NewReader("partial"), iotestErrReader{})
-	b := newReplayBody(newBodyRequest(broken, -1), 1024, 4096, []string{"Authorization"})
+	broken := func() io.Reader { return io.MultiReader(strings.NewReader("partial"), iotestErrReader{}) }
+	b := newReplayBody(newBodyRequest(broken(), -1), 1024, 4096, []string{"Authorization"})
 	defer b.release()
+	if _, err := b.Read(make([]byte, 3)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.rewind(); err == nil || !strings.Contains(err.Error(), "reading request body") {
-		t.Errorf("rewind() = %v; want the client's read error", err)
+		t.Errorf("rewind() after a read = %v; want the client's read error", err)
+	}
+
+	unread := newReplayBody(newBodyRequest(broken(), -1), 1024, 4096, []string{"Authorization"})
+	defer unread.release()
+	replay, err := unread.rewind()
+	if err != nil {
+		t.Fatalf("rewind() of an unread body = %v", err)
+	}
+	if _, err := io.ReadAll(replay); err == nil || !strings.Contains(err.Error(), "connection reset") {
+		t.Errorf("reading the replay = %v; want the client's read error", err)
 	}
 }
 
@@ -115,20 +130,29 @@ type iotestErrReader struct{}
 func (iotestErrReader) Read([]byte) (int, error) { return 0, errors.New("connection reset") }
 
 // After release, a transport goroutine still reading the replay gets an
-// error, never memory that went back to the pool.
+// error, never memory that went back to the pool: from the copy, or from
+// the client when the first attempt read nothing.
 func TestReplayBodyReleasedReader(t *testing.T) {
 	t.Parallel()
-	b := newReplayBody(newBodyRequest(bytes.NewReader(randomBytes(100_000, 2)), 100_000), 50_000, 1<<20, []string{"Authorization"})
-	replay, err := b.rewind()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := replay.Read(make([]byte, 10)); err != nil {
-		t.Fatalf("Read before release: %v", err)
-	}
-	b.release()
-	if _, err := replay.Read(make([]byte, 10)); !errors.Is(err, errBodyReleased) {
-		t.Errorf("Read after release = %v; want errBodyReleased", err)
+	for _, firstRead := range []int{10, 0} {
+		t.Run(fmt.Sprintf("first_read=%d", firstRead), func(t *testing.T) {
+			t.Parallel()
+			b := newReplayBody(newBodyRequest(bytes.NewReader(randomBytes(100_000, 2)), 100_000), 50_000, 1<<20, []string{"Authorization"})
+			if _, err := io.ReadFull(b, make([]byte, firstRead)); err != nil {
+				t.Fatal(err)
+			}
+			replay, err := b.rewind()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := replay.Read(make([]byte, 10)); err != nil {
+				t.Fatalf("Read before release: %v", err)
+			}
+			b.release()
+			if _, err := replay.Read(make([]byte, 10)); !errors.Is(err, errBodyReleased) {
+				t.Errorf("Read after release = %v; want errBodyReleased", err)
+			}
+		})
 	}
 }
 

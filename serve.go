@@ -52,7 +52,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r.Header.Del(dpopHeader)
 	dropConnectCookies(r.Header)
 	if body != nil {
-		h.setUpstreamExpect(r)
+		zeroCopy := h.zeroCopyFor()
+		if h.setUpstreamExpect(r, zeroCopy) && zeroCopy {
+			r = body.streamAfterContinue(r)
+		}
 	}
 
 	attempt := &x.attempt
@@ -148,6 +151,7 @@ func (h *Handler) answerRejection(w http.ResponseWriter, r *http.Request, next c
 		replay, err := body.rewind()
 		if err != nil {
 			h.ops.countReplay(name, replayNotReplayable)
+			h.noteUnkeptBody(name, err)
 			h.logger.Debug("not replaying", zap.String("key_set", name), zap.String("reason", err.Error()))
 			return attempt.sendHeld()
 		}
@@ -223,6 +227,7 @@ func (h *Handler) retryWithNonce(w http.ResponseWriter, r *http.Request, next ca
 		replay, err := body.rewind()
 		if err != nil {
 			h.ops.countReplay(x.vars.keySet, replayNotReplayable)
+			h.noteUnkeptBody(x.vars.keySet, err)
 			return attempt.sendHeld()
 		}
 		r.Body = replay
