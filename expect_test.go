@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 )
@@ -63,7 +66,9 @@ func TestOneContinuePerRequest(t *testing.T) {
 
 // upstream_expect and zero_copy_min decide whether Expect goes upstream,
 // whatever the client sent: auto sends it when the client asked, or the
-// body is at least zero_copy_min (of unknown length counts as large).
+// body is at least zero_copy_min (of unknown length counts as large), but
+// zero_copy_min only with a reverse_proxy that waits for the 100 (noWait:
+// one without expect_continue_timeout).
 func TestUpstreamExpect(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -71,13 +76,17 @@ func TestUpstreamExpect(t *testing.T) {
 		zeroCopyMin int64 // 0: the default
 		chunked     bool
 		clientAsks  bool
+		noWait      bool
 		wantUpExpct bool
 	}{
 		{mode: "auto", chunked: true, wantUpExpct: true},
+		{mode: "auto", chunked: true, noWait: true},
+		{mode: "auto", zeroCopyMin: 7, noWait: true},
+		{mode: "auto", clientAsks: true, noWait: true, wantUpExpct: true},
 		{mode: "auto", chunked: true, zeroCopyMin: -1},
 		{mode: "auto", clientAsks: true, wantUpExpct: true},
 		{mode: "auto", clientAsks: true, zeroCopyMin: -1, wantUpExpct: true},
-		{mode: "auto"},                                    // 7 bytes, below the default
+		{mode: "auto"}, // 7 bytes, below the default
 		{mode: "auto", zeroCopyMin: 7, wantUpExpct: true}, // at zero_copy_min
 		{mode: "auto", zeroCopyMin: 8},
 		{mode: "on", wantUpExpct: true},
@@ -85,7 +94,7 @@ func TestUpstreamExpect(t *testing.T) {
 		{mode: "off", chunked: true, clientAsks: true},
 	}
 	for _, tt := range tests {
-		name := fmt.Sprintf("%s/zero_copy_min=%d/chunked=%v/client_expect=%v", tt.mode, tt.zeroCopyMin, tt.chunked, tt.clientAsks)
+		name := fmt.Sprintf("%s/zero_copy_min=%d/chunked=%v/client_expect=%v/no_wait=%v", tt.mode, tt.zeroCopyMin, tt.chunked, tt.clientAsks, tt.noWait)
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			te := credentialtest.NewTokenEndpoint(t, "rt-0")
@@ -95,7 +104,11 @@ func TestUpstreamExpect(t *testing.T) {
 				seen <- r.Header.Get("Expect")
 			}))
 			t.Cleanup(up.Close)
-			s := newSidecar(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{UpstreamExpect: tt.mode, ZeroCopyMin: tt.zeroCopyMin}}, hostPort(t, up.URL))
+			proxy := &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: hostPort(t, up.URL)}}}
+			if !tt.noWait {
+				proxy.TransportRaw = json.RawMessage(`{"protocol":"http","expect_continue_timeout":5000000000}`)
+			}
+			s := newSidecarWithProxy(t, &Handler{TokenURL: te.URL(), ClientID: "c", RefreshToken: "rt-0", BodyOptions: BodyOptions{UpstreamExpect: tt.mode, ZeroCopyMin: tt.zeroCopyMin}}, proxy)
 			var reader io.Reader = strings.NewReader("payload")
 			if tt.chunked {
 				reader = io.MultiReader(reader) // no length known: chunked

@@ -20,7 +20,8 @@ const expectWarning = "reverse_proxy after oauth2_upstream has no expect_continu
 // the option at load; one that sets the timeout, or turns upstream_expect
 // off, gets none. Without the timeout, 401s to uploads made right after a
 // revocation turned into 502s (Go's transport was still writing the body
-// when the API answered unread and closed).
+// when the API answered unread and closed). Only a handler whose
+// reverse_proxy waits for the 100 takes the zero-copy path.
 func TestExpectWithoutTimeoutWarns(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -28,12 +29,15 @@ func TestExpectWithoutTimeoutWarns(t *testing.T) {
 		handler   string // lines inside oauth2_upstream
 		transport string // reverse_proxy's block
 		warn      bool
+		zeroCopy  bool
 	}{
 		{name: "default transport", warn: true},
 		{name: "transport http without the timeout", transport: "transport http {\n\t\t\tkeepalive 30s\n\t\t}", warn: true},
 		{name: "upstream_expect on", handler: "upstream_expect on", warn: true},
-		{name: "timeout set", transport: "transport http {\n\t\t\texpect_continue_timeout 1s\n\t\t}"},
-		{name: "upstream_expect off", handler: "upstream_expect off"},
+		{name: "timeout set", transport: "transport http {\n\t\t\texpect_continue_timeout 1s\n\t\t}", zeroCopy: true},
+		{name: "timeout set, zero_copy_min off", handler: "zero_copy_min off", transport: "transport http {\n\t\t\texpect_continue_timeout 1s\n\t\t}"},
+		{name: "upstream_expect off", handler: "upstream_expect off", transport: "transport http {\n\t\t\texpect_continue_timeout 1s\n\t\t}"},
+		{name: "fastcgi", transport: "transport fastcgi"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -57,6 +61,9 @@ func TestExpectWithoutTimeoutWarns(t *testing.T) {
 			logged := loadLogging(t, caddyfile, filepath.Join(dir, "caddy.log"))
 			if got := strings.Count(logged, expectWarning); got != map[bool]int{true: 1, false: 0}[tt.warn] {
 				t.Errorf("warnings %q in the log = %d; want warned %t. Log:\n%s", expectWarning, got, tt.warn, logged)
+			}
+			if got := strings.Contains(logged, zeroCopyOn); got != tt.zeroCopy {
+				t.Errorf("zero-copy path taken = %t; want %t. Log:\n%s", got, tt.zeroCopy, logged)
 			}
 		})
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/credential/credentialtest"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/live"
+	"github.com/oauth2upstream/caddy-oauth2-upstream/internal/proxyhops"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystore/file"
 	"github.com/oauth2upstream/caddy-oauth2-upstream/keystores"
@@ -123,6 +124,15 @@ func newSidecarWithProxy(t *testing.T, h *Handler, proxy *reverseproxy.Handler, 
 	h.register(live.ConfigOf(ctx))
 	t.Cleanup(func() { h.Cleanup() })
 
+	// What judgeExpectHops reads of a server's routes, here of the proxy
+	// the test gave: this context has no server.
+	var hop proxyhops.Hop
+	if proxy.TransportRaw != nil {
+		if err := json.Unmarshal(proxy.TransportRaw, &hop.Transport); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.zeroCopyReady = waitForContinue([]proxyhops.Hop{hop})
 	if err := proxy.Provision(ctx); err != nil {
 		t.Fatalf("provisioning reverse_proxy: %v", err)
 	}

@@ -218,6 +218,9 @@ type Handler struct {
 	// Continue once, so bodies are kept again (zerocopy.go). A pointer,
 	// set by Provision, so that a Handler value can still be copied.
 	lateRejection *atomic.Bool
+	// zeroCopyReady: every reverse_proxy after the handler waits for a
+	// 100 Continue, which the zero-copy path needs (judgeExpectHops).
+	zeroCopyReady bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -270,7 +273,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := selfproxy.Refuse(ctx, h.logger); err != nil {
 		return err
 	}
-	h.warnExpectWithoutTimeout(ctx)
+	h.judgeExpectHops(ctx)
 	store, err := h.loadKeystore(ctx, repl)
 	if err != nil {
 		return err

@@ -63,10 +63,11 @@ func (c *clientReader) Read(p []byte) (int, error) { return c.body.readFor(c.att
 func (c *clientReader) Close() error { return nil }
 
 // zeroCopyFor reports whether a request's body may take the zero-copy
-// path: zero_copy_min is on, and this handler's upstream has not been seen
-// to reject a token after its 100 Continue.
+// path: zero_copy_min is on, the reverse_proxy after the handler waits for
+// 100 Continue, and this handler's upstream has not been seen to reject a
+// token after its 100 Continue.
 func (h *Handler) zeroCopyFor() bool {
-	return h.ZeroCopyMin > 0 && !h.lateRejection.Load()
+	return h.ZeroCopyMin > 0 && h.zeroCopyReady && !h.lateRejection.Load()
 }
 
 // noteUnkeptBody is called when a trigger answer cannot be replayed
