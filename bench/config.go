@@ -31,6 +31,12 @@ type OAuth2Options struct {
 	MaxConcurrentGrants int
 	// Params are extra token request fields (`param`).
 	Params map[string][]string
+	// KeepBodies sets zero_copy_min off: every body is kept for a
+	// replay, as before zero-copy uploads.
+	KeepBodies bool
+	// RefreshAnyTime sets min_refresh_interval off, so that every
+	// rejection makes a grant, however young the token.
+	RefreshAnyTime bool
 }
 
 // CaddySpec is what a Caddy under test runs.
@@ -74,10 +80,15 @@ func caddyConfig(spec CaddySpec) []byte {
 		"upstreams": []any{map[string]any{"dial": spec.Upstream}},
 		// More idle upstream connections than client connections: with
 		// the default (32) a 64-connection run closes and redials
-		// upstream connections, and TIME_WAIT sockets pile up.
+		// upstream connections, and TIME_WAIT sockets pile up. The
+		// transport waits for a 100 Continue, as the shipped
+		// configurations set it (README, caddyfile.example): the
+		// handler's zero-copy uploads need it, and it changes nothing
+		// for a request without Expect.
 		"transport": map[string]any{
-			"protocol":   "http",
-			"keep_alive": map[string]any{"max_idle_conns_per_host": 1024},
+			"protocol":                "http",
+			"keep_alive":              map[string]any{"max_idle_conns_per_host": 1024},
+			"expect_continue_timeout": int64(time.Second),
 		},
 	})
 	admin := map[string]any{"disabled": true}
@@ -133,6 +144,12 @@ func oauth2Handler(oauth *OAuth2Options) map[string]any {
 	}
 	if len(oauth.Params) > 0 {
 		h["params"] = oauth.Params
+	}
+	if oauth.KeepBodies {
+		h["zero_copy_min"] = -1
+	}
+	if oauth.RefreshAnyTime {
+		h["min_refresh_interval"] = -1
 	}
 	return h
 }

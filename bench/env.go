@@ -144,7 +144,12 @@ func (e *Env) StartTargets(ctx context.Context, nginxBin string) (ts *Targets, e
 // startCaddyTarget starts an upstream that wants Authorization auth, and
 // the Caddy bin in front of it, configured by spec (whose Upstream it sets).
 func (e *Env) startCaddyTarget(ctx context.Context, name, bin string, spec CaddySpec, auth string) (*Target, error) {
-	up, err := StartUpstream(auth)
+	return e.startCaddyTargetWith(ctx, name, bin, spec, auth, UpstreamOptions{})
+}
+
+// startCaddyTargetWith is startCaddyTarget with the upstream's options.
+func (e *Env) startCaddyTargetWith(ctx context.Context, name, bin string, spec CaddySpec, auth string, uopt UpstreamOptions) (*Target, error) {
+	up, err := StartUpstreamWith(auth, uopt)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,11 @@ type Request struct {
 	Path     string
 	BodySize int64 // bytes of generated body, 0 for none
 	Chunked  bool  // send the body chunked, without a Content-Length
+	// EarlyAnswer: the server may answer before it has read the body
+	// (an upstream that does not read it). The body is written while the
+	// answer is read, and the connection is dropped after the answer,
+	// which may have left part of the body unsent, as curl does.
+	EarlyAnswer bool
 }
 
 // head is the request line and header block of r for host.
@@ -104,6 +109,9 @@ func (c *conn) do() (status int, err error) {
 		}
 	}()
 	c.c.SetDeadline(time.Now().Add(c.timeout))
+	if c.req.EarlyAnswer {
+		return c.doEarly()
+	}
 	if err := c.write(); err != nil {
 		return 0, err
 	}
@@ -118,6 +126,24 @@ func (c *conn) do() (status int, err error) {
 	}
 	if resp.Close {
 		c.close()
+	}
+	return resp.StatusCode, nil
+}
+
+// doEarly is do for Request.EarlyAnswer: the body is written on another
+// goroutine, which the dropped connection stops.
+func (c *conn) doEarly() (int, error) {
+	wrote := make(chan error, 1)
+	go func() { wrote <- c.write() }()
+	resp, err := http.ReadResponse(c.br, nil)
+	if err == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	c.close()
+	<-wrote // a write the closed connection cut short is no failure
+	if err != nil {
+		return 0, err
 	}
 	return resp.StatusCode, nil
 }

@@ -28,6 +28,7 @@ type Report struct {
 	Comparisons []*Comparison
 	Storms      []*StormResult
 	Uploads     []*UploadResult
+	Bodies      []*BodiesResult
 	Scale       *ScaleResult
 	Herds       []*HerdResult
 	Replicas    *HerdResult
@@ -49,6 +50,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) {
 	}
 	if len(rep.Uploads) > 0 {
 		rep.writeUploads(w)
+	}
+	if len(rep.Bodies) > 0 {
+		rep.writeBodies(w)
 	}
 	rep.writeScaleParts(w)
 }
@@ -162,6 +166,7 @@ func (rep *Report) writeTargets(w io.Writer) {
 		target(w, fmt.Sprintf("uploads (%s) peak RSS <= %s, 0 failed", framing, mebibytes(targetPeakRSS)),
 			fmt.Sprintf("%s, %d failed", mebibytes(u.PeakRSS), u.Burst.Failed), u.PeakRSS <= targetPeakRSS && u.Burst.Failed == 0)
 	}
+	rep.writeBodiesTargets(w)
 	rep.writeScaleTargets(w)
 	fmt.Fprintln(w)
 }

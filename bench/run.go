@@ -15,10 +15,13 @@ type Options struct {
 	RepoDir string // the repository root, whose cmd/caddy is built
 
 	// Parts are the measurements to run: "throughput", "storm",
-	// "uploads", "scale", "herd", "replicas".
+	// "uploads", "bodies", "scale", "herd", "replicas".
 	Parts []string
 
-	Scenarios     []Scenario
+	Scenarios []Scenario
+	// BodyScenarios are the bodies part's (bodies.go), run with Rounds
+	// of RoundDuration too.
+	BodyScenarios []BodyScenario
 	Rounds        int
 	RoundDuration time.Duration
 	Warmup        time.Duration
@@ -81,7 +84,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		RepoDir: "..",
-		Parts:   []string{"throughput", "storm", "uploads", "scale", "herd", "replicas"},
+		Parts:   []string{"throughput", "storm", "uploads", "bodies", "scale", "herd", "replicas"},
 		Scenarios: []Scenario{
 			{Name: "GET 1 KiB", Request: Request{Method: "GET", Path: "/get"}, Conns: 64},
 			{Name: "POST 64 KiB", Request: Request{Method: "POST", Path: "/post", BodySize: 64 << 10}, Conns: 64},
@@ -90,6 +93,7 @@ func DefaultOptions() Options {
 			// without the queueing that 64 connections on two cores add.
 			{Name: "GET 1 KiB, 1 conn", Request: Request{Method: "GET", Path: "/get"}, Conns: 1},
 		},
+		BodyScenarios: DefaultBodyScenarios(),
 		Rounds:        5,
 		RoundDuration: 3 * time.Second,
 		Warmup:        time.Second,
@@ -165,6 +169,11 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	if slices.Contains(opt.Parts, "uploads") {
 		if err := rep.runUploads(ctx, env, opt, progress); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(opt.Parts, "bodies") {
+		if err := rep.runBodies(ctx, env, opt, progress); err != nil {
 			return nil, err
 		}
 	}

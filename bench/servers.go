@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,22 +28,46 @@ var (
 )
 
 // Upstream is the fast API behind the proxies: it answers 1 KiB to a GET,
-// drains a POST and answers small, and answers 401 to a request whose
-// Authorization header is not exactly want (empty for a bare proxy).
+// drains a POST and answers small (a POST to unreadPath without reading
+// its body), and answers 401 to a request whose Authorization header is
+// not exactly want (empty for a bare proxy), before reading its body.
 type Upstream struct {
 	Addr string
 
 	want   string
+	opt    UpstreamOptions
+	mu     sync.Mutex      // guards used
+	used   map[string]bool // the tokens accepted so far, with opt.TokenOnce
 	server *http.Server
 
 	Requests atomic.Int64 // requests answered
 	Rejected atomic.Int64 // 401s for a wrong or missing Authorization
-	Short    atomic.Int64 // bodies that did not arrive whole
+	Short    atomic.Int64 // bodies that did not arrive whole, or not as sent
 }
 
+// UpstreamOptions change what an Upstream accepts and checks.
+type UpstreamOptions struct {
+	// TokenOnce accepts any token of the form want+"-<n>", each for one
+	// request: the next request with it is rejected, as after a
+	// revocation, and the sidecar refreshes and replays every request.
+	// Its rejections are not counted in Rejected, which counts answers
+	// the client sees.
+	TokenOnce bool
+	// Verify compares every byte of a POST body with the generated
+	// pattern the load generator sends, not only its length.
+	Verify bool
+}
+
+// unreadPath is the path whose POSTs the upstream answers without reading
+// the body, as an API that takes what the head says does.
+const unreadPath = "/unread"
+
 // StartUpstream serves an Upstream on a kernel-chosen loopback port.
-func StartUpstream(want string) (*Upstream, error) {
-	u := &Upstream{want: want}
+func StartUpstream(want string) (*Upstream, error) { return StartUpstreamWith(want, UpstreamOptions{}) }
+
+// StartUpstreamWith is StartUpstream with options.
+func StartUpstreamWith(want string, opt UpstreamOptions) (*Upstream, error) {
+	u := &Upstream{want: want, opt: opt, used: map[string]bool{}}
 	srv, addr, err := serve(u)
 	if err != nil {
 		return nil, err
@@ -55,8 +81,7 @@ func (u *Upstream) Close() error { return u.server.Close() }
 
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.Requests.Add(1)
-	if auth := r.Header["Authorization"]; len(auth) > 1 || r.Header.Get("Authorization") != u.want {
-		u.Rejected.Add(1)
+	if !u.accept(r.Header["Authorization"]) {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		w.WriteHeader(http.StatusUnauthorized)
 		return
@@ -68,7 +93,12 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write(getAnswer)
 		return
 	}
-	n, err := io.Copy(io.Discard, r.Body)
+	if r.URL.Path == unreadPath {
+		h["Content-Length"] = []string{strconv.Itoa(len(postAnswer))}
+		w.Write(postAnswer)
+		return
+	}
+	n, err := u.drain(r.Body)
 	if want, _ := strconv.ParseInt(r.Header.Get(bodyLengthHeader), 10, 64); err != nil || n != want {
 		u.Short.Add(1)
 		w.WriteHeader(http.StatusBadRequest)
@@ -86,11 +116,13 @@ type TokenEndpoint struct {
 	URL string
 
 	accessToken string
-	expiresIn   int
-	latency     time.Duration
-	server      *http.Server
+	// rotate appends "-<n>" to the access token of the n-th grant.
+	rotate    bool
+	expiresIn int
+	latency   time.Duration
+	server    *http.Server
 
-	mu           sync.Mutex // guards refreshToken and issued
+	mu           sync.Mutex // guards refreshToken, issued and rotate
 	refreshToken string
 	issued       int
 
@@ -108,6 +140,18 @@ func StartTokenEndpoint(refreshToken, accessToken string, expiresIn time.Duratio
 	}
 	te.server, te.URL = srv, "http://"+addr+"/token"
 	return te, nil
+}
+
+// StartRotatingTokenEndpoint is StartTokenEndpoint issuing a new access
+// token, accessToken+"-<n>", with the n-th grant.
+func StartRotatingTokenEndpoint(refreshToken, accessToken string) (*TokenEndpoint, error) {
+	te, err := StartTokenEndpoint(refreshToken, accessToken, time.Hour, 0)
+	if err == nil {
+		te.mu.Lock()
+		te.rotate = true
+		te.mu.Unlock()
+	}
+	return te, err
 }
 
 // Close stops the server and its connections.
@@ -143,12 +187,62 @@ func (te *TokenEndpoint) serve(w http.ResponseWriter, r *http.Request) {
 	te.issued++
 	te.refreshToken = "bench-refresh-" + strconv.Itoa(te.issued)
 	te.Grants.Add(1)
+	access := te.accessToken
+	if te.rotate {
+		access += "-" + strconv.Itoa(te.issued)
+	}
 	json.NewEncoder(w).Encode(map[string]any{
-		"access_token":  te.accessToken,
+		"access_token":  access,
 		"token_type":    "Bearer",
 		"expires_in":    te.expiresIn,
 		"refresh_token": te.refreshToken,
 	})
+}
+
+// accept reports whether a request with Authorization values auth is
+// served, counting a rejection the client will see.
+func (u *Upstream) accept(auth []string) bool {
+	if !u.opt.TokenOnce {
+		if len(auth) > 1 || len(auth) == 1 && auth[0] != u.want || len(auth) == 0 && u.want != "" {
+			u.Rejected.Add(1)
+			return false
+		}
+		return true
+	}
+	if len(auth) != 1 || !strings.HasPrefix(auth[0], u.want+"-") {
+		u.Rejected.Add(1)
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.used[auth[0]] {
+		return false // revoked: the sidecar refreshes and replays
+	}
+	u.used[auth[0]] = true
+	return true
+}
+
+// drain reads a body to its end, comparing it with the generated pattern
+// when opt.Verify says so.
+func (u *Upstream) drain(body io.Reader) (int64, error) {
+	if !u.opt.Verify {
+		return io.Copy(io.Discard, body)
+	}
+	buf := make([]byte, len(bodyPattern))
+	var n int64
+	for {
+		m, err := io.ReadFull(body, buf)
+		if m > 0 && !bytes.Equal(buf[:m], bodyPattern[:m]) {
+			return n, errors.New("body differs from what was sent")
+		}
+		n += int64(m)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 // serve starts an HTTP server for h on a kernel-chosen loopback port.

@@ -41,8 +41,8 @@ func main() {
 	flag.IntVar(&opt.Replicas, "replicas", opt.Replicas, "sidecars sharing Redis in the replicas part")
 	scaleSizes := flag.String("scale-sizes", joinInts(opt.ScaleSizes), "key sets of the sidecars of the scale part, the first the baseline")
 	herdSizes := flag.String("herd-sizes", joinInts(opt.HerdSizes), "key sets of the herds, run at the same time")
-	scenarios := flag.String("scenarios", "", "run only the throughput scenarios whose name matches this regular expression")
-	parts := flag.String("parts", strings.Join(opt.Parts, ","), "measurements to run, among throughput,storm,uploads,scale,herd,replicas")
+	scenarios := flag.String("scenarios", "", "run only the throughput and bodies scenarios whose name matches this regular expression")
+	parts := flag.String("parts", strings.Join(opt.Parts, ","), "measurements to run, among throughput,storm,uploads,bodies,scale,herd,replicas")
 	flag.StringVar(&opt.ProfileDir, "pprof", "", "write CPU profiles of the compared Caddys, one per scenario, and the largest scale sidecar's heap and list-walk profiles, to this directory")
 	flag.StringVar(&opt.CandidateRepo, "candidate", "", "another tree of the repository whose Caddy is compared as a third server")
 	out := flag.String("o", "", "also write the report to this file")
@@ -63,6 +63,7 @@ func main() {
 			os.Exit(2)
 		}
 		opt.Scenarios = slices.DeleteFunc(opt.Scenarios, func(sc bench.Scenario) bool { return !re.MatchString(sc.Name) })
+		opt.BodyScenarios = slices.DeleteFunc(opt.BodyScenarios, func(sc bench.BodyScenario) bool { return !re.MatchString(sc.Name) })
 	}
 	if opt.ProfileDir != "" {
 		if err := os.MkdirAll(opt.ProfileDir, 0o755); err != nil {
