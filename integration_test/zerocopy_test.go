@@ -3,10 +3,12 @@ package integration_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"hash"
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,7 +116,8 @@ func TestZeroCopyUploadReplayedFromClient(t *testing.T) {
 
 // chunkedUpload POSTs size deterministic random bytes to key set keySet,
 // framed chunked (a body of unknown length), generated as they are sent,
-// and returns the answer and the sha256 of what was sent.
+// and returns the answer and the sha256 of what was sent. An answer that
+// came before the whole body was sent is an error.
 func chunkedUpload(t *testing.T, c *http.Client, baseURL, keySet string, size int64) (response, []byte) {
 	t.Helper()
 	body := &generatedBody{rng: rand.NewChaCha8([32]byte{'z', 'e', 'r', 'o', 'c', 'o', 'p', 'y'}), left: size, sum: sha256.New()}
@@ -126,20 +129,26 @@ func chunkedUpload(t *testing.T, c *http.Client, baseURL, keySet string, size in
 	req.Header.Set("X-Key-Set", keySet)
 	req.Header.Set("Content-Type", "application/octet-stream")
 	r := do(c, req)
-	if r.err == nil && body.left != 0 {
-		r.err = io.ErrUnexpectedEOF // answered before the whole body was sent
+	left, sum := body.sent()
+	if r.err == nil && left != 0 {
+		r.err = fmt.Errorf("answered %s with %d of %d bytes not sent", r, left, size)
 	}
-	return r, body.sum.Sum(nil)
+	return r, sum
 }
 
-// generatedBody reads left more bytes of rng, hashing them into sum.
+// generatedBody reads left more bytes of rng, hashing them into sum. The
+// transport reads it on its own goroutine, which may still be reading when
+// an early answer has come.
 type generatedBody struct {
+	mu   sync.Mutex // guards the fields below
 	rng  *rand.ChaCha8
 	left int64
 	sum  hash.Hash
 }
 
 func (g *generatedBody) Read(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if g.left == 0 {
 		return 0, io.EOF
 	}
@@ -148,6 +157,14 @@ func (g *generatedBody) Read(p []byte) (int, error) {
 	g.sum.Write(p)
 	g.left -= int64(len(p))
 	return len(p), nil
+}
+
+// sent returns the number of bytes not read yet and the sha256 of those
+// read.
+func (g *generatedBody) sent() (left int64, sum []byte) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.left, g.sum.Sum(nil)
 }
 
 // resetPeakRSS makes the sidecar's peak RSS what it holds now, and returns
