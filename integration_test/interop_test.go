@@ -153,10 +153,13 @@ func newInteropEnv(t *testing.T) *interopEnv {
 	dir, ksOption := fileKeystore(t)
 	// The API rejects before it reads the body, chunked uploads included:
 	// the configuration the README gives for such an API (Expect upstream,
-	// and a transport that waits for the 100).
+	// and a transport that waits for the 100). The suite runs on the
+	// zero-copy path: its 3 MiB bodies are past zero_copy_min (its default,
+	// spelled out), so a rejected one is replayed from the client's
+	// connection and an accepted one streams after the upstream's 100.
 	sc := startSidecar(t, spec{
 		auth: auth, upstream: hostport(api.URL()), keystore: ksOption,
-		options: []string{"key_set {http.request.uri.path.0}", "key_set_allow [a-z0-9-]+", "upstream_expect on"},
+		options: []string{"key_set {http.request.uri.path.0}", "key_set_allow [a-z0-9-]+", "upstream_expect on", "zero_copy_min 1MiB"},
 		proxy:   "transport http {\nexpect_continue_timeout 5s\n}",
 	})
 	return &interopEnv{auth: auth, dir: dir, sidecar: sc, tap: newWireTap(t, sc.Addr)}
