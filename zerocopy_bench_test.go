@@ -80,8 +80,20 @@ func startDelayRelay(b *testing.B, target string, delay time.Duration) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { ln.Close(); wg.Wait() })
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // guards conns
+		conns []net.Conn // closed at the end: the proxy keeps idle ones open
+	)
+	b.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	wg.Go(func() {
 		for {
 			in, err := ln.Accept()
@@ -93,6 +105,9 @@ func startDelayRelay(b *testing.B, target string, delay time.Duration) string {
 				in.Close()
 				continue
 			}
+			mu.Lock()
+			conns = append(conns, in, out)
+			mu.Unlock()
 			wg.Go(func() { delayCopy(out, in, delay) })
 			wg.Go(func() { delayCopy(in, out, delay) })
 		}
