@@ -66,7 +66,7 @@ type BodiesResult struct {
 // runBodies runs every body scenario.
 func (rep *Report) runBodies(ctx context.Context, env *Env, opt Options, progress io.Writer) error {
 	copt := CompareOptions{Rounds: opt.Rounds, Duration: opt.RoundDuration, Warmup: opt.Warmup,
-		MaxRequests: opt.MaxRequests, Timeout: requestTimeout, Progress: progress, Rotate: true}
+		MaxRequests: opt.MaxRequests, Timeout: requestTimeout, Progress: progress, Rotate: true, ProfileDir: opt.ProfileDir}
 	for _, sc := range opt.BodyScenarios {
 		fmt.Fprintf(progress, "bodies: %s, %d connections, %d rounds of %s\n", sc.Name, sc.Conns, opt.Rounds, opt.RoundDuration)
 		res, err := env.Bodies(ctx, sc, copt)
