@@ -20,10 +20,10 @@ import (
 // through oauth2_upstream and reverse_proxy (expect_continue_timeout 1s)
 // to an upstream that reads bodies whole, on loopback and over a link with
 // 20 ms of round trip added (a relay that holds every segment 10 ms each
-// way). kept: zero_copy_min off, the body kept for a replay and sent at
-// once, as before; zero_copy: the body sent after the upstream's 100
-// Continue, one round trip later, and not kept. Each pair runs side by
-// side in one process.
+// way). bare: reverse_proxy alone; kept: zero_copy_min off, the body kept
+// for a replay and sent at once, as before; zero_copy: the body sent after
+// the upstream's 100 Continue, one round trip later, and not kept. The
+// three run side by side in one process.
 //
 //	go test -run '^$' -bench BenchmarkZeroCopy -count 5
 func BenchmarkZeroCopy(b *testing.B) {
@@ -55,14 +55,18 @@ func BenchmarkZeroCopy(b *testing.B) {
 			return proxy.ServeHTTP(w, r, answer1KiB)
 		})
 		for _, size := range []int{16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20} {
-			for _, mode := range []string{"kept", "zero_copy"} {
+			for _, mode := range []string{"bare", "kept", "zero_copy"} {
+				var mw caddyhttp.MiddlewareHandler = noopMiddleware{}
+				if h, ok := handlers[mode]; ok {
+					mw = h
+				}
 				b.Run(fmt.Sprintf("%s/POST_%dKiB/%s", link.name, size>>10, mode), func(b *testing.B) {
 					w := newBenchWriter()
 					req := newBenchRequest(http.MethodPost, "http://127.0.0.1/api", size)
 					b.SetBytes(int64(size))
 					for b.Loop() {
 						w.reset()
-						if err := handlers[mode].ServeHTTP(w, req.next(w), viaProxy); err != nil || w.status != http.StatusOK {
+						if err := mw.ServeHTTP(w, req.next(w), viaProxy); err != nil || w.status != http.StatusOK {
 							b.Fatalf("ServeHTTP() = %v, status %d; want 200", err, w.status)
 						}
 					}
