@@ -29,7 +29,8 @@ type BodyOptions struct {
 	// BodyTimeout is the longest the handler waits for the next bytes of
 	// a request body from the client (an idle timeout, not a bound on the
 	// whole upload, which may be slowed by the upstream); a stalled client
-	// is cut off and its kept body freed. It never extends the server's
+	// is cut off (within an eighth more: the deadline moves at most every
+	// BodyTimeout/8) and its kept body freed. It never extends the server's
 	// own read timeout. Zero or absent: the default, 60s; -1 disables
 	// (the Caddyfile takes "off" and refuses 0).
 	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`

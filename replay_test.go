@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 func randomBytes(n int, seed byte) []byte {
@@ -166,5 +167,48 @@ func TestReplayBodyNone(t *testing.T) {
 		if b := newReplayBody(r, 1024, 4096, []string{"Authorization"}); b != nil {
 			t.Errorf("newReplayBody(no body) = %v; want nil", b)
 		}
+	}
+}
+
+// deadlineWriter records the read deadlines set through a
+// ResponseController.
+type deadlineWriter struct {
+	http.ResponseWriter
+	deadlines []time.Time
+}
+
+func (w *deadlineWriter) SetReadDeadline(d time.Time) error {
+	w.deadlines = append(w.deadlines, d)
+	return nil
+}
+
+// body_timeout gives every read of the client's body at least the idle
+// time, while the deadline moves only once every idle/8, not before every
+// read, and is cleared at the body's end.
+func TestReplayBodyIdleDeadline(t *testing.T) {
+	t.Parallel()
+	const idle = 800 * time.Millisecond
+	body := randomBytes(64<<10, 4)
+	w := &deadlineWriter{}
+	b := newReplayBody(newBodyRequest(bytes.NewReader(body), int64(len(body))), 1<<20, 1<<20, []string{"Authorization"})
+	defer b.release()
+	b.conn, b.idle = http.NewResponseController(w), idle
+	buf := make([]byte, 1<<10)
+	for {
+		readAt := time.Now()
+		_, err := b.Read(buf)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last := w.deadlines[len(w.deadlines)-1]; last.Before(readAt.Add(idle)) {
+			t.Fatalf("a read at %s had until %s; want at least body_timeout (%s)", readAt.Format(time.StampMicro), last.Format(time.StampMicro), idle)
+		}
+	}
+	// 64 reads within far less than idle/8: one deadline, then the clear.
+	if len(w.deadlines) != 2 || !w.deadlines[1].IsZero() {
+		t.Errorf("deadlines set = %v; want one, then the clear at the end", w.deadlines)
 	}
 }
