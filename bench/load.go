@@ -115,12 +115,7 @@ func (c *conn) do() (status int, err error) {
 	if err := c.write(); err != nil {
 		return 0, err
 	}
-	resp, err := http.ReadResponse(c.br, nil)
-	if err != nil {
-		return 0, err
-	}
-	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, err := c.readAnswer()
 	if err != nil {
 		return 0, err
 	}
@@ -135,17 +130,24 @@ func (c *conn) do() (status int, err error) {
 func (c *conn) doEarly() (int, error) {
 	wrote := make(chan error, 1)
 	go func() { wrote <- c.write() }()
-	resp, err := http.ReadResponse(c.br, nil)
-	if err == nil {
-		_, err = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
+	resp, err := c.readAnswer()
 	c.close()
 	<-wrote // a write the closed connection cut short is no failure
 	if err != nil {
 		return 0, err
 	}
 	return resp.StatusCode, nil
+}
+
+// readAnswer reads an answer and its whole body.
+func (c *conn) readAnswer() (*http.Response, error) {
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return nil, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp, err
 }
 
 func (c *conn) write() error {

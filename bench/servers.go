@@ -122,7 +122,7 @@ type TokenEndpoint struct {
 	latency   time.Duration
 	server    *http.Server
 
-	mu           sync.Mutex // guards refreshToken, issued and rotate
+	mu           sync.Mutex // guards refreshToken and issued
 	refreshToken string
 	issued       int
 
@@ -133,25 +133,23 @@ type TokenEndpoint struct {
 // StartTokenEndpoint serves a TokenEndpoint on a kernel-chosen loopback port.
 // It accepts refreshToken, and issues accessToken valid for expiresIn.
 func StartTokenEndpoint(refreshToken, accessToken string, expiresIn time.Duration, latency time.Duration) (*TokenEndpoint, error) {
-	te := &TokenEndpoint{accessToken: accessToken, expiresIn: int(expiresIn / time.Second), latency: latency, refreshToken: refreshToken}
+	return startTokenEndpoint(&TokenEndpoint{accessToken: accessToken, expiresIn: int(expiresIn / time.Second), latency: latency, refreshToken: refreshToken})
+}
+
+// StartRotatingTokenEndpoint is StartTokenEndpoint issuing a new access
+// token, accessToken+"-<n>", with the n-th grant, valid for an hour.
+func StartRotatingTokenEndpoint(refreshToken, accessToken string) (*TokenEndpoint, error) {
+	return startTokenEndpoint(&TokenEndpoint{accessToken: accessToken, rotate: true, expiresIn: int(time.Hour / time.Second), refreshToken: refreshToken})
+}
+
+// startTokenEndpoint serves te on a kernel-chosen loopback port.
+func startTokenEndpoint(te *TokenEndpoint) (*TokenEndpoint, error) {
 	srv, addr, err := serve(http.HandlerFunc(te.serve))
 	if err != nil {
 		return nil, err
 	}
 	te.server, te.URL = srv, "http://"+addr+"/token"
 	return te, nil
-}
-
-// StartRotatingTokenEndpoint is StartTokenEndpoint issuing a new access
-// token, accessToken+"-<n>", with the n-th grant.
-func StartRotatingTokenEndpoint(refreshToken, accessToken string) (*TokenEndpoint, error) {
-	te, err := StartTokenEndpoint(refreshToken, accessToken, time.Hour, 0)
-	if err == nil {
-		te.mu.Lock()
-		te.rotate = true
-		te.mu.Unlock()
-	}
-	return te, err
 }
 
 // Close stops the server and its connections.
@@ -203,7 +201,7 @@ func (te *TokenEndpoint) serve(w http.ResponseWriter, r *http.Request) {
 // served, counting a rejection the client will see.
 func (u *Upstream) accept(auth []string) bool {
 	if !u.opt.TokenOnce {
-		if len(auth) > 1 || len(auth) == 1 && auth[0] != u.want || len(auth) == 0 && u.want != "" {
+		if len(auth) > 1 || strings.Join(auth, "") != u.want {
 			u.Rejected.Add(1)
 			return false
 		}
