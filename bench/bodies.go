@@ -12,12 +12,16 @@ import (
 // zero-copy uploads (zero_copy_min, the default) and with every body kept
 // for a replay (zero_copy_min off, the handler before zero-copy), against
 // bare reverse_proxy, side by side in fresh servers for each scenario, so
-// that each server's peak RSS is that scenario's.
+// that each server's peak RSS is that scenario's. An upload also runs
+// through bare reverse_proxy that sends it upstream with Expect, the
+// control that tells the 100 Continue exchange's own price from the
+// handler's.
 
 // Names of the bodies part's servers.
 const (
-	bodiesZeroCopy = "caddy-oauth2"
-	bodiesKept     = "caddy-oauth2-kept"
+	bodiesZeroCopy   = "caddy-oauth2"
+	bodiesKept       = "caddy-oauth2-kept"
+	bodiesBareExpect = "caddy-bare-expect"
 )
 
 // BodyScenario is one load shape of the bodies part.
@@ -78,8 +82,9 @@ func (rep *Report) runBodies(ctx context.Context, env *Env, opt Options, progres
 	return nil
 }
 
-// Bodies starts the three servers of sc, compares them, and reads their
-// peak RSS.
+// Bodies starts the servers of sc (bare, zero-copy, kept, and for an
+// upload without a revocation bare with Expect), compares them, and reads
+// their peak RSS.
 func (e *Env) Bodies(ctx context.Context, sc BodyScenario, copt CompareOptions) (res *BodiesResult, err error) {
 	ts := &Targets{}
 	var tokens []*TokenEndpoint
@@ -123,6 +128,13 @@ func (e *Env) Bodies(ctx context.Context, sc BodyScenario, copt CompareOptions) 
 		}
 		ts.List = append(ts.List, t)
 	}
+	if sc.withBareExpect() {
+		t, err := e.startCaddyTargetWith(ctx, bodiesBareExpect, e.CaddyBin, CaddySpec{UpstreamExpect: true}, "", UpstreamOptions{})
+		if err != nil {
+			return nil, err
+		}
+		ts.List = append(ts.List, t)
+	}
 	c, err := Compare(ctx, ts.List, sc.Scenario, copt)
 	if err != nil {
 		return nil, err
@@ -138,8 +150,30 @@ func (e *Env) Bodies(ctx context.Context, sc BodyScenario, copt CompareOptions) 
 	for _, te := range tokens {
 		res.Grants = append(res.Grants, te.Grants.Load())
 	}
+	if sc.withBareExpect() {
+		res.Grants = append(res.Grants, 0)
+	}
 	return res, res.check(ts, tokens)
 }
+
+// defaultZeroCopyMin is the handler's default zero_copy_min.
+const defaultZeroCopyMin = 1 << 20
+
+// expected is how many of the requests t's upstream answered should have
+// come with Expect: all through bare with Expect, and through zero-copy
+// uploads when the body reaches zero_copy_min; none otherwise.
+func (res *BodiesResult) expected(t *Target) int64 {
+	large := res.Scenario.Request.BodySize >= defaultZeroCopyMin
+	if t.Name == bodiesBareExpect || t.Name == bodiesZeroCopy && large {
+		return t.Upstream.Requests.Load()
+	}
+	return 0
+}
+
+// withBareExpect reports whether sc runs bare reverse_proxy with Expect
+// too: for an upload without a revocation, where it is the control of the
+// zero-copy path's price (a revocation needs a token, which bare has not).
+func (sc BodyScenario) withBareExpect() bool { return sc.Request.BodySize > 0 && !sc.Revoked }
 
 // check reports what went wrong behind the load generator's back: bodies
 // that reached an upstream short or changed, answers it rejected, and
@@ -152,6 +186,9 @@ func (res *BodiesResult) check(ts *Targets, tokens []*TokenEndpoint) error {
 		}
 		if n := t.Upstream.Rejected.Load(); n > 0 {
 			errs = append(errs, fmt.Errorf("%s: the upstream rejected the Authorization header of %d requests", t.Name, n))
+		}
+		if n, want := t.Upstream.Expected.Load(), res.expected(t); n != want {
+			errs = append(errs, fmt.Errorf("%s: %d of %d requests reached the upstream with Expect; want %d", t.Name, n, t.Upstream.Requests.Load(), want))
 		}
 	}
 	for i, te := range tokens {

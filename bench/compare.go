@@ -128,7 +128,8 @@ func runMeasured(ctx context.Context, t *Target, req Request, load LoadOptions, 
 }
 
 // TargetSummary is one target's medians over the rounds, and its paired
-// comparison with the first target (the baseline) of the same rounds.
+// comparison with the baseline (the first target, unless SummaryAgainst
+// names another) of the same rounds.
 type TargetSummary struct {
 	Name           string
 	RPS            float64
@@ -146,14 +147,18 @@ type TargetSummary struct {
 }
 
 // Summary reduces the rounds to one line a target.
-func (c *Comparison) Summary() []TargetSummary {
+func (c *Comparison) Summary() []TargetSummary { return c.SummaryAgainst(0) }
+
+// SummaryAgainst is Summary with the target of index baseline as the
+// baseline.
+func (c *Comparison) SummaryAgainst(baseline int) []TargetSummary {
 	out := make([]TargetSummary, len(c.Targets))
 	for i, name := range c.Targets {
 		s := TargetSummary{Name: name, RoundsMeasured: len(c.Rounds)}
 		var rps, ratio, cpuRatio []float64
 		var p50, p99, cpu, add50, add99 []time.Duration
 		for _, round := range c.Rounds {
-			r, base := round[i], round[0]
+			r, base := round[i], round[baseline]
 			rps = append(rps, r.RPS())
 			p50 = append(p50, r.Percentile(0.50))
 			p99 = append(p99, r.Percentile(0.99))

@@ -50,6 +50,10 @@ type CaddySpec struct {
 	// Admin serves Caddy's admin API, for its /debug/pprof, on a second
 	// inherited listener. Off, the admin API is disabled.
 	Admin bool
+	// UpstreamExpect sends every request upstream with "Expect:
+	// 100-continue" (reverse_proxy's header_up): bare Caddy paying the
+	// exchange that zero-copy uploads make, without the handler.
+	UpstreamExpect bool
 }
 
 // caddyConfig is the JSON config of a Caddy under test: one server on the
@@ -75,7 +79,7 @@ func caddyConfig(spec CaddySpec) []byte {
 		}
 		handlers = append(handlers, h)
 	}
-	handlers = append(handlers, map[string]any{
+	proxy := map[string]any{
 		"handler":   "reverse_proxy",
 		"upstreams": []any{map[string]any{"dial": spec.Upstream}},
 		// More idle upstream connections than client connections: with
@@ -90,7 +94,11 @@ func caddyConfig(spec CaddySpec) []byte {
 			"keep_alive":              map[string]any{"max_idle_conns_per_host": 1024},
 			"expect_continue_timeout": int64(time.Second),
 		},
-	})
+	}
+	if spec.UpstreamExpect {
+		proxy["headers"] = map[string]any{"request": map[string]any{"set": map[string][]string{"Expect": {"100-continue"}}}}
+	}
+	handlers = append(handlers, proxy)
 	admin := map[string]any{"disabled": true}
 	if spec.Admin {
 		admin = map[string]any{"listen": "fd/4"}

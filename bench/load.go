@@ -139,9 +139,15 @@ func (c *conn) doEarly() (int, error) {
 	return resp.StatusCode, nil
 }
 
-// readAnswer reads an answer and its whole body.
+// readAnswer reads an answer and its whole body, after any interim (1xx)
+// answers: a client must take those even when it did not ask for one (RFC
+// 9110 section 15.2), and bare reverse_proxy passes on the 100 Continue of
+// an upstream asked with Expect (bodiesBareExpect).
 func (c *conn) readAnswer() (*http.Response, error) {
 	resp, err := http.ReadResponse(c.br, nil)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 {
+		resp, err = http.ReadResponse(c.br, nil)
+	}
 	if err != nil {
 		return nil, err
 	}

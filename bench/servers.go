@@ -43,6 +43,7 @@ type Upstream struct {
 	Requests atomic.Int64 // requests answered
 	Rejected atomic.Int64 // 401s for a wrong or missing Authorization
 	Short    atomic.Int64 // bodies that did not arrive whole, or not as sent
+	Expected atomic.Int64 // requests that came with "Expect: 100-continue"
 }
 
 // UpstreamOptions change what an Upstream accepts and checks.
@@ -81,6 +82,9 @@ func (u *Upstream) Close() error { return u.server.Close() }
 
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.Requests.Add(1)
+	if strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		u.Expected.Add(1)
+	}
 	if !u.accept(r.Header["Authorization"]) {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		w.WriteHeader(http.StatusUnauthorized)
