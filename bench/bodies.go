@@ -181,12 +181,7 @@ func (sc BodyScenario) withBareExpect() bool { return sc.Request.BodySize > 0 &&
 func (res *BodiesResult) check(ts *Targets, tokens []*TokenEndpoint) error {
 	var errs []error
 	for _, t := range ts.List {
-		if n := t.Upstream.Short.Load(); n > 0 {
-			errs = append(errs, fmt.Errorf("%s: %d request bodies reached the upstream short or changed", t.Name, n))
-		}
-		if n := t.Upstream.Rejected.Load(); n > 0 {
-			errs = append(errs, fmt.Errorf("%s: the upstream rejected the Authorization header of %d requests", t.Name, n))
-		}
+		errs = append(errs, t.upstreamErrors()...)
 		if n, want := t.Upstream.Expected.Load(), res.expected(t); n != want {
 			errs = append(errs, fmt.Errorf("%s: %d of %d requests reached the upstream with Expect; want %d", t.Name, n, t.Upstream.Requests.Load(), want))
 		}

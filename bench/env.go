@@ -179,18 +179,26 @@ func (ts *Targets) Stop() {
 	}
 }
 
+// upstreamErrors are what t's upstream saw go wrong: Authorization headers
+// it rejected, and bodies that reached it short or changed.
+func (t *Target) upstreamErrors() []error {
+	var errs []error
+	if n := t.Upstream.Rejected.Load(); n > 0 {
+		errs = append(errs, fmt.Errorf("%s: the upstream rejected the Authorization header of %d requests", t.Name, n))
+	}
+	if n := t.Upstream.Short.Load(); n > 0 {
+		errs = append(errs, fmt.Errorf("%s: %d request bodies reached the upstream short or changed", t.Name, n))
+	}
+	return errs
+}
+
 // Check reports what went wrong behind the load generator's back: requests
 // the upstreams rejected or received short, and grants (a valid long-lived
 // token must not be refreshed).
 func (ts *Targets) Check() error {
 	var errs []error
 	for _, t := range ts.List {
-		if n := t.Upstream.Rejected.Load(); n > 0 {
-			errs = append(errs, fmt.Errorf("%s: the upstream rejected the Authorization header of %d requests", t.Name, n))
-		}
-		if n := t.Upstream.Short.Load(); n > 0 {
-			errs = append(errs, fmt.Errorf("%s: %d request bodies reached the upstream short", t.Name, n))
-		}
+		errs = append(errs, t.upstreamErrors()...)
 	}
 	if n := ts.Token.Grants.Load() + ts.Token.Refused.Load(); n > 0 {
 		errs = append(errs, fmt.Errorf("the token endpoint got %d grant requests during the throughput runs; want 0", n))

@@ -64,22 +64,7 @@ func (rep *Report) writeThroughput(w io.Writer) {
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, c := range rep.Comparisons {
 		for i, s := range c.Summary() {
-			ratio, added50, added99 := "(baseline)", "", ""
-			if i > 0 {
-				ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", s.RatioRPS, s.RatioMin, s.RatioMax)
-				added50, added99 = signedMicros(s.AddedP50), signedMicros(s.AddedP99)
-			}
-			cpu := "n/a"
-			if s.CPUPerRequest > 0 {
-				cpu = micros(s.CPUPerRequest)
-			}
-			if i > 0 && s.CPURatio > 0 {
-				cpu += fmt.Sprintf(" (%.2fx)", s.CPURatio)
-			}
-			failed := fmt.Sprint(s.Failed)
-			if s.FirstError != "" {
-				failed += " (" + s.FirstError + ")"
-			}
+			ratio, added50, added99, cpu, failed := s.cells(i == 0)
 			fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n",
 				c.Scenario.Name, c.Scenario.Conns, s.Name, s.RPS, ratio, micros(s.P50), micros(s.P99), added50, added99, cpu, failed)
 		}
@@ -177,6 +162,30 @@ func target(w io.Writer, name, measured string, met bool) {
 		verdict = "**no**"
 	}
 	fmt.Fprintf(w, "| %s | %s | %s |\n", name, measured, verdict)
+}
+
+// cells are a summary's table cells that compare it with the baseline
+// (empty, or "(baseline)", for the baseline itself): the req/s ratio with
+// its min-max, the added p50 and p99, the CPU per request with its ratio,
+// and the failures with the first error.
+func (s TargetSummary) cells(baseline bool) (ratio, added50, added99, cpu, failed string) {
+	ratio = "(baseline)"
+	if !baseline {
+		ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", s.RatioRPS, s.RatioMin, s.RatioMax)
+		added50, added99 = signedMicros(s.AddedP50), signedMicros(s.AddedP99)
+	}
+	cpu = "n/a"
+	if s.CPUPerRequest > 0 {
+		cpu = micros(s.CPUPerRequest)
+	}
+	if !baseline && s.CPURatio > 0 {
+		cpu += fmt.Sprintf(" (%.2fx)", s.CPURatio)
+	}
+	failed = fmt.Sprint(s.Failed)
+	if s.FirstError != "" {
+		failed += " (" + s.FirstError + ")"
+	}
+	return ratio, added50, added99, cpu, failed
 }
 
 func micros(d time.Duration) string {

@@ -28,19 +28,7 @@ func (rep *Report) writeBodies(w io.Writer) {
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, b := range rep.Bodies {
 		for i, s := range b.Comparison.Summary() {
-			ratio, added50, added99 := "(baseline)", "", ""
-			if i > 0 {
-				ratio = fmt.Sprintf("%.3f (%.3f-%.3f)", s.RatioRPS, s.RatioMin, s.RatioMax)
-				added50, added99 = signedMicros(s.AddedP50), signedMicros(s.AddedP99)
-			}
-			cpu := micros(s.CPUPerRequest)
-			if i > 0 && s.CPURatio > 0 {
-				cpu += fmt.Sprintf(" (%.2fx)", s.CPURatio)
-			}
-			failed := fmt.Sprint(s.Failed)
-			if s.FirstError != "" {
-				failed += " (" + s.FirstError + ")"
-			}
+			ratio, added50, added99, cpu, failed := s.cells(i == 0)
 			fmt.Fprintf(w, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n",
 				b.Scenario.Name, b.Scenario.Conns, s.Name, s.RPS, ratio, micros(s.P50), micros(s.P99), added50, added99,
 				cpu, mebibytes(b.PeakRSS[i]), b.Grants[i], failed)
